@@ -1,0 +1,3 @@
+//! twine facade.
+#[cfg(feature = "spec")]
+pub use twine_spec as spec;

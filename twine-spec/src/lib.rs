@@ -1,0 +1,1 @@
+//! twine-spec (work in progress).
