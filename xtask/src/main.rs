@@ -2,7 +2,13 @@
 //!
 //! Sub-commands are split by concept: `rootfs` (the cached Debian rootfs that the
 //! nspawn tests boot), `test` (the README's test command: set-up, then every tier),
-//! and `guest` (the QEMU guest tier).
+//! and `guest-test` (the QEMU guest tier). See `docs/GUEST.md`.
+
+// A command-line tool: its results (a path, step timings) go to stdout by design.
+#![allow(clippy::print_stdout)]
+
+mod debian;
+mod rootfs;
 
 use clap::{Parser, Subcommand};
 
@@ -15,12 +21,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Placeholder until the harness lands.
-    Noop,
+    /// Build (or reuse) the cached Debian bookworm rootfs and print its path.
+    Rootfs {
+        /// Rebuild even when the cached tree is current.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Noop => Ok(()),
+        Command::Rootfs { force } => {
+            let path = rootfs::ensure(force)?;
+            println!("{}", path.display());
+            Ok(())
+        }
     }
 }
