@@ -1,3 +1,13 @@
-//! twine facade.
+//! twine: building blocks of a Twine-style cluster manager.
+//!
+//! This facade re-exports the suite's crates behind features, so an integrator can
+//! depend on `twine` and pick what they need; each crate also stands alone.
+//!
+//! | feature | crate | what |
+//! | --- | --- | --- |
+//! | `spec` (default) | [`twine_spec`] | job specs translated into systemd units |
+//!
+//! The `twine` binary is the command-line face of the same crates.
+
 #[cfg(feature = "spec")]
 pub use twine_spec as spec;

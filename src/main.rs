@@ -1,1 +1,163 @@
-fn main() {}
+//! The `twine` command line; see `twine --help` and DESIGN.md for the contract.
+//!
+//! Errors print `path: message` lines on stderr and exit 1.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use std::io::Write as _;
+
+use clap::{Parser, Subcommand};
+
+/// Prints a line to stdout; a closed pipe (`twine render | head`) ends quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut stdout = std::io::stdout().lock();
+        if writeln!(stdout, $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+use twine::spec::{JobSpec, UnitFile, UnitSet, translate, verify};
+
+/// The example job `twine demo` renders, embedded so the demo needs no files.
+const DEMO_SPEC: &str = include_str!("../examples/specs/web.toml");
+
+#[derive(Parser)]
+#[command(name = "twine", version, about = "Building blocks of a Twine-style cluster manager")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render the embedded example job and check it with systemd (no root needed).
+    Demo,
+    /// Render job specs into systemd units.
+    Render {
+        /// Spec files (.toml, .json, .yaml).
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+        /// Write the unit files into this directory (all or none) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print StartTransientUnit property lists as one JSON object instead of unit files.
+        #[arg(long, conflicts_with = "out")]
+        transient: bool,
+    },
+    /// Validate specs, render them, and run `systemd-analyze verify` on the units.
+    Check {
+        /// Spec files (.toml, .json, .yaml).
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo => demo(),
+        Command::Render { specs, out, transient } => render(&specs, out.as_deref(), transient),
+        Command::Check { specs } => check(&specs),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(lines) => {
+            for line in lines {
+                esay!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Problems = Vec<String>;
+
+/// Reads, validates and translates every spec; all problems of all specs, or the unit sets.
+fn load(specs: &[PathBuf]) -> Result<Vec<UnitSet>, Problems> {
+    let mut problems = Vec::new();
+    let mut sets = Vec::new();
+    for path in specs {
+        match load_one(path, None) {
+            Ok(set) => sets.push(set),
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if problems.is_empty() { Ok(sets) } else { Err(problems) }
+}
+
+fn load_one(path: &Path, text: Option<&str>) -> Result<UnitSet, Problems> {
+    let shown = path.display();
+    let spec = match text {
+        Some(text) => JobSpec::from_toml(text),
+        None => JobSpec::from_path(path),
+    };
+    let spec = spec.map_err(|e| match e {
+        twine::spec::ParseError::Syntax { field, message } => vec![format!("{shown}: {field}: {message}")],
+        other => vec![other.to_string()],
+    })?;
+    let job = spec.validate().map_err(|e| e.problems.iter().map(|p| format!("{shown}: {p}")).collect::<Vec<_>>())?;
+    Ok(translate(&job))
+}
+
+/// All files of all sets; two specs that give the same unit name are an error.
+fn files(specs: &[PathBuf], sets: &[UnitSet]) -> Result<Vec<UnitFile>, Problems> {
+    let mut seen = std::collections::HashMap::new();
+    let mut problems = Vec::new();
+    let mut all = Vec::new();
+    for (path, set) in specs.iter().zip(sets) {
+        for file in set.files() {
+            if let Some(other) = seen.insert(file.name.clone(), path) {
+                problems.push(format!("{}: unit {} is also rendered from {}", path.display(), file.name, other.display()));
+            }
+            all.push(file);
+        }
+    }
+    if problems.is_empty() { Ok(all) } else { Err(problems) }
+}
+
+fn render(specs: &[PathBuf], out: Option<&Path>, transient: bool) -> Result<(), Problems> {
+    let sets = load(specs)?;
+    let files = files(specs, &sets)?;
+    if transient {
+        let units: Vec<_> = sets.iter().flat_map(UnitSet::transient).collect();
+        let json = serde_json::json!({ "units": units });
+        say!("{json}");
+        return Ok(());
+    }
+    match out {
+        Some(dir) => {
+            twine::spec::translate::write_unit_files(dir, &files).map_err(|e| vec![e.to_string()])?;
+        }
+        None => {
+            for file in &files {
+                say!("### {}\n{}", file.name, file.contents);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check(specs: &[PathBuf]) -> Result<(), Problems> {
+    let sets = load(specs)?;
+    let files = files(specs, &sets)?;
+    verify::verify(&files).map_err(|e| vec![e.to_string()])?;
+    say!("{} spec(s), {} unit(s): ok", specs.len(), files.len());
+    Ok(())
+}
+
+fn demo() -> Result<(), Problems> {
+    let path = Path::new("examples/specs/web.toml (embedded)");
+    let set = load_one(path, Some(DEMO_SPEC))?;
+    for file in set.files() {
+        say!("### {}\n{}", file.name, file.contents);
+    }
+    let order: Vec<String> = set.start_order().iter().map(ToString::to_string).collect();
+    say!("# start order: {}", order.join(" -> "));
+    match verify::verify(&set.files()) {
+        Ok(()) => say!("# systemd-analyze verify: ok"),
+        Err(e) => return Err(vec![e.to_string()]),
+    }
+    Ok(())
+}

@@ -8,7 +8,9 @@
 #![allow(clippy::print_stdout)]
 
 mod debian;
+mod guest;
 mod rootfs;
+mod test_binaries;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,24 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run the guest-only tests (`guest_*`, ignored on the host) in a QEMU guest with systemd.
+    GuestTest {
+        /// Package whose tests to search (repeatable); default: the whole workspace.
+        #[arg(short = 'p', long = "package")]
+        packages: Vec<String>,
+        /// Limit in seconds for the whole guest run (boot, tests, power-off).
+        #[arg(long, default_value_t = 600, env = "TWINE_GUEST_TIMEOUT")]
+        timeout: u64,
+        /// Guest RAM (QEMU `-m` syntax).
+        #[arg(long, default_value = "2G")]
+        memory: String,
+        /// Extra host directory to share with the guest at the same path (repeatable).
+        #[arg(long = "share")]
+        shares: Vec<std::path::PathBuf>,
+        /// Arguments for the test binaries: filters, `--nocapture`, ...
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +55,22 @@ fn main() -> anyhow::Result<()> {
             let path = rootfs::ensure(force)?;
             println!("{}", path.display());
             Ok(())
+        }
+        Command::GuestTest {
+            packages,
+            timeout,
+            memory,
+            shares,
+            test_args,
+        } => {
+            let code = guest::run(&guest::GuestTest {
+                packages,
+                test_args,
+                timeout: std::time::Duration::from_secs(timeout),
+                memory,
+                shares,
+            })?;
+            std::process::exit(code)
         }
     }
 }
