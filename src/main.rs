@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(lines) => {
             for line in lines {
-                esay!("{line}");
+                eprintln!("{line}");
             }
             ExitCode::FAILURE
         }
