@@ -11,6 +11,7 @@ mod debian;
 mod guest;
 mod rootfs;
 mod test_binaries;
+mod test_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,12 @@ enum Command {
         /// Rebuild even when the cached tree is current.
         #[arg(long)]
         force: bool,
+    },
+    /// The test command: set-up (as root), `cargo test --workspace`, then the guest tier.
+    Test {
+        /// Limit in seconds for the guest tier's guest run (boot, tests, power-off).
+        #[arg(long, default_value_t = 600, env = "TWINE_GUEST_TIMEOUT")]
+        guest_timeout: u64,
     },
     /// Run the guest-only tests (`guest_*`, ignored on the host) in a QEMU guest with systemd.
     GuestTest {
@@ -55,6 +62,9 @@ fn main() -> anyhow::Result<()> {
             let path = rootfs::ensure(force)?;
             println!("{}", path.display());
             Ok(())
+        }
+        Command::Test { guest_timeout } => {
+            std::process::exit(test_cmd::run(std::time::Duration::from_secs(guest_timeout)))
         }
         Command::GuestTest {
             packages,
