@@ -1,0 +1,1 @@
+//! placeholder: the nspawn harness is being written
