@@ -731,6 +731,9 @@ fn stream(path: &Path, offset: u64) -> u64 {
 
 fn print_tail(what: &str, path: &Path, lines: usize) {
     let text = fs::read(path).unwrap_or_default();
+    if text.is_empty() {
+        return;
+    }
     let text = String::from_utf8_lossy(&text);
     let all: Vec<&str> = text.lines().collect();
     let tail = &all[all.len().saturating_sub(lines)..];

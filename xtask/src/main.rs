@@ -56,8 +56,15 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() {
+    if let Err(e) = run(Cli::parse().command) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Rootfs { force } => {
             let path = rootfs::ensure(force)?;
             println!("{}", path.display());

@@ -72,16 +72,16 @@ pub(crate) fn ensure(force: bool) -> Result<PathBuf> {
     if !force && is_current() {
         return Ok(target);
     }
-    let _lock = lock("rootfs")?;
-    // Someone else may have finished it while we waited for the lock.
-    if !force && is_current() {
-        return Ok(target);
-    }
     if !debian::is_root() {
         bail!(
             "building the rootfs at {} needs root (debootstrap and chroot); run `cargo xtask rootfs` as root",
             target.display()
         );
+    }
+    let _lock = lock("rootfs")?;
+    // Someone else may have finished it while we waited for the lock.
+    if !force && is_current() {
+        return Ok(target);
     }
     debian::ensure_packages(&["debootstrap"])?;
     let mirror = debian::mirror()?;
