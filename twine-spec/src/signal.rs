@@ -55,7 +55,8 @@ impl Signal {
         match self.0 {
             n @ 1..=31 => NAMES[usize::from(n)].to_owned(),
             RTMIN => "SIGRTMIN".to_owned(),
-            n => format!("SIGRTMIN+{}", n - RTMIN),
+            n if n > RTMIN => format!("SIGRTMIN+{}", n - RTMIN),
+            n => n.to_string(), // 32 and 33 belong to libc; `parse` never returns them
         }
     }
 }

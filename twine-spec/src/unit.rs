@@ -50,7 +50,7 @@ impl UnitKind {
 /// A full unit name such as `web-pre-fetch.service`.
 ///
 /// Built from components escaped as `systemd-escape` does, so it only ever holds
-/// `[A-Za-z0-9:_.\-\\]`.
+/// `[A-Za-z0-9_.\-\\]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UnitName(String);
 
@@ -191,6 +191,20 @@ impl Value {
     /// A signal, written by name.
     pub fn signal(signal: Signal) -> Value {
         Value(ValueKind::Signal(signal))
+    }
+
+    /// What systemd reads back from the written value: the argv of a command, the
+    /// `NAME=value` item of an environment entry, the text itself, the unit names,
+    /// or the single word of a number or keyword. Tests compare this with what a
+    /// port of systemd's parser makes of [`Value::render`].
+    pub fn meaning(&self) -> Vec<String> {
+        match &self.0 {
+            ValueKind::Text(text) => vec![text.clone()],
+            ValueKind::Exec(argv) => argv.clone(),
+            ValueKind::Environment(name, value) => vec![format!("{name}={value}")],
+            ValueKind::Units(names) => names.iter().map(ToString::to_string).collect(),
+            _ => vec![self.render()],
+        }
     }
 
     /// The value as it is written after `Key=`.

@@ -193,9 +193,12 @@ impl Checker {
         match argv.first() {
             None => self.report(field, "[]".to_owned(), ProblemKind::Empty, "must name an executable"),
             Some(exe) => {
-                // A quoted word ending in a backslash is fine in a command line, but the
-                // executable must also be a path systemd accepts.
-                self.path(&format!("{field}[0]"), exe);
+                // systemd 252 refuses quotes and backslashes in the executable path
+                // ("Executable name contains special characters") and reads `$$` there
+                // literally while expanding it in argv[0]: no spelling of `$` is exact.
+                if self.path(&format!("{field}[0]"), exe) && exe.contains(['"', '\'', '\\', '$']) {
+                    self.report(format!("{field}[0]"), shown(exe), ProblemKind::Malformed, "an executable path cannot contain quotes, backslashes or $ (systemd refuses or expands them)");
+                }
             }
         }
         if argv.len() > MAX_ARGS {
