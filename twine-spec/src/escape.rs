@@ -23,7 +23,9 @@ use std::fmt::Write as _;
 /// and every control character is a C escape, so systemd passes exactly `word`
 /// as one argument.
 pub fn exec_word(word: &str) -> String {
-    quoted(word, true)
+    let mut out = String::with_capacity(word.len() + 2);
+    push_quoted(&mut out, word, true);
+    out
 }
 
 /// Quotes one `NAME=value` item of `Environment=`.
@@ -31,11 +33,18 @@ pub fn exec_word(word: &str) -> String {
 /// `Environment=` resolves specifiers and C escapes but does not expand variables,
 /// so `$` stays as it is.
 pub fn environment_item(name: &str, value: &str) -> String {
-    let mut item = String::with_capacity(name.len() + value.len() + 1);
-    item.push_str(name);
-    item.push('=');
-    item.push_str(value);
-    quoted(&item, false)
+    let mut out = String::with_capacity(name.len() + value.len() + 3);
+    push_environment_item(&mut out, name, value);
+    out
+}
+
+/// [`environment_item`], appended to `out`.
+pub(crate) fn push_environment_item(out: &mut String, name: &str, value: &str) {
+    out.push('"');
+    push_escaped(out, name, false);
+    out.push('=');
+    push_escaped(out, value, false);
+    out.push('"');
 }
 
 /// Escapes a value that systemd reads verbatim apart from `%` specifiers
@@ -48,9 +57,28 @@ pub fn specifiers(text: &str) -> String {
     text.replace('%', "%%")
 }
 
-fn quoted(word: &str, dollar: bool) -> String {
-    let mut out = String::with_capacity(word.len() + 2);
+/// [`specifiers`], appended to `out`.
+pub(crate) fn push_specifiers(out: &mut String, text: &str) {
+    if text.contains('%') {
+        out.push_str(&text.replace('%', "%%"));
+    } else {
+        out.push_str(text);
+    }
+}
+
+/// [`exec_word`] (`dollar`) or a quoted word without `$` doubling, appended to `out`.
+pub(crate) fn push_quoted(out: &mut String, word: &str, dollar: bool) {
     out.push('"');
+    push_escaped(out, word, dollar);
+    out.push('"');
+}
+
+fn push_escaped(out: &mut String, word: &str, dollar: bool) {
+    // Fast path: most words need no escaping at all.
+    if !word.bytes().any(|b| b.is_ascii_control() || matches!(b, b'"' | b'\\' | b'%') || (dollar && b == b'$')) {
+        out.push_str(word);
+        return;
+    }
     for c in word.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -71,8 +99,6 @@ fn quoted(word: &str, dollar: bool) -> String {
             c => out.push(c),
         }
     }
-    out.push('"');
-    out
 }
 
 /// Escapes a string into one unit-name component as `systemd-escape` does.

@@ -31,8 +31,6 @@
 //! configured signal to every process of the job (with `KillMode=control-group`),
 //! then the final signal after the grace period.
 
-use std::collections::HashMap;
-
 use petgraph::Direction;
 use petgraph::algo::toposort;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -314,16 +312,17 @@ impl Builder {
 
     fn finish(mut self, target: &UnitName) -> UnitSet {
         for (i, unit) in self.units.iter_mut().enumerate() {
-            let mut by_kind: HashMap<Dependency, Vec<UnitName>> = HashMap::new();
             // Edges come out newest first; reverse to keep insertion order.
             let mut edges: Vec<_> = self.graph.edges_directed(NodeIndex::new(i), Direction::Outgoing).collect();
             edges.reverse();
-            for edge in edges {
-                by_kind.entry(*edge.weight()).or_default().push(self.graph[edge.target()].clone());
-            }
             let mut position = 1; // after Description=
             for dependency in Dependency::ORDER {
-                if let Some(names) = by_kind.remove(&dependency) {
+                let names: Vec<UnitName> = edges
+                    .iter()
+                    .filter(|e| *e.weight() == dependency)
+                    .map(|e| self.graph[e.target()].clone())
+                    .collect();
+                if !names.is_empty() {
                     insert_unit_directive(unit, position, dependency.key(), Value::units(names));
                     position += 1;
                 }
