@@ -24,7 +24,11 @@ use twine::spec::{JobSpec, UnitFile, UnitSet, translate, verify};
 const DEMO_SPEC: &str = include_str!("../examples/specs/web.toml");
 
 #[derive(Parser)]
-#[command(name = "twine", version, about = "Building blocks of a Twine-style cluster manager")]
+#[command(
+    name = "twine",
+    version,
+    about = "Building blocks of a Twine-style cluster manager"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,7 +62,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo => demo(),
-        Command::Render { specs, out, transient } => render(&specs, out.as_deref(), transient),
+        Command::Render {
+            specs,
+            out,
+            transient,
+        } => render(&specs, out.as_deref(), transient),
         Command::Check { specs } => check(&specs),
     };
     match result {
@@ -84,7 +92,11 @@ fn load(specs: &[PathBuf]) -> Result<Vec<UnitSet>, Problems> {
             Err(mut p) => problems.append(&mut p),
         }
     }
-    if problems.is_empty() { Ok(sets) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(sets)
+    } else {
+        Err(problems)
+    }
 }
 
 fn load_one(path: &Path, text: Option<&str>) -> Result<UnitSet, Problems> {
@@ -94,10 +106,17 @@ fn load_one(path: &Path, text: Option<&str>) -> Result<UnitSet, Problems> {
         None => JobSpec::from_path(path),
     };
     let spec = spec.map_err(|e| match e {
-        twine::spec::ParseError::Syntax { field, message } => vec![format!("{shown}: {field}: {message}")],
+        twine::spec::ParseError::Syntax { field, message } => {
+            vec![format!("{shown}: {field}: {message}")]
+        }
         other => vec![other.to_string()],
     })?;
-    let job = spec.validate().map_err(|e| e.problems.iter().map(|p| format!("{shown}: {p}")).collect::<Vec<_>>())?;
+    let job = spec.validate().map_err(|e| {
+        e.problems
+            .iter()
+            .map(|p| format!("{shown}: {p}"))
+            .collect::<Vec<_>>()
+    })?;
     Ok(translate(&job))
 }
 
@@ -109,12 +128,21 @@ fn files(specs: &[PathBuf], sets: &[UnitSet]) -> Result<Vec<UnitFile>, Problems>
     for (path, set) in specs.iter().zip(sets) {
         for file in set.files() {
             if let Some(other) = seen.insert(file.name.clone(), path) {
-                problems.push(format!("{}: unit {} is also rendered from {}", path.display(), file.name, other.display()));
+                problems.push(format!(
+                    "{}: unit {} is also rendered from {}",
+                    path.display(),
+                    file.name,
+                    other.display()
+                ));
             }
             all.push(file);
         }
     }
-    if problems.is_empty() { Ok(all) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(all)
+    } else {
+        Err(problems)
+    }
 }
 
 fn render(specs: &[PathBuf], out: Option<&Path>, transient: bool) -> Result<(), Problems> {
@@ -128,7 +156,8 @@ fn render(specs: &[PathBuf], out: Option<&Path>, transient: bool) -> Result<(), 
     }
     match out {
         Some(dir) => {
-            twine::spec::translate::write_unit_files(dir, &files).map_err(|e| vec![e.to_string()])?;
+            twine::spec::translate::write_unit_files(dir, &files)
+                .map_err(|e| vec![e.to_string()])?;
         }
         None => {
             for file in &files {

@@ -14,8 +14,12 @@ fn render(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("render");
     group.throughput(Throughput::Elements(units));
-    group.bench_function("translate+files", |b| b.iter(|| twine_spec::translate(black_box(&job)).files()));
-    group.bench_function("translate+transient", |b| b.iter(|| twine_spec::translate(black_box(&job)).transient()));
+    group.bench_function("translate+files", |b| {
+        b.iter(|| twine_spec::translate(black_box(&job)).files())
+    });
+    group.bench_function("translate+transient", |b| {
+        b.iter(|| twine_spec::translate(black_box(&job)).transient())
+    });
     group.bench_function("validate+translate+files", |b| {
         b.iter(|| twine_spec::translate(&black_box(&spec).validate().expect("valid")).files())
     });

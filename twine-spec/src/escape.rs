@@ -75,7 +75,10 @@ pub(crate) fn push_quoted(out: &mut String, word: &str, dollar: bool) {
 
 fn push_escaped(out: &mut String, word: &str, dollar: bool) {
     // Fast path: most words need no escaping at all.
-    if !word.bytes().any(|b| b.is_ascii_control() || matches!(b, b'"' | b'\\' | b'%') || (dollar && b == b'$')) {
+    if !word
+        .bytes()
+        .any(|b| b.is_ascii_control() || matches!(b, b'"' | b'\\' | b'%') || (dollar && b == b'$'))
+    {
         out.push_str(word);
         return;
     }

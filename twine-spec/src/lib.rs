@@ -62,14 +62,14 @@ mod naming;
 pub mod signal;
 pub mod spec;
 pub mod timespan;
-pub mod translate;
 pub mod transient;
+pub mod translate;
 pub mod unit;
 pub mod validate;
 pub mod verify;
 
 pub use job::Job;
 pub use spec::{Format, JobSpec, ParseError};
-pub use translate::{UnitFile, UnitSet, translate};
 pub use transient::{Property, PropertyValue, TransientUnit};
+pub use translate::{UnitFile, UnitSet, translate};
 pub use validate::{Problem, ProblemKind, ValidationErrors};

@@ -24,19 +24,43 @@ impl UnitNames {
         UnitNames {
             target: UnitName::new(&[job], UnitKind::Target),
             main: UnitName::new(&[job], UnitKind::Service),
-            prestart: task.prestart.iter().map(|s| UnitName::new(&[job, "pre", &s.name], UnitKind::Service)).collect(),
-            sidecars: task.sidecars.iter().map(|s| UnitName::new(&[job, "sidecar", &s.name], UnitKind::Service)).collect(),
+            prestart: task
+                .prestart
+                .iter()
+                .map(|s| UnitName::new(&[job, "pre", &s.name], UnitKind::Service))
+                .collect(),
+            sidecars: task
+                .sidecars
+                .iter()
+                .map(|s| UnitName::new(&[job, "sidecar", &s.name], UnitKind::Service))
+                .collect(),
             health: task.health_check.as_ref().map(|_| {
-                (UnitName::new(&[job, "health"], UnitKind::Service), UnitName::new(&[job, "health"], UnitKind::Timer))
+                (
+                    UnitName::new(&[job, "health"], UnitKind::Service),
+                    UnitName::new(&[job, "health"], UnitKind::Timer),
+                )
             }),
         }
     }
 
     /// Every name with the spec field it comes from, for validation messages.
     pub(crate) fn all_with_fields(&self) -> Vec<(String, &UnitName)> {
-        let mut all = vec![("name".to_owned(), &self.target), ("name".to_owned(), &self.main)];
-        all.extend(self.prestart.iter().enumerate().map(|(i, n)| (format!("task.prestart[{i}].name"), n)));
-        all.extend(self.sidecars.iter().enumerate().map(|(i, n)| (format!("task.sidecars[{i}].name"), n)));
+        let mut all = vec![
+            ("name".to_owned(), &self.target),
+            ("name".to_owned(), &self.main),
+        ];
+        all.extend(
+            self.prestart
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("task.prestart[{i}].name"), n)),
+        );
+        all.extend(
+            self.sidecars
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("task.sidecars[{i}].name"), n)),
+        );
         if let Some((service, timer)) = &self.health {
             all.push(("task.health_check".to_owned(), service));
             all.push(("task.health_check".to_owned(), timer));

@@ -4,10 +4,38 @@ use std::fmt;
 
 /// Linux signal names by number (x86_64), index = number.
 const NAMES: [&str; 32] = [
-    "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
-    "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD",
-    "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ",
-    "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    "",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
 ];
 const RTMIN: u8 = 34;
 const RTMAX: u8 = 64;
@@ -34,7 +62,9 @@ impl Signal {
         } else if let Some(offset) = bare.strip_prefix("RTMAX") {
             rt_offset(offset, RTMAX, -1)?
         } else {
-            let index = NAMES.iter().position(|n| !n.is_empty() && &n[3..] == bare)?;
+            let index = NAMES
+                .iter()
+                .position(|n| !n.is_empty() && &n[3..] == bare)?;
             u8::try_from(index).ok()?
         };
         let signal = Signal(number);
@@ -72,7 +102,9 @@ fn rt_offset(offset: &str, base: u8, sign: i16) -> Option<u8> {
         digits.parse().ok()?
     };
     let number = i16::from(base) + sign * n;
-    (i16::from(RTMIN)..=i16::from(RTMAX)).contains(&number).then(|| u8::try_from(number).ok())?
+    (i16::from(RTMIN)..=i16::from(RTMAX))
+        .contains(&number)
+        .then(|| u8::try_from(number).ok())?
 }
 
 impl fmt::Display for Signal {
@@ -91,8 +123,20 @@ mod tests {
         assert_eq!(Signal::parse("KILL"), Some(Signal::KILL));
         assert_eq!(Signal::parse("SIGRTMIN+3").map(Signal::number), Some(37));
         assert_eq!(Signal::parse("RTMAX-0").map(Signal::number), Some(64));
-        assert_eq!(Signal::parse("SIGRTMAX-30").map(Signal::name).as_deref(), Some("SIGRTMIN"));
-        for bad in ["SIGFOO", "sigterm", "SIGSTOP", "SIGRTMIN+31", "SIGRTMIN+", "", "SIG", "15"] {
+        assert_eq!(
+            Signal::parse("SIGRTMAX-30").map(Signal::name).as_deref(),
+            Some("SIGRTMIN")
+        );
+        for bad in [
+            "SIGFOO",
+            "sigterm",
+            "SIGSTOP",
+            "SIGRTMIN+31",
+            "SIGRTMIN+",
+            "",
+            "SIG",
+            "15",
+        ] {
             assert_eq!(Signal::parse(bad), None, "{bad}");
         }
     }

@@ -303,8 +303,13 @@ impl JobSpec {
 
     /// Reads a spec file, choosing the format by extension.
     pub fn from_path(path: &Path) -> Result<JobSpec, ParseError> {
-        let format = Format::from_path(path).ok_or_else(|| ParseError::UnknownFormat { path: path.to_owned() })?;
-        let text = std::fs::read_to_string(path).map_err(|source| ParseError::Read { path: path.to_owned(), source })?;
+        let format = Format::from_path(path).ok_or_else(|| ParseError::UnknownFormat {
+            path: path.to_owned(),
+        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ParseError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         JobSpec::parse(&text, format)
     }
 }
@@ -323,6 +328,15 @@ where
 fn syntax(field: &str, error: &dyn std::fmt::Display) -> ParseError {
     // Parser messages may span lines (TOML quotes the source); keep the first line
     // plus location so `path: message` stays one line per problem.
-    let message = error.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
-    ParseError::Syntax { field: field.to_owned(), message }
+    let message = error
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    ParseError::Syntax {
+        field: field.to_owned(),
+        message,
+    }
 }

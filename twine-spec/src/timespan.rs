@@ -49,20 +49,30 @@ pub fn parse_span(text: &str) -> Result<u64, &'static str> {
     }
     let mut total: u64 = 0;
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let (number, tail) = rest.split_at(number_len);
         if number.is_empty() {
             return Err("expected a number such as 30s, 250ms or 1min 30s");
         }
         let tail = tail.trim_start();
-        let unit_len = tail.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
         let scale = if unit.is_empty() {
             1_000_000
         } else {
-            UNITS.iter().find(|(u, _)| *u == unit).map(|(_, s)| *s).ok_or("unknown time unit (use us, ms, s, min, h or d)")?
+            UNITS
+                .iter()
+                .find(|(u, _)| *u == unit)
+                .map(|(_, s)| *s)
+                .ok_or("unknown time unit (use us, ms, s, min, h or d)")?
         };
-        total = total.checked_add(scale_decimal(number, scale)?).ok_or("the time span is too large")?;
+        total = total
+            .checked_add(scale_decimal(number, scale)?)
+            .ok_or("the time span is too large")?;
         rest = tail.trim_start();
     }
     Ok(total)
@@ -74,13 +84,19 @@ fn scale_decimal(number: &str, scale: u64) -> Result<u64, &'static str> {
     if frac.contains('.') || (whole.is_empty() && frac.is_empty()) || frac.len() > 9 {
         return Err("malformed number");
     }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| "the number is too large")? };
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| "the number is too large")?
+    };
     let mut value = whole.checked_mul(scale).ok_or("the number is too large")?;
     if !frac.is_empty() {
         let digits: u64 = frac.parse().map_err(|_| "malformed number")?;
         let denominator = 10u64.pow(u32::try_from(frac.len()).map_err(|_| "malformed number")?);
         let part = u128::from(digits) * u128::from(scale) / u128::from(denominator);
-        value = value.checked_add(u64::try_from(part).map_err(|_| "the number is too large")?).ok_or("the number is too large")?;
+        value = value
+            .checked_add(u64::try_from(part).map_err(|_| "the number is too large")?)
+            .ok_or("the number is too large")?;
     }
     Ok(value)
 }

@@ -67,7 +67,9 @@ impl UnitSet {
 fn transient_unit(unit: &Unit) -> TransientUnit {
     let mut properties: Vec<Property> = Vec::new();
     for directive in unit.sections.iter().flat_map(|s| &s.directives) {
-        let Some((name, signature, value)) = property(directive.key, &directive.value.0) else { continue };
+        let Some((name, signature, value)) = property(directive.key, &directive.value.0) else {
+            continue;
+        };
         // Repeated keys accumulate into one array property.
         if let Some(existing) = properties.iter_mut().find(|p| p.name == name) {
             match (&mut existing.value, value) {
@@ -78,9 +80,16 @@ fn transient_unit(unit: &Unit) -> TransientUnit {
             }
             continue;
         }
-        properties.push(Property { name, signature, value });
+        properties.push(Property {
+            name,
+            signature,
+            value,
+        });
     }
-    TransientUnit { name: unit.name.to_string(), properties }
+    TransientUnit {
+        name: unit.name.to_string(),
+        properties,
+    }
 }
 
 fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str, PropertyValue)> {
@@ -102,16 +111,34 @@ fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str,
     let p = match key {
         "Description" => ("Description", "s", P::String(string(value))),
         "Requires" | "Wants" | "BindsTo" | "PartOf" | "After" | "Before" => {
-            let ValueKind::Units(names) = value else { return None };
-            let name = ["Requires", "Wants", "BindsTo", "PartOf", "After", "Before"].into_iter().find(|k| *k == key)?;
-            (name, "as", P::Strings(names.iter().map(ToString::to_string).collect()))
+            let ValueKind::Units(names) = value else {
+                return None;
+            };
+            let name = ["Requires", "Wants", "BindsTo", "PartOf", "After", "Before"]
+                .into_iter()
+                .find(|k| *k == key)?;
+            (
+                name,
+                "as",
+                P::Strings(names.iter().map(ToString::to_string).collect()),
+            )
         }
         "StartLimitIntervalSec" => ("StartLimitIntervalUSec", "t", P::U64(usec(value))),
-        "StartLimitBurst" => ("StartLimitBurst", "u", P::U32(u32::try_from(count(value)).ok()?)),
+        "StartLimitBurst" => (
+            "StartLimitBurst",
+            "u",
+            P::U32(u32::try_from(count(value)).ok()?),
+        ),
         "Type" => ("Type", "s", P::String(string(value))),
-        "RemainAfterExit" => ("RemainAfterExit", "b", P::Bool(matches!(value, ValueKind::Bool(true)))),
+        "RemainAfterExit" => (
+            "RemainAfterExit",
+            "b",
+            P::Bool(matches!(value, ValueKind::Bool(true))),
+        ),
         "ExecStart" => {
-            let ValueKind::Exec(argv) = value else { return None };
+            let ValueKind::Exec(argv) = value else {
+                return None;
+            };
             let path = argv.first()?.clone();
             let argv = argv.iter().map(|w| w.replace('$', "$$")).collect();
             ("ExecStart", "a(sasb)", P::Exec(vec![(path, argv, false)]))
@@ -122,12 +149,16 @@ fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str,
         "User" => ("User", "s", P::String(string(value))),
         "Group" => ("Group", "s", P::String(string(value))),
         "Environment" => {
-            let ValueKind::Environment(k, v) = value else { return None };
+            let ValueKind::Environment(k, v) = value else {
+                return None;
+            };
             ("Environment", "as", P::Strings(vec![format!("{k}={v}")]))
         }
         "CPUWeight" => ("CPUWeight", "t", P::U64(count(value))),
         "CPUQuota" => {
-            let ValueKind::Percent(p) = value else { return None };
+            let ValueKind::Percent(p) = value else {
+                return None;
+            };
             ("CPUQuotaPerSecUSec", "t", P::U64(u64::from(*p) * 10_000))
         }
         "MemoryHigh" => ("MemoryHigh", "t", P::U64(count(value))),
@@ -136,8 +167,18 @@ fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str,
         "IOWeight" => ("IOWeight", "t", P::U64(count(value))),
         "KillMode" => ("KillMode", "s", P::String(string(value))),
         "KillSignal" | "FinalKillSignal" => {
-            let ValueKind::Signal(s) = value else { return None };
-            (if key == "KillSignal" { "KillSignal" } else { "FinalKillSignal" }, "i", P::I32(s.number()))
+            let ValueKind::Signal(s) = value else {
+                return None;
+            };
+            (
+                if key == "KillSignal" {
+                    "KillSignal"
+                } else {
+                    "FinalKillSignal"
+                },
+                "i",
+                P::I32(s.number()),
+            )
         }
         "Restart" => ("Restart", "s", P::String(string(value))),
         "RestartSec" => ("RestartUSec", "t", P::U64(usec(value))),
@@ -145,9 +186,21 @@ fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str,
         "StandardError" => ("StandardError", "s", P::String(string(value))),
         "SyslogIdentifier" => ("SyslogIdentifier", "s", P::String(string(value))),
         "LogRateLimitIntervalSec" => ("LogRateLimitIntervalUSec", "t", P::U64(usec(value))),
-        "LogRateLimitBurst" => ("LogRateLimitBurst", "u", P::U32(u32::try_from(count(value)).ok()?)),
-        "OnActiveSec" => ("TimersMonotonic", "a(st)", P::Timers(vec![("OnActiveUSec".to_owned(), usec(value))])),
-        "OnUnitActiveSec" => ("TimersMonotonic", "a(st)", P::Timers(vec![("OnUnitActiveUSec".to_owned(), usec(value))])),
+        "LogRateLimitBurst" => (
+            "LogRateLimitBurst",
+            "u",
+            P::U32(u32::try_from(count(value)).ok()?),
+        ),
+        "OnActiveSec" => (
+            "TimersMonotonic",
+            "a(st)",
+            P::Timers(vec![("OnActiveUSec".to_owned(), usec(value))]),
+        ),
+        "OnUnitActiveSec" => (
+            "TimersMonotonic",
+            "a(st)",
+            P::Timers(vec![("OnUnitActiveUSec".to_owned(), usec(value))]),
+        ),
         "AccuracySec" => ("AccuracyUSec", "t", P::U64(usec(value))),
         _ => return None,
     };

@@ -129,12 +129,22 @@ impl UnitSet {
             };
         }
         // Translation only adds ordering edges that point forward, so this cannot fail.
-        toposort(&order, None).unwrap_or_default().into_iter().map(|i| &self.graph[i]).collect()
+        toposort(&order, None)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| &self.graph[i])
+            .collect()
     }
 
     /// The unit files.
     pub fn files(&self) -> Vec<UnitFile> {
-        self.units.iter().map(|u| UnitFile { name: u.name.to_string(), contents: u.render() }).collect()
+        self.units
+            .iter()
+            .map(|u| UnitFile {
+                name: u.name.to_string(),
+                contents: u.render(),
+            })
+            .collect()
     }
 
     /// Writes every unit file into `dir`, or none; see [`write_unit_files`].
@@ -146,7 +156,10 @@ impl UnitSet {
 /// Writes `files` into `dir`, all or none: each file goes to a temporary name first,
 /// and only when every one is written are they renamed into place. On failure the
 /// temporary files are removed and `dir` is as it was.
-pub fn write_unit_files(dir: &std::path::Path, files: &[UnitFile]) -> Result<Vec<std::path::PathBuf>, WriteError> {
+pub fn write_unit_files(
+    dir: &std::path::Path,
+    files: &[UnitFile],
+) -> Result<Vec<std::path::PathBuf>, WriteError> {
     let mut staged = Vec::with_capacity(files.len());
     let result = files.iter().try_for_each(|file| {
         let tmp = dir.join(format!(".{}.twine-tmp", file.name));
@@ -162,7 +175,10 @@ pub fn write_unit_files(dir: &std::path::Path, files: &[UnitFile]) -> Result<Vec
     let mut written = Vec::with_capacity(files.len());
     for (tmp, file) in staged.iter().zip(files) {
         let path = dir.join(&file.name);
-        std::fs::rename(tmp, &path).map_err(|source| WriteError { path: path.clone(), source })?;
+        std::fs::rename(tmp, &path).map_err(|source| WriteError {
+            path: path.clone(),
+            source,
+        })?;
         written.push(path);
     }
     Ok(written)
@@ -184,13 +200,24 @@ pub fn translate(job: &Job) -> UnitSet {
     let names = UnitNames::new(&job.name, task);
     let mut b = Builder::default();
 
-    let target = b.unit(names.target.clone(), UnitKind::Target, format!("twine job \"{}\"", job.name));
+    let target = b.unit(
+        names.target.clone(),
+        UnitKind::Target,
+        format!("twine job \"{}\"", job.name),
+    );
     let steps: Vec<usize> = task
         .prestart
         .iter()
         .zip(&names.prestart)
         .map(|(step, name)| {
-            let i = b.unit(name.clone(), UnitKind::Service, format!("twine job \"{}\" pre-start step \"{}\"", job.name, step.name));
+            let i = b.unit(
+                name.clone(),
+                UnitKind::Service,
+                format!(
+                    "twine job \"{}\" pre-start step \"{}\"",
+                    job.name, step.name
+                ),
+            );
             let svc = &mut b.units[i];
             svc.set("Service", "Type", Value::keyword("oneshot"));
             svc.set("Service", "RemainAfterExit", Value::bool(true));
@@ -202,13 +229,21 @@ pub fn translate(job: &Job) -> UnitSet {
             i
         })
         .collect();
-    let main = b.unit(names.main.clone(), UnitKind::Service, format!("twine job \"{}\" main command", job.name));
+    let main = b.unit(
+        names.main.clone(),
+        UnitKind::Service,
+        format!("twine job \"{}\" main command", job.name),
+    );
     let sidecars: Vec<usize> = task
         .sidecars
         .iter()
         .zip(&names.sidecars)
         .map(|(sidecar, name)| {
-            let i = b.unit(name.clone(), UnitKind::Service, format!("twine job \"{}\" sidecar \"{}\"", job.name, sidecar.name));
+            let i = b.unit(
+                name.clone(),
+                UnitKind::Service,
+                format!("twine job \"{}\" sidecar \"{}\"", job.name, sidecar.name),
+            );
             let svc = &mut b.units[i];
             svc.set("Service", "Type", Value::keyword("exec"));
             svc.set("Service", "ExecStart", Value::exec(sidecar.command.clone()));
@@ -229,23 +264,41 @@ pub fn translate(job: &Job) -> UnitSet {
         restart(svc, &task.restart);
         logs(svc, task, task.logs.identifier.as_deref());
     }
-    let health = task.health_check.as_ref().zip(names.health.as_ref()).map(|(check, (service_name, timer_name))| {
-        let service = b.unit(service_name.clone(), UnitKind::Service, format!("twine job \"{}\" health check", job.name));
-        let svc = &mut b.units[service];
-        svc.set("Service", "Type", Value::keyword("oneshot"));
-        svc.set("Service", "ExecStart", Value::exec(check.command.clone()));
-        svc.set("Service", "TimeoutStartSec", Value::span(check.timeout_usec));
-        execution(svc, task);
-        kill(svc, &task.kill);
-        logs(svc, task, None);
-        svc.set("Service", "X-Twine-HealthRetries", Value::count(u64::from(check.retries)));
-        let timer = b.unit(timer_name.clone(), UnitKind::Timer, format!("twine job \"{}\" health check timer", job.name));
-        let tmr = &mut b.units[timer];
-        tmr.set("Timer", "OnActiveSec", Value::span(check.start_period_usec));
-        tmr.set("Timer", "OnUnitActiveSec", Value::span(check.interval_usec));
-        tmr.set("Timer", "AccuracySec", Value::span(100_000));
-        (service, timer)
-    });
+    let health = task.health_check.as_ref().zip(names.health.as_ref()).map(
+        |(check, (service_name, timer_name))| {
+            let service = b.unit(
+                service_name.clone(),
+                UnitKind::Service,
+                format!("twine job \"{}\" health check", job.name),
+            );
+            let svc = &mut b.units[service];
+            svc.set("Service", "Type", Value::keyword("oneshot"));
+            svc.set("Service", "ExecStart", Value::exec(check.command.clone()));
+            svc.set(
+                "Service",
+                "TimeoutStartSec",
+                Value::span(check.timeout_usec),
+            );
+            execution(svc, task);
+            kill(svc, &task.kill);
+            logs(svc, task, None);
+            svc.set(
+                "Service",
+                "X-Twine-HealthRetries",
+                Value::count(u64::from(check.retries)),
+            );
+            let timer = b.unit(
+                timer_name.clone(),
+                UnitKind::Timer,
+                format!("twine job \"{}\" health check timer", job.name),
+            );
+            let tmr = &mut b.units[timer];
+            tmr.set("Timer", "OnActiveSec", Value::span(check.start_period_usec));
+            tmr.set("Timer", "OnUnitActiveSec", Value::span(check.interval_usec));
+            tmr.set("Timer", "AccuracySec", Value::span(100_000));
+            (service, timer)
+        },
+    );
 
     // Relations; the [Unit] directives are rendered from these edges below.
     for (step, deps) in steps.iter().zip(&task.prestart) {
@@ -279,7 +332,10 @@ pub fn translate(job: &Job) -> UnitSet {
     for &after in sidecars.iter().chain(health.iter().map(|(_, timer)| timer)) {
         b.edge(target, Dependency::After, after);
     }
-    let members: Vec<usize> = (0..b.units.len()).filter(|&i| i != target).filter(|&i| Some(i) != health.map(|(s, _)| s)).collect();
+    let members: Vec<usize> = (0..b.units.len())
+        .filter(|&i| i != target)
+        .filter(|&i| Some(i) != health.map(|(s, _)| s))
+        .collect();
     for member in members {
         b.edge(member, Dependency::PartOf, target);
     }
@@ -307,13 +363,17 @@ impl Builder {
     }
 
     fn edge(&mut self, from: usize, dependency: Dependency, to: usize) {
-        self.graph.add_edge(NodeIndex::new(from), NodeIndex::new(to), dependency);
+        self.graph
+            .add_edge(NodeIndex::new(from), NodeIndex::new(to), dependency);
     }
 
     fn finish(mut self, target: &UnitName) -> UnitSet {
         for (i, unit) in self.units.iter_mut().enumerate() {
             // Edges come out newest first; reverse to keep insertion order.
-            let mut edges: Vec<_> = self.graph.edges_directed(NodeIndex::new(i), Direction::Outgoing).collect();
+            let mut edges: Vec<_> = self
+                .graph
+                .edges_directed(NodeIndex::new(i), Direction::Outgoing)
+                .collect();
             edges.reverse();
             let mut position = 1; // after Description=
             for dependency in Dependency::ORDER {
@@ -328,18 +388,28 @@ impl Builder {
                 }
             }
         }
-        UnitSet { units: self.units, graph: self.graph, target: target.clone() }
+        UnitSet {
+            units: self.units,
+            graph: self.graph,
+            target: target.clone(),
+        }
     }
 }
 
 fn insert_unit_directive(unit: &mut Unit, position: usize, key: &'static str, value: Value) {
     let section = &mut unit.sections[0];
-    section.directives.insert(position, crate::unit::Directive { key, value });
+    section
+        .directives
+        .insert(position, crate::unit::Directive { key, value });
 }
 
 fn execution(unit: &mut Unit, task: &Task) {
     if let Some(dir) = &task.working_directory {
-        unit.set("Service", "WorkingDirectory", Value(ValueKind::Text(dir.clone())));
+        unit.set(
+            "Service",
+            "WorkingDirectory",
+            Value(ValueKind::Text(dir.clone())),
+        );
     }
     if let Some(user) = &task.user {
         unit.set("Service", "User", Value(ValueKind::Text(user.clone())));
@@ -377,28 +447,61 @@ fn resources(unit: &mut Unit, task: &Task) {
 fn kill(unit: &mut Unit, policy: &KillPolicy) {
     unit.set("Service", "KillMode", Value::keyword(policy.mode.as_str()));
     unit.set("Service", "KillSignal", Value::signal(policy.signal));
-    unit.set("Service", "TimeoutStopSec", Value::timeout(policy.grace_period));
-    unit.set("Service", "FinalKillSignal", Value::signal(policy.final_signal));
+    unit.set(
+        "Service",
+        "TimeoutStopSec",
+        Value::timeout(policy.grace_period),
+    );
+    unit.set(
+        "Service",
+        "FinalKillSignal",
+        Value::signal(policy.final_signal),
+    );
 }
 
 fn restart(unit: &mut Unit, policy: &RestartPolicy) {
     unit.set("Service", "Restart", Value::keyword(policy.policy.as_str()));
     unit.set("Service", "RestartSec", Value::span(policy.delay_usec));
     // [Unit] keys; the relations are inserted before them when the set is finished.
-    unit.set("Unit", "StartLimitIntervalSec", Value::span(policy.interval_usec));
-    unit.set("Unit", "StartLimitBurst", Value::count(u64::from(policy.burst)));
+    unit.set(
+        "Unit",
+        "StartLimitIntervalSec",
+        Value::span(policy.interval_usec),
+    );
+    unit.set(
+        "Unit",
+        "StartLimitBurst",
+        Value::count(u64::from(policy.burst)),
+    );
 }
 
 fn logs(unit: &mut Unit, task: &Task, identifier: Option<&str>) {
     unit.set("Service", "StandardOutput", Value::keyword("journal"));
     unit.set("Service", "StandardError", Value::keyword("journal"));
-    let identifier = identifier.map_or_else(|| unit.name.as_str().rsplit_once('.').map_or("", |(stem, _)| stem).to_owned(), str::to_owned);
-    unit.set("Service", "SyslogIdentifier", Value(ValueKind::Text(identifier)));
+    let identifier = identifier.map_or_else(
+        || {
+            unit.name
+                .as_str()
+                .rsplit_once('.')
+                .map_or("", |(stem, _)| stem)
+                .to_owned()
+        },
+        str::to_owned,
+    );
+    unit.set(
+        "Service",
+        "SyslogIdentifier",
+        Value(ValueKind::Text(identifier)),
+    );
     match task.logs.rate_limit {
         None => unit.set("Service", "LogRateLimitIntervalSec", Value::span(0)),
         Some((interval, burst)) => {
             unit.set("Service", "LogRateLimitIntervalSec", Value::span(interval));
-            unit.set("Service", "LogRateLimitBurst", Value::count(u64::from(burst)));
+            unit.set(
+                "Service",
+                "LogRateLimitBurst",
+                Value::count(u64::from(burst)),
+            );
         }
     }
 }

@@ -130,7 +130,10 @@ impl Value {
             None
         };
         match reason {
-            Some(reason) => Err(UnwritableValue { value: text.to_owned(), reason }),
+            Some(reason) => Err(UnwritableValue {
+                value: text.to_owned(),
+                reason,
+            }),
             None => Ok(Value(ValueKind::Text(text.to_owned()))),
         }
     }
@@ -138,7 +141,10 @@ impl Value {
     /// An absolute path, as in `WorkingDirectory=`; the same rules as [`Value::text`].
     pub fn path(path: &str) -> Result<Value, UnwritableValue> {
         if !path.starts_with('/') {
-            return Err(UnwritableValue { value: path.to_owned(), reason: "the path must be absolute" });
+            return Err(UnwritableValue {
+                value: path.to_owned(),
+                reason: "the path must be absolute",
+            });
         }
         Value::text(path)
     }
@@ -244,7 +250,9 @@ impl Value {
             ValueKind::Percent(p) => {
                 let _ = write!(out, "{p}%");
             }
-            ValueKind::Span(usec) | ValueKind::Timeout(Timeout::After(usec)) => out.push_str(&format_span(*usec)),
+            ValueKind::Span(usec) | ValueKind::Timeout(Timeout::After(usec)) => {
+                out.push_str(&format_span(*usec))
+            }
             ValueKind::Timeout(Timeout::Infinity) => out.push_str("infinity"),
             ValueKind::Signal(signal) => out.push_str(&signal.name()),
         }
@@ -281,9 +289,15 @@ pub struct Unit {
 impl Unit {
     /// An empty unit with a `[Unit]` section and, where the kind has one, its own section.
     pub fn new(name: UnitName, kind: UnitKind) -> Unit {
-        let mut sections = vec![Section { name: "Unit", directives: Vec::new() }];
+        let mut sections = vec![Section {
+            name: "Unit",
+            directives: Vec::new(),
+        }];
         if let Some(section) = kind.section() {
-            sections.push(Section { name: section, directives: Vec::new() });
+            sections.push(Section {
+                name: section,
+                directives: Vec::new(),
+            });
         }
         Unit { name, sections }
     }
@@ -293,11 +307,16 @@ impl Unit {
         let index = match self.sections.iter().position(|s| s.name == section) {
             Some(index) => index,
             None => {
-                self.sections.push(Section { name: section, directives: Vec::new() });
+                self.sections.push(Section {
+                    name: section,
+                    directives: Vec::new(),
+                });
                 self.sections.len() - 1
             }
         };
-        self.sections[index].directives.push(Directive { key, value });
+        self.sections[index]
+            .directives
+            .push(Directive { key, value });
     }
 
     /// All values of `key` in `section`, in order.

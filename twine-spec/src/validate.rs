@@ -125,8 +125,19 @@ struct Checker {
 }
 
 impl Checker {
-    fn report(&mut self, field: impl Into<String>, value: String, kind: ProblemKind, message: impl Into<String>) {
-        self.problems.push(Problem { field: field.into(), value, kind, message: message.into() });
+    fn report(
+        &mut self,
+        field: impl Into<String>,
+        value: String,
+        kind: ProblemKind,
+        message: impl Into<String>,
+    ) {
+        self.problems.push(Problem {
+            field: field.into(),
+            value,
+            kind,
+            message: message.into(),
+        });
     }
 
     /// A printable name: non-empty, bounded, no control characters or surrounding blanks.
@@ -134,7 +145,10 @@ impl Checker {
         let problem = if value.is_empty() {
             Some((ProblemKind::Empty, "must not be empty".to_owned()))
         } else if value.len() > max {
-            Some((ProblemKind::TooLong, format!("must be at most {max} bytes, is {}", value.len())))
+            Some((
+                ProblemKind::TooLong,
+                format!("must be at most {max} bytes, is {}", value.len()),
+            ))
         } else {
             self.printable(value)
         };
@@ -151,9 +165,15 @@ impl Checker {
         if value.contains('\0') {
             Some((ProblemKind::Nul, "must not contain NUL bytes".to_owned()))
         } else if value.chars().any(char::is_control) {
-            Some((ProblemKind::ControlCharacter, "must not contain control characters".to_owned()))
+            Some((
+                ProblemKind::ControlCharacter,
+                "must not contain control characters".to_owned(),
+            ))
         } else if value.trim() != value {
-            Some((ProblemKind::Malformed, "must not start or end with whitespace".to_owned()))
+            Some((
+                ProblemKind::Malformed,
+                "must not start or end with whitespace".to_owned(),
+            ))
         } else {
             None
         }
@@ -171,11 +191,21 @@ impl Checker {
         } else if value.contains('\0') {
             Some((ProblemKind::Nul, "must not contain NUL bytes".to_owned()))
         } else if value.chars().any(char::is_control) {
-            Some((ProblemKind::ControlCharacter, "must not contain control characters".to_owned()))
+            Some((
+                ProblemKind::ControlCharacter,
+                "must not contain control characters".to_owned(),
+            ))
         } else if value.len() > MAX_PATH_LEN {
-            Some((ProblemKind::TooLong, format!("must be at most {MAX_PATH_LEN} bytes, is {}", value.len())))
+            Some((
+                ProblemKind::TooLong,
+                format!("must be at most {MAX_PATH_LEN} bytes, is {}", value.len()),
+            ))
         } else if !is_normalized_absolute(value) {
-            Some((ProblemKind::NotAbsolute, "must be an absolute, normalized path (no '.', '..', '//' or trailing '/')".to_owned()))
+            Some((
+                ProblemKind::NotAbsolute,
+                "must be an absolute, normalized path (no '.', '..', '//' or trailing '/')"
+                    .to_owned(),
+            ))
         } else {
             None
         };
@@ -191,7 +221,12 @@ impl Checker {
     fn command(&mut self, field: &str, argv: &[String]) -> bool {
         let before = self.problems.len();
         match argv.first() {
-            None => self.report(field, "[]".to_owned(), ProblemKind::Empty, "must name an executable"),
+            None => self.report(
+                field,
+                "[]".to_owned(),
+                ProblemKind::Empty,
+                "must name an executable",
+            ),
             Some(exe) => {
                 // systemd 252 refuses quotes and backslashes in the executable path
                 // ("Executable name contains special characters") and reads `$$` there
@@ -202,46 +237,94 @@ impl Checker {
             }
         }
         if argv.len() > MAX_ARGS {
-            self.report(field, format!("{} arguments", argv.len()), ProblemKind::TooLong, format!("must have at most {MAX_ARGS} arguments"));
+            self.report(
+                field,
+                format!("{} arguments", argv.len()),
+                ProblemKind::TooLong,
+                format!("must have at most {MAX_ARGS} arguments"),
+            );
         }
         for (i, arg) in argv.iter().enumerate().skip(1) {
             if arg.contains('\0') {
-                self.report(format!("{field}[{i}]"), shown(arg), ProblemKind::Nul, "must not contain NUL bytes");
+                self.report(
+                    format!("{field}[{i}]"),
+                    shown(arg),
+                    ProblemKind::Nul,
+                    "must not contain NUL bytes",
+                );
             }
         }
         let quoted: usize = argv.iter().map(|w| escape::exec_word(w).len() + 1).sum();
         if quoted > MAX_COMMAND_LINE {
-            self.report(field, format!("{quoted} bytes once quoted"), ProblemKind::TooLong, format!("must be at most {MAX_COMMAND_LINE} bytes once quoted"));
+            self.report(
+                field,
+                format!("{quoted} bytes once quoted"),
+                ProblemKind::TooLong,
+                format!("must be at most {MAX_COMMAND_LINE} bytes once quoted"),
+            );
         }
         self.problems.len() == before
     }
 
-    fn span(&mut self, field: &str, value: &Option<Quantity>, default_usec: u64, allow_zero: bool) -> Option<u64> {
-        match self.timeout(field, value, Timeout::After(default_usec), allow_zero, false)? {
+    fn span(
+        &mut self,
+        field: &str,
+        value: &Option<Quantity>,
+        default_usec: u64,
+        allow_zero: bool,
+    ) -> Option<u64> {
+        match self.timeout(
+            field,
+            value,
+            Timeout::After(default_usec),
+            allow_zero,
+            false,
+        )? {
             Timeout::After(usec) => Some(usec),
             Timeout::Infinity => None,
         }
     }
 
-    fn timeout(&mut self, field: &str, value: &Option<Quantity>, default: Timeout, allow_zero: bool, allow_infinity: bool) -> Option<Timeout> {
+    fn timeout(
+        &mut self,
+        field: &str,
+        value: &Option<Quantity>,
+        default: Timeout,
+        allow_zero: bool,
+        allow_infinity: bool,
+    ) -> Option<Timeout> {
         let Some(q) = value else { return Some(default) };
         let parsed = match q {
-            Quantity::Integer(n) if *n >= 0 => u64::try_from(*n).ok().and_then(|n| n.checked_mul(1_000_000)).map(Timeout::After).ok_or("the time span is too large"),
+            Quantity::Integer(n) if *n >= 0 => u64::try_from(*n)
+                .ok()
+                .and_then(|n| n.checked_mul(1_000_000))
+                .map(Timeout::After)
+                .ok_or("the time span is too large"),
             Quantity::Integer(_) => Err("must not be negative"),
-            Quantity::Float(x) if x.is_finite() && *x >= 0.0 => parse_span(&format!("{x}")).map(Timeout::After),
+            Quantity::Float(x) if x.is_finite() && *x >= 0.0 => {
+                parse_span(&format!("{x}")).map(Timeout::After)
+            }
             Quantity::Float(_) => Err("must be a finite, non-negative number of seconds"),
             Quantity::Text(t) if t == "infinity" && allow_infinity => Ok(Timeout::Infinity),
             Quantity::Text(t) => parse_span(t).map(Timeout::After),
         };
         match parsed {
             Ok(Timeout::After(0)) if !allow_zero => {
-                let hint = if allow_infinity { "must be positive (use \"infinity\" to wait forever)" } else { "must be positive" };
+                let hint = if allow_infinity {
+                    "must be positive (use \"infinity\" to wait forever)"
+                } else {
+                    "must be positive"
+                };
                 self.report(field, shown_quantity(q), ProblemKind::OutOfRange, hint);
                 None
             }
             Ok(t) => Some(t),
             Err(message) => {
-                let kind = if message.contains("negative") { ProblemKind::OutOfRange } else { ProblemKind::Malformed };
+                let kind = if message.contains("negative") {
+                    ProblemKind::OutOfRange
+                } else {
+                    ProblemKind::Malformed
+                };
                 self.report(field, shown_quantity(q), kind, message);
                 None
             }
@@ -254,12 +337,22 @@ impl Checker {
             Quantity::Integer(n) if *n > 0 => u64::try_from(*n).map_err(|_| "out of range"),
             Quantity::Integer(_) => Err("must be positive"),
             Quantity::Float(_) => Err("must be a whole number of bytes or a size such as 512M"),
-            Quantity::Text(t) => parse_bytes(t).and_then(|n| if n == 0 { Err("must be positive") } else { Ok(n) }),
+            Quantity::Text(t) => parse_bytes(t).and_then(|n| {
+                if n == 0 {
+                    Err("must be positive")
+                } else {
+                    Ok(n)
+                }
+            }),
         };
         match parsed {
             Ok(n) => Some(n),
             Err(message) => {
-                let kind = if message.contains("positive") { ProblemKind::OutOfRange } else { ProblemKind::Malformed };
+                let kind = if message.contains("positive") {
+                    ProblemKind::OutOfRange
+                } else {
+                    ProblemKind::Malformed
+                };
                 self.report(field, shown_quantity(q), kind, message);
                 None
             }
@@ -271,7 +364,12 @@ impl Checker {
         if (min..=max).contains(&n) {
             u64::try_from(n).ok()
         } else {
-            self.report(field, n.to_string(), ProblemKind::OutOfRange, format!("must be between {min} and {max}"));
+            self.report(
+                field,
+                n.to_string(),
+                ProblemKind::OutOfRange,
+                format!("must be between {min} and {max}"),
+            );
             None
         }
     }
@@ -279,7 +377,12 @@ impl Checker {
     fn signal(&mut self, field: &str, value: &Option<String>, default: Signal) -> Signal {
         let Some(name) = value else { return default };
         Signal::parse(name).unwrap_or_else(|| {
-            self.report(field, shown(name), ProblemKind::Malformed, "must be a signal that ends a process, such as SIGTERM, SIGINT or SIGRTMIN+3");
+            self.report(
+                field,
+                shown(name),
+                ProblemKind::Malformed,
+                "must be a signal that ends a process, such as SIGTERM, SIGINT or SIGRTMIN+3",
+            );
             default
         })
     }
@@ -291,14 +394,35 @@ impl Checker {
             Some("on-failure") => Restart::OnFailure,
             Some("always") => Restart::Always,
             Some(other) => {
-                self.report(format!("{field}.policy"), shown(other), ProblemKind::Malformed, "must be one of never, on-failure, always");
+                self.report(
+                    format!("{field}.policy"),
+                    shown(other),
+                    ProblemKind::Malformed,
+                    "must be one of never, on-failure, always",
+                );
                 default
             }
         };
-        let delay_usec = self.span(&format!("{field}.delay"), &spec.delay, 1_000_000, true).unwrap_or(0);
-        let burst = self.ranged(&format!("{field}.burst"), spec.burst, 0, 10_000).unwrap_or(5);
-        let interval_usec = self.span(&format!("{field}.interval"), &spec.interval, 60_000_000, false).unwrap_or(1);
-        RestartPolicy { policy, delay_usec, burst: u32::try_from(burst).unwrap_or(5), interval_usec }
+        let delay_usec = self
+            .span(&format!("{field}.delay"), &spec.delay, 1_000_000, true)
+            .unwrap_or(0);
+        let burst = self
+            .ranged(&format!("{field}.burst"), spec.burst, 0, 10_000)
+            .unwrap_or(5);
+        let interval_usec = self
+            .span(
+                &format!("{field}.interval"),
+                &spec.interval,
+                60_000_000,
+                false,
+            )
+            .unwrap_or(1);
+        RestartPolicy {
+            policy,
+            delay_usec,
+            burst: u32::try_from(burst).unwrap_or(5),
+            interval_usec,
+        }
     }
 }
 
@@ -306,7 +430,9 @@ fn is_normalized_absolute(path: &str) -> bool {
     path == "/"
         || (path.starts_with('/')
             && !path.ends_with('\\')
-            && path[1..].split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+            && path[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
 }
 
 fn is_env_name(name: &str) -> bool {
@@ -326,7 +452,10 @@ fn is_user_or_group(name: &str) -> bool {
 }
 
 fn is_label_key(key: &str) -> bool {
-    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
 }
 
 impl JobSpec {
@@ -336,18 +465,35 @@ impl JobSpec {
         let spec = self;
         c.name("name", &spec.name, MAX_NAME_LEN);
         c.name("entitlement", &spec.entitlement, 128);
-        let replicas = c.ranged("replicas", Some(spec.replicas), 0, 1_000_000).unwrap_or(0);
+        let replicas = c
+            .ranged("replicas", Some(spec.replicas), 0, 1_000_000)
+            .unwrap_or(0);
         if spec.labels.len() > MAX_LABELS {
-            c.report("labels", format!("{} labels", spec.labels.len()), ProblemKind::TooLong, format!("must have at most {MAX_LABELS} labels"));
+            c.report(
+                "labels",
+                format!("{} labels", spec.labels.len()),
+                ProblemKind::TooLong,
+                format!("must have at most {MAX_LABELS} labels"),
+            );
         }
         for (key, value) in &spec.labels {
             if !is_label_key(key) || key.len() > MAX_NAME_LEN {
-                c.report(format!("labels.{key}"), shown(key), ProblemKind::Malformed, format!("label keys are 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 . _ / -"));
+                c.report(
+                    format!("labels.{key}"),
+                    shown(key),
+                    ProblemKind::Malformed,
+                    format!("label keys are 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 . _ / -"),
+                );
             }
             if let Some((kind, message)) = c.printable(value) {
                 c.report(format!("labels.{key}"), shown(value), kind, message);
             } else if value.len() > 256 {
-                c.report(format!("labels.{key}"), shown(value), ProblemKind::TooLong, "must be at most 256 bytes");
+                c.report(
+                    format!("labels.{key}"),
+                    shown(value),
+                    ProblemKind::TooLong,
+                    "must be at most 256 bytes",
+                );
             }
         }
         let host_profile = c.optional_name("host_profile", &spec.host_profile, 128);
@@ -360,9 +506,21 @@ impl JobSpec {
             let mut seen: HashMap<String, String> = HashMap::new();
             for (field, unit) in names.all_with_fields() {
                 if unit.as_str().len() > MAX_UNIT_NAME_LEN {
-                    c.report(field, shown(unit.as_str()), ProblemKind::UnitName, format!("gives a unit name longer than {MAX_UNIT_NAME_LEN} bytes once escaped"));
+                    c.report(
+                        field,
+                        shown(unit.as_str()),
+                        ProblemKind::UnitName,
+                        format!(
+                            "gives a unit name longer than {MAX_UNIT_NAME_LEN} bytes once escaped"
+                        ),
+                    );
                 } else if let Some(other) = seen.insert(unit.as_str().to_owned(), field.clone()) {
-                    c.report(field, shown(unit.as_str()), ProblemKind::UnitName, format!("gives the same unit name as {other}"));
+                    c.report(
+                        field,
+                        shown(unit.as_str()),
+                        ProblemKind::UnitName,
+                        format!("gives the same unit name as {other}"),
+                    );
                 }
             }
         }
@@ -378,7 +536,9 @@ impl JobSpec {
                 task,
             })
         } else {
-            Err(ValidationErrors { problems: c.problems })
+            Err(ValidationErrors {
+                problems: c.problems,
+            })
         }
     }
 }
@@ -394,7 +554,12 @@ fn validate_task(c: &mut Checker, t: &TaskSpec) -> Task {
         }
     }
     if t.environment.len() > MAX_ENV_VARS {
-        c.report("task.environment", format!("{} variables", t.environment.len()), ProblemKind::TooLong, format!("must have at most {MAX_ENV_VARS} variables"));
+        c.report(
+            "task.environment",
+            format!("{} variables", t.environment.len()),
+            ProblemKind::TooLong,
+            format!("must have at most {MAX_ENV_VARS} variables"),
+        );
     }
     for (name, value) in &t.environment {
         let field = format!("task.environment.{name}");
@@ -402,9 +567,19 @@ fn validate_task(c: &mut Checker, t: &TaskSpec) -> Task {
             c.report(&field, shown(name), ProblemKind::Malformed, "variable names are letters, digits and _, not starting with a digit, at most 255 bytes");
         }
         if value.contains('\0') {
-            c.report(&field, shown(value), ProblemKind::Nul, "must not contain NUL bytes");
+            c.report(
+                &field,
+                shown(value),
+                ProblemKind::Nul,
+                "must not contain NUL bytes",
+            );
         } else if value.len() > MAX_ENV_VALUE {
-            c.report(&field, format!("{} bytes", value.len()), ProblemKind::TooLong, format!("must be at most {MAX_ENV_VALUE} bytes"));
+            c.report(
+                &field,
+                format!("{} bytes", value.len()),
+                ProblemKind::TooLong,
+                format!("must be at most {MAX_ENV_VALUE} bytes"),
+            );
         }
     }
     let resources = validate_resources(c, &t.resources);
@@ -412,13 +587,23 @@ fn validate_task(c: &mut Checker, t: &TaskSpec) -> Task {
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     let mut unique = |c: &mut Checker, field: String, name: &str| {
         if let Some(first) = names.get(name) {
-            c.report(&field, shown(name), ProblemKind::Duplicate, format!("is already the name of {first}"));
+            c.report(
+                &field,
+                shown(name),
+                ProblemKind::Duplicate,
+                format!("is already the name of {first}"),
+            );
         } else {
             names.insert(name.to_owned(), field);
         }
     };
     if t.prestart.len() > MAX_PRESTART {
-        c.report("task.prestart", format!("{} steps", t.prestart.len()), ProblemKind::TooLong, format!("must have at most {MAX_PRESTART} steps"));
+        c.report(
+            "task.prestart",
+            format!("{} steps", t.prestart.len()),
+            ProblemKind::TooLong,
+            format!("must have at most {MAX_PRESTART} steps"),
+        );
     }
     let mut prestart = Vec::with_capacity(t.prestart.len());
     for (i, step) in t.prestart.iter().enumerate() {
@@ -427,17 +612,39 @@ fn validate_task(c: &mut Checker, t: &TaskSpec) -> Task {
             unique(c, format!("{field}.name"), &step.name);
         }
         c.command(&format!("{field}.command"), &step.command);
-        let timeout = c.timeout(&format!("{field}.timeout"), &step.timeout, Timeout::After(300_000_000), false, true).unwrap_or(Timeout::Infinity);
+        let timeout = c
+            .timeout(
+                &format!("{field}.timeout"),
+                &step.timeout,
+                Timeout::After(300_000_000),
+                false,
+                true,
+            )
+            .unwrap_or(Timeout::Infinity);
         let after = match &step.after {
             Some(after) => after.clone(),
-            None => t.prestart.get(i.wrapping_sub(1)).map(|prev| vec![prev.name.clone()]).unwrap_or_default(),
+            None => t
+                .prestart
+                .get(i.wrapping_sub(1))
+                .map(|prev| vec![prev.name.clone()])
+                .unwrap_or_default(),
         };
-        prestart.push(PrestartStep { name: step.name.clone(), command: step.command.clone(), timeout, after });
+        prestart.push(PrestartStep {
+            name: step.name.clone(),
+            command: step.command.clone(),
+            timeout,
+            after,
+        });
     }
     check_step_graph(c, &prestart);
 
     if t.sidecars.len() > MAX_SIDECARS {
-        c.report("task.sidecars", format!("{} sidecars", t.sidecars.len()), ProblemKind::TooLong, format!("must have at most {MAX_SIDECARS} sidecars"));
+        c.report(
+            "task.sidecars",
+            format!("{} sidecars", t.sidecars.len()),
+            ProblemKind::TooLong,
+            format!("must have at most {MAX_SIDECARS} sidecars"),
+        );
     }
     let mut sidecars = Vec::with_capacity(t.sidecars.len());
     for (i, sidecar) in t.sidecars.iter().enumerate() {
@@ -446,20 +653,41 @@ fn validate_task(c: &mut Checker, t: &TaskSpec) -> Task {
             unique(c, format!("{field}.name"), &sidecar.name);
         }
         c.command(&format!("{field}.command"), &sidecar.command);
-        let restart = c.restart(&format!("{field}.restart"), sidecar.restart.as_ref().unwrap_or(&RestartSpec::default()), Restart::Always);
-        sidecars.push(Sidecar { name: sidecar.name.clone(), command: sidecar.command.clone(), restart });
+        let restart = c.restart(
+            &format!("{field}.restart"),
+            sidecar.restart.as_ref().unwrap_or(&RestartSpec::default()),
+            Restart::Always,
+        );
+        sidecars.push(Sidecar {
+            name: sidecar.name.clone(),
+            command: sidecar.command.clone(),
+            restart,
+        });
     }
 
     let kill = KillPolicy {
         signal: c.signal("task.kill.signal", &t.kill.signal, Signal::TERM),
-        grace_period: c.timeout("task.kill.grace_period", &t.kill.grace_period, Timeout::After(30_000_000), false, true).unwrap_or(Timeout::Infinity),
+        grace_period: c
+            .timeout(
+                "task.kill.grace_period",
+                &t.kill.grace_period,
+                Timeout::After(30_000_000),
+                false,
+                true,
+            )
+            .unwrap_or(Timeout::Infinity),
         final_signal: c.signal("task.kill.final_signal", &t.kill.final_signal, Signal::KILL),
         mode: match t.kill.mode.as_deref() {
             None | Some("control-group") => KillMode::ControlGroup,
             Some("mixed") => KillMode::Mixed,
             Some("process") => KillMode::Process,
             Some(other) => {
-                c.report("task.kill.mode", shown(other), ProblemKind::Malformed, "must be one of control-group, mixed, process");
+                c.report(
+                    "task.kill.mode",
+                    shown(other),
+                    ProblemKind::Malformed,
+                    "must be one of control-group, mixed, process",
+                );
                 KillMode::ControlGroup
             }
         },
@@ -470,10 +698,24 @@ fn validate_task(c: &mut Checker, t: &TaskSpec) -> Task {
         c.command("task.health_check.command", &h.command);
         HealthCheck {
             command: h.command.clone(),
-            interval_usec: c.span("task.health_check.interval", &h.interval, 30_000_000, false).unwrap_or(1),
-            timeout_usec: c.span("task.health_check.timeout", &h.timeout, 10_000_000, false).unwrap_or(1),
-            retries: c.ranged("task.health_check.retries", Some(h.retries.unwrap_or(3)), 1, 1000).and_then(|n| u32::try_from(n).ok()).unwrap_or(1),
-            start_period_usec: c.span("task.health_check.start_period", &h.start_period, 0, true).unwrap_or(0),
+            interval_usec: c
+                .span("task.health_check.interval", &h.interval, 30_000_000, false)
+                .unwrap_or(1),
+            timeout_usec: c
+                .span("task.health_check.timeout", &h.timeout, 10_000_000, false)
+                .unwrap_or(1),
+            retries: c
+                .ranged(
+                    "task.health_check.retries",
+                    Some(h.retries.unwrap_or(3)),
+                    1,
+                    1000,
+                )
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(1),
+            start_period_usec: c
+                .span("task.health_check.start_period", &h.start_period, 0, true)
+                .unwrap_or(0),
         }
     });
 
@@ -481,18 +723,41 @@ fn validate_task(c: &mut Checker, t: &TaskSpec) -> Task {
     let rate_limit = match (&logs.rate_limit_interval, logs.rate_limit_burst) {
         (None, None) => None,
         (None, Some(burst)) => {
-            c.report("task.logs.rate_limit_burst", burst.to_string(), ProblemKind::Conflict, "needs task.logs.rate_limit_interval");
+            c.report(
+                "task.logs.rate_limit_burst",
+                burst.to_string(),
+                ProblemKind::Conflict,
+                "needs task.logs.rate_limit_interval",
+            );
             None
         }
         (Some(interval), burst) => {
-            let interval = c.span("task.logs.rate_limit_interval", &Some(interval.clone()), 0, false);
-            let burst = c.ranged("task.logs.rate_limit_burst", Some(burst.unwrap_or(10_000)), 1, 1_000_000_000);
+            let interval = c.span(
+                "task.logs.rate_limit_interval",
+                &Some(interval.clone()),
+                0,
+                false,
+            );
+            let burst = c.ranged(
+                "task.logs.rate_limit_burst",
+                Some(burst.unwrap_or(10_000)),
+                1,
+                1_000_000_000,
+            );
             interval.zip(burst.and_then(|b| u32::try_from(b).ok()))
         }
     };
     let identifier = c.optional_name("task.logs.identifier", &logs.identifier, MAX_NAME_LEN);
-    if let Some(id) = identifier.as_deref().filter(|id| id.contains(char::is_whitespace)) {
-        c.report("task.logs.identifier", shown(id), ProblemKind::Malformed, "must not contain whitespace");
+    if let Some(id) = identifier
+        .as_deref()
+        .filter(|id| id.contains(char::is_whitespace))
+    {
+        c.report(
+            "task.logs.identifier",
+            shown(id),
+            ProblemKind::Malformed,
+            "must not contain whitespace",
+        );
     }
 
     Task {
@@ -507,14 +772,20 @@ fn validate_task(c: &mut Checker, t: &TaskSpec) -> Task {
         kill,
         restart,
         health_check,
-        logs: LogPolicy { rate_limit, identifier },
+        logs: LogPolicy {
+            rate_limit,
+            identifier,
+        },
     }
 }
 
 fn validate_resources(c: &mut Checker, r: &ResourcesSpec) -> Resources {
     let cpu_quota_percent = r.cpu_quota.as_ref().and_then(|q| {
         let percent = match q {
-            Quantity::Integer(cores) => cores.checked_mul(100).filter(|p| *p > 0).ok_or("must be positive"),
+            Quantity::Integer(cores) => cores
+                .checked_mul(100)
+                .filter(|p| *p > 0)
+                .ok_or("must be positive"),
             Quantity::Float(cores) if cores.is_finite() && *cores > 0.0 && *cores <= 100_000.0 => {
                 #[allow(clippy::cast_possible_truncation)] // bounded above
                 Ok((cores * 100.0).round() as i64)
@@ -528,11 +799,21 @@ fn validate_resources(c: &mut Checker, r: &ResourcesSpec) -> Resources {
         match percent {
             Ok(p) if (1..=10_000_000).contains(&p) => u32::try_from(p).ok(),
             Ok(_) => {
-                c.report("task.resources.cpu_quota", shown_quantity(q), ProblemKind::OutOfRange, "must be between 1% and 10000000%");
+                c.report(
+                    "task.resources.cpu_quota",
+                    shown_quantity(q),
+                    ProblemKind::OutOfRange,
+                    "must be between 1% and 10000000%",
+                );
                 None
             }
             Err(message) => {
-                c.report("task.resources.cpu_quota", shown_quantity(q), ProblemKind::OutOfRange, message);
+                c.report(
+                    "task.resources.cpu_quota",
+                    shown_quantity(q),
+                    ProblemKind::OutOfRange,
+                    message,
+                );
                 None
             }
         }
@@ -542,7 +823,12 @@ fn validate_resources(c: &mut Checker, r: &ResourcesSpec) -> Resources {
     if let (Some(high), Some(max)) = (memory_high, memory_max)
         && high > max
     {
-        c.report("task.resources.memory_high", high.to_string(), ProblemKind::Conflict, format!("must not be above task.resources.memory_max ({max})"));
+        c.report(
+            "task.resources.memory_high",
+            high.to_string(),
+            ProblemKind::Conflict,
+            format!("must not be above task.resources.memory_max ({max})"),
+        );
     }
     Resources {
         cpu_weight: c.ranged("task.resources.cpu_weight", r.cpu_weight, 1, 10_000),
@@ -556,17 +842,31 @@ fn validate_resources(c: &mut Checker, r: &ResourcesSpec) -> Resources {
 
 /// `after` must name other steps, and the steps must not wait for each other in a cycle.
 fn check_step_graph(c: &mut Checker, steps: &[PrestartStep]) {
-    let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     let mut graph = DiGraphMap::<usize, (), std::hash::RandomState>::new();
     for (i, step) in steps.iter().enumerate() {
         graph.add_node(i);
         for (j, dep) in step.after.iter().enumerate() {
             match index.get(dep.as_str()) {
-                Some(&d) if d == i => c.report(format!("task.prestart[{i}].after[{j}]"), shown(dep), ProblemKind::Cycle, "a step cannot wait for itself"),
+                Some(&d) if d == i => c.report(
+                    format!("task.prestart[{i}].after[{j}]"),
+                    shown(dep),
+                    ProblemKind::Cycle,
+                    "a step cannot wait for itself",
+                ),
                 Some(&d) => {
                     graph.add_edge(d, i, ());
                 }
-                None => c.report(format!("task.prestart[{i}].after[{j}]"), shown(dep), ProblemKind::UnknownReference, "names no pre-start step of this task"),
+                None => c.report(
+                    format!("task.prestart[{i}].after[{j}]"),
+                    shown(dep),
+                    ProblemKind::UnknownReference,
+                    "names no pre-start step of this task",
+                ),
             }
         }
     }
@@ -574,6 +874,11 @@ fn check_step_graph(c: &mut Checker, steps: &[PrestartStep]) {
         let mut members = scc;
         members.sort_unstable();
         let names: Vec<&str> = members.iter().map(|&i| steps[i].name.as_str()).collect();
-        c.report(format!("task.prestart[{}].after", members[0]), shown(&names.join(" -> ")), ProblemKind::Cycle, "pre-start steps wait for each other in a cycle");
+        c.report(
+            format!("task.prestart[{}].after", members[0]),
+            shown(&names.join(" -> ")),
+            ProblemKind::Cycle,
+            "pre-start steps wait for each other in a cycle",
+        );
     }
 }

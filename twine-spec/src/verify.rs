@@ -53,7 +53,8 @@ pub fn verify(files: &[UnitFile]) -> Result<(), VerifyError> {
         let mut paths = Vec::with_capacity(files.len());
         for file in files {
             let path = dir.join(&file.name);
-            std::fs::write(&path, &file.contents).map_err(io(format!("writing {}", path.display())))?;
+            std::fs::write(&path, &file.contents)
+                .map_err(io(format!("writing {}", path.display())))?;
             paths.push(path);
         }
         verify_paths(&paths)
@@ -70,7 +71,10 @@ pub fn verify_paths(paths: &[PathBuf]) -> Result<(), VerifyError> {
         .args(paths)
         .env("SYSTEMD_LOG_COLOR", "0")
         .output()
-        .map_err(|source| VerifyError::Io { context: "running systemd-analyze (apt: systemd)".to_owned(), source })?;
+        .map_err(|source| VerifyError::Io {
+            context: "running systemd-analyze (apt: systemd)".to_owned(),
+            source,
+        })?;
     let mut printed = String::from_utf8_lossy(&output.stdout).into_owned();
     printed.push_str(&String::from_utf8_lossy(&output.stderr));
     if output.status.success() && printed.trim().is_empty() {
@@ -85,5 +89,8 @@ pub fn verify_paths(paths: &[PathBuf]) -> Result<(), VerifyError> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }

@@ -27,7 +27,11 @@ fn cases() -> Vec<PathBuf> {
         .filter(|p| Format::from_path(p).is_some())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 10, "golden cases missing in {}", dir.display());
+    assert!(
+        cases.len() >= 10,
+        "golden cases missing in {}",
+        dir.display()
+    );
     cases
 }
 
@@ -57,11 +61,18 @@ fn assertions(text: &str) -> Vec<Vec<String>> {
 fn last_value(files: &[UnitFile], unit: &str, section: &str, key: &str) -> Option<String> {
     let file = files.iter().find(|f| f.name == unit)?;
     let entries = support::systemd_parse::read_unit(&file.contents).expect("unit reads back");
-    entries.into_iter().filter(|e| e.section == section && e.key == key).map(|e| e.value).last()
+    entries
+        .into_iter()
+        .filter(|e| e.section == section && e.key == key)
+        .map(|e| e.value)
+        .next_back()
 }
 
 fn listing(files: &[UnitFile]) -> String {
-    files.iter().map(|f| format!("### {}\n{}\n", f.name, f.contents)).collect()
+    files
+        .iter()
+        .map(|f| format!("### {}\n{}\n", f.name, f.contents))
+        .collect()
 }
 
 fn run_case(path: &Path) -> Result<(), String> {
@@ -74,23 +85,37 @@ fn run_case(path: &Path) -> Result<(), String> {
                 eprintln!("{}: {field}: {message}", path.display());
                 Ok(())
             }
-            other => Err(format!("expected a parse error at {}, got {other:?}", expect[1])),
+            other => Err(format!(
+                "expected a parse error at {}, got {other:?}",
+                expect[1]
+            )),
         };
     }
     let spec = parsed.map_err(|e| e.to_string())?;
-    let expected_errors: Vec<&Vec<String>> = checks.iter().filter(|c| c[0] == "assert-error").collect();
+    let expected_errors: Vec<&Vec<String>> =
+        checks.iter().filter(|c| c[0] == "assert-error").collect();
     let job = match spec.validate() {
         Err(errors) => {
-            let got: Vec<(String, String)> =
-                errors.problems.iter().map(|p| (p.field.clone(), format!("{:?}", p.kind))).collect();
-            let want: Vec<(String, String)> = expected_errors.iter().map(|c| (c[1].clone(), c[2].clone())).collect();
+            let got: Vec<(String, String)> = errors
+                .problems
+                .iter()
+                .map(|p| (p.field.clone(), format!("{:?}", p.kind)))
+                .collect();
+            let want: Vec<(String, String)> = expected_errors
+                .iter()
+                .map(|c| (c[1].clone(), c[2].clone()))
+                .collect();
             return if got == want {
                 Ok(())
             } else {
-                Err(format!("problems differ\n got: {got:?}\nwant: {want:?}\n{errors}"))
+                Err(format!(
+                    "problems differ\n got: {got:?}\nwant: {want:?}\n{errors}"
+                ))
             };
         }
-        Ok(_) if !expected_errors.is_empty() => return Err("expected validation errors, got none".to_owned()),
+        Ok(_) if !expected_errors.is_empty() => {
+            return Err("expected validation errors, got none".to_owned());
+        }
         Ok(job) => job,
     };
     let files = translate(&job).files();
@@ -105,18 +130,27 @@ fn run_case(path: &Path) -> Result<(), String> {
             "assert-key-is" => {
                 let got = last_value(&files, &check[1], &check[2], &check[3]);
                 if got.as_deref() != Some(check[4].as_str()) {
-                    return Err(format!("{} [{}] {}: got {got:?}, want {:?}", check[1], check[2], check[3], check[4]));
+                    return Err(format!(
+                        "{} [{}] {}: got {got:?}, want {:?}",
+                        check[1], check[2], check[3], check[4]
+                    ));
                 }
             }
             "assert-key-contains" => {
                 let got = last_value(&files, &check[1], &check[2], &check[3]).unwrap_or_default();
                 if !got.contains(check[4].as_str()) {
-                    return Err(format!("{} [{}] {}: {got:?} lacks {:?}", check[1], check[2], check[3], check[4]));
+                    return Err(format!(
+                        "{} [{}] {}: {got:?} lacks {:?}",
+                        check[1], check[2], check[3], check[4]
+                    ));
                 }
             }
             "assert-no-key" => {
                 if let Some(got) = last_value(&files, &check[1], &check[2], &check[3]) {
-                    return Err(format!("{} [{}] {} is set to {got:?}", check[1], check[2], check[3]));
+                    return Err(format!(
+                        "{} [{}] {} is set to {got:?}",
+                        check[1], check[2], check[3]
+                    ));
                 }
             }
             _ => {}
@@ -127,9 +161,13 @@ fn run_case(path: &Path) -> Result<(), String> {
     if std::env::var("TWINE_BLESS").is_ok_and(|v| v == "1") {
         std::fs::write(&golden, &rendered).map_err(|e| e.to_string())?;
     } else {
-        let want = std::fs::read_to_string(&golden).map_err(|e| format!("{}: {e} (TWINE_BLESS=1 writes it)", golden.display()))?;
+        let want = std::fs::read_to_string(&golden)
+            .map_err(|e| format!("{}: {e} (TWINE_BLESS=1 writes it)", golden.display()))?;
         if want != rendered {
-            return Err(format!("{} differs from the rendered units:\n{rendered}", golden.display()));
+            return Err(format!(
+                "{} differs from the rendered units:\n{rendered}",
+                golden.display()
+            ));
         }
     }
     support::assert_verifies(&files);
@@ -152,7 +190,10 @@ fn golden_specs() {
 fn formats_agree() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let render = |name: &str| {
-        let job = JobSpec::from_path(&dir.join(name)).expect("parses").validate().expect("valid");
+        let job = JobSpec::from_path(&dir.join(name))
+            .expect("parses")
+            .validate()
+            .expect("valid");
         translate(&job).files()
     };
     let toml = render("formats.toml");

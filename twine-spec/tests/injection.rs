@@ -18,8 +18,39 @@ use twine_spec::{JobSpec, translate};
 
 /// Pieces that mean something to systemd, a shell, or a unit-file reader.
 const FRAGMENTS: &[&str] = &[
-    "%", "%n", "%%", "$", "${X}", "$$", "\\", "\\\\", "\"", "'", ";", " ", "\n", "\t", "\r", "\u{1}", "\u{7f}",
-    "ü", "😀", "-", "@", "+", "!", ":", "[Service]", "\nExecStart=/bin/evil", "\\\n", "a", "=", "#", "x", "/", ".",
+    "%",
+    "%n",
+    "%%",
+    "$",
+    "${X}",
+    "$$",
+    "\\",
+    "\\\\",
+    "\"",
+    "'",
+    ";",
+    " ",
+    "\n",
+    "\t",
+    "\r",
+    "\u{1}",
+    "\u{7f}",
+    "ü",
+    "😀",
+    "-",
+    "@",
+    "+",
+    "!",
+    ":",
+    "[Service]",
+    "\nExecStart=/bin/evil",
+    "\\\n",
+    "a",
+    "=",
+    "#",
+    "x",
+    "/",
+    ".",
 ];
 
 fn hostile() -> impl Strategy<Value = String> {
@@ -32,8 +63,11 @@ fn hostile() -> impl Strategy<Value = String> {
 
 /// Printable names that still carry every character systemd interprets.
 fn name_like() -> impl Strategy<Value = String> {
-    let printable: Vec<&'static str> =
-        FRAGMENTS.iter().copied().filter(|f| !f.chars().any(char::is_control) && *f != "/").collect();
+    let printable: Vec<&'static str> = FRAGMENTS
+        .iter()
+        .copied()
+        .filter(|f| !f.chars().any(char::is_control) && *f != "/")
+        .collect();
     let printable = proptest::collection::vec(proptest::sample::select(printable), 1..8)
         .prop_map(|v| format!("n{}n", v.concat()));
     prop_oneof![12 => printable, 1 => hostile()]
@@ -96,8 +130,17 @@ fn assert_reads_back(set: &twine_spec::UnitSet) -> Result<(), TestCaseError> {
     for unit in set.units() {
         let text = unit.render();
         let entries = read_unit(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
-        let model: Vec<_> = unit.sections.iter().flat_map(|s| s.directives.iter().map(move |d| (s.name, d))).collect();
-        prop_assert_eq!(entries.len(), model.len(), "directive count differs in\n{}", text);
+        let model: Vec<_> = unit
+            .sections
+            .iter()
+            .flat_map(|s| s.directives.iter().map(move |d| (s.name, d)))
+            .collect();
+        prop_assert_eq!(
+            entries.len(),
+            model.len(),
+            "directive count differs in\n{}",
+            text
+        );
         for (entry, (section, directive)) in entries.iter().zip(&model) {
             prop_assert_eq!(&entry.section, section);
             prop_assert_eq!(&entry.key, directive.key);
@@ -110,7 +153,13 @@ fn assert_reads_back(set: &twine_spec::UnitSet) -> Result<(), TestCaseError> {
                 _ => resolve_specifiers(&entry.value).map(|v| vec![v]),
             }
             .map_err(|e| TestCaseError::fail(format!("{}: {e}", directive.key)))?;
-            prop_assert_eq!(read, directive.value.meaning(), "{}= in\n{}", directive.key, text);
+            prop_assert_eq!(
+                read,
+                directive.value.meaning(),
+                "{}= in\n{}",
+                directive.key,
+                text
+            );
         }
     }
     Ok(())

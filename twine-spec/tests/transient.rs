@@ -16,7 +16,9 @@ fn span_usec(text: &str) -> u64 {
     if text == "infinity" {
         return u64::MAX;
     }
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (n, unit) = text.split_at(split);
     let n: u64 = n.parse().expect("number");
     n * match unit {
@@ -35,7 +37,13 @@ fn signal_number(name: &str) -> i32 {
         "SIGKILL" => 9,
         "SIGUSR1" => 10,
         "SIGTERM" => 15,
-        other => 34 + other.strip_prefix("SIGRTMIN+").expect("known signal").parse::<i32>().expect("offset"),
+        other => {
+            34 + other
+                .strip_prefix("SIGRTMIN+")
+                .expect("known signal")
+                .parse::<i32>()
+                .expect("offset")
+        }
     }
 }
 
@@ -46,21 +54,43 @@ fn expected(key: &str, value: &str) -> Option<(&'static str, PropertyValue)> {
     Some(match key {
         "Description" | "Type" | "WorkingDirectory" | "User" | "Group" | "KillMode" | "Restart"
         | "StandardOutput" | "StandardError" | "SyslogIdentifier" => {
-            let name = ["Description", "Type", "WorkingDirectory", "User", "Group", "KillMode", "Restart", "StandardOutput", "StandardError", "SyslogIdentifier"]
-                .into_iter()
-                .find(|k| *k == key)?;
+            let name = [
+                "Description",
+                "Type",
+                "WorkingDirectory",
+                "User",
+                "Group",
+                "KillMode",
+                "Restart",
+                "StandardOutput",
+                "StandardError",
+                "SyslogIdentifier",
+            ]
+            .into_iter()
+            .find(|k| *k == key)?;
             (name, P::String(text()))
         }
         "Requires" | "Wants" | "BindsTo" | "PartOf" | "After" | "Before" => {
-            let name = ["Requires", "Wants", "BindsTo", "PartOf", "After", "Before"].into_iter().find(|k| *k == key)?;
-            (name, P::Strings(value.split(' ').map(str::to_owned).collect()))
+            let name = ["Requires", "Wants", "BindsTo", "PartOf", "After", "Before"]
+                .into_iter()
+                .find(|k| *k == key)?;
+            (
+                name,
+                P::Strings(value.split(' ').map(str::to_owned).collect()),
+            )
         }
-        "Environment" => ("Environment", P::Strings(split_words(&text()).expect("words"))),
+        "Environment" => (
+            "Environment",
+            P::Strings(split_words(&text()).expect("words")),
+        ),
         "ExecStart" => {
             let argv = exec_argv(value).expect("argv");
             // On D-Bus, arguments are still variable-expanded at exec time.
             let escaped = argv.iter().map(|w| w.replace('$', "$$")).collect();
-            ("ExecStart", P::Exec(vec![(argv[0].clone(), escaped, false)]))
+            (
+                "ExecStart",
+                P::Exec(vec![(argv[0].clone(), escaped, false)]),
+            )
         }
         "RemainAfterExit" => ("RemainAfterExit", P::Bool(value == "yes")),
         "TimeoutStartSec" => ("TimeoutStartUSec", P::U64(span_usec(value))),
@@ -76,11 +106,20 @@ fn expected(key: &str, value: &str) -> Option<(&'static str, PropertyValue)> {
         "TasksMax" => ("TasksMax", P::U64(value.parse().ok()?)),
         "MemoryHigh" => ("MemoryHigh", P::U64(value.parse().ok()?)),
         "MemoryMax" => ("MemoryMax", P::U64(value.parse().ok()?)),
-        "CPUQuota" => ("CPUQuotaPerSecUSec", P::U64(value.strip_suffix('%')?.parse::<u64>().ok()? * 10_000)),
+        "CPUQuota" => (
+            "CPUQuotaPerSecUSec",
+            P::U64(value.strip_suffix('%')?.parse::<u64>().ok()? * 10_000),
+        ),
         "KillSignal" => ("KillSignal", P::I32(signal_number(value))),
         "FinalKillSignal" => ("FinalKillSignal", P::I32(signal_number(value))),
-        "OnActiveSec" => ("TimersMonotonic", P::Timers(vec![("OnActiveUSec".into(), span_usec(value))])),
-        "OnUnitActiveSec" => ("TimersMonotonic", P::Timers(vec![("OnUnitActiveUSec".into(), span_usec(value))])),
+        "OnActiveSec" => (
+            "TimersMonotonic",
+            P::Timers(vec![("OnActiveUSec".into(), span_usec(value))]),
+        ),
+        "OnUnitActiveSec" => (
+            "TimersMonotonic",
+            P::Timers(vec![("OnUnitActiveUSec".into(), span_usec(value))]),
+        ),
         k if k.starts_with("X-") => return None, // annotations have no D-Bus form
         other => panic!("directive {other} has no mapping in this test: add it"),
     })
@@ -94,7 +133,9 @@ fn assert_equivalent(set: &UnitSet) {
         assert_eq!(file.name, unit.name);
         let mut want: Vec<(&str, PropertyValue)> = Vec::new();
         for entry in read_unit(&file.contents).expect("reads back") {
-            let Some((name, value)) = expected(&entry.key, &entry.value) else { continue };
+            let Some((name, value)) = expected(&entry.key, &entry.value) else {
+                continue;
+            };
             match (want.iter_mut().find(|(n, _)| *n == name), value) {
                 (Some((_, PropertyValue::Strings(a))), PropertyValue::Strings(b)) => a.extend(b),
                 (Some((_, PropertyValue::Timers(a))), PropertyValue::Timers(b)) => a.extend(b),
@@ -102,7 +143,11 @@ fn assert_equivalent(set: &UnitSet) {
                 (None, v) => want.push((name, v)),
             }
         }
-        let got: Vec<(&str, PropertyValue)> = unit.properties.iter().map(|p| (p.name, p.value.clone())).collect();
+        let got: Vec<(&str, PropertyValue)> = unit
+            .properties
+            .iter()
+            .map(|p| (p.name, p.value.clone()))
+            .collect();
         assert_eq!(got, want, "{}", file.name);
         for p in &unit.properties {
             let signature = match &p.value {
@@ -127,7 +172,9 @@ fn transient_properties_match_unit_files() {
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).expect("golden dir") {
         let path = entry.expect("entry").path();
-        let Ok(spec) = JobSpec::from_path(&path) else { continue };
+        let Ok(spec) = JobSpec::from_path(&path) else {
+            continue;
+        };
         let Ok(job) = spec.validate() else { continue };
         assert_equivalent(&translate(&job));
         checked += 1;
@@ -137,13 +184,22 @@ fn transient_properties_match_unit_files() {
 
 #[test]
 fn exec_start_is_sasb_in_json() {
-    let job = JobSpec::from_toml("name='j'\nentitlement='e'\n[task]\ncommand=['/bin/echo','$HOME','100%']\n")
-        .expect("parses")
-        .validate()
-        .expect("valid");
+    let job = JobSpec::from_toml(
+        "name='j'\nentitlement='e'\n[task]\ncommand=['/bin/echo','$HOME','100%']\n",
+    )
+    .expect("parses")
+    .validate()
+    .expect("valid");
     let units = translate(&job).transient();
-    let main = units.iter().find(|u| u.name == "j.service").expect("main unit");
-    let exec = main.properties.iter().find(|p| p.name == "ExecStart").expect("ExecStart");
+    let main = units
+        .iter()
+        .find(|u| u.name == "j.service")
+        .expect("main unit");
+    let exec = main
+        .properties
+        .iter()
+        .find(|p| p.name == "ExecStart")
+        .expect("ExecStart");
     assert_eq!(exec.signature, "a(sasb)");
     assert_eq!(
         serde_json::to_value(&exec.value).expect("json"),

@@ -22,7 +22,10 @@ pub fn realsys_gate(reason: &str) -> bool {
 pub fn have_systemd_analyze() -> bool {
     static HAVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let have = *HAVE.get_or_init(|| {
-        std::process::Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success())
+        std::process::Command::new("systemd-analyze")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
     });
     have || realsys_gate("systemd-analyze is not installed (apt: systemd)")
 }
@@ -33,7 +36,10 @@ pub fn assert_verifies(files: &[UnitFile]) {
         return;
     }
     if let Err(e) = twine_spec::verify::verify(files) {
-        let listing: String = files.iter().map(|f| format!("### {}\n{}\n", f.name, f.contents)).collect();
+        let listing: String = files
+            .iter()
+            .map(|f| format!("### {}\n{}\n", f.name, f.contents))
+            .collect();
         panic!("{e}\n{listing}");
     }
 }

@@ -46,12 +46,18 @@ pub fn read_unit(text: &str) -> Result<Vec<Entry>, String> {
         }
         let line = joined.trim_matches(WHITESPACE);
         if let Some(name) = line.strip_prefix('[') {
-            let name = name.strip_suffix(']').ok_or_else(|| format!("bad section header {line:?}"))?;
+            let name = name
+                .strip_suffix(']')
+                .ok_or_else(|| format!("bad section header {line:?}"))?;
             section = Some(name.to_owned());
             continue;
         }
-        let (key, value) = line.split_once('=').ok_or_else(|| format!("missing '=' in {line:?}"))?;
-        let section = section.clone().ok_or_else(|| format!("assignment outside a section: {line:?}"))?;
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("missing '=' in {line:?}"))?;
+        let section = section
+            .clone()
+            .ok_or_else(|| format!("assignment outside a section: {line:?}"))?;
         entries.push(Entry {
             section,
             key: key.trim_matches(WHITESPACE).to_owned(),
@@ -73,7 +79,12 @@ pub fn resolve_specifiers(value: &str) -> Result<String, String> {
         if c == '%' {
             match chars.next() {
                 Some('%') => out.push('%'),
-                other => return Err(format!("specifier %{} in {value:?}", other.map(String::from).unwrap_or_default())),
+                other => {
+                    return Err(format!(
+                        "specifier %{} in {value:?}",
+                        other.map(String::from).unwrap_or_default()
+                    ));
+                }
             }
         } else {
             out.push(c);
@@ -100,7 +111,9 @@ pub fn split_words(value: &str) -> Result<Vec<String>, String> {
             let c = chars[i];
             if c == '\\' {
                 i += 1;
-                let Some(&next) = chars.get(i) else { return Err("trailing backslash".to_owned()) };
+                let Some(&next) = chars.get(i) else {
+                    return Err("trailing backslash".to_owned());
+                };
                 if quote.is_none() && WHITESPACE.contains(&next) {
                     word.push(next);
                     i += 1;
@@ -157,7 +170,10 @@ fn cunescape_one(s: &[char]) -> Result<(char, usize), String> {
         'U' if s.len() >= 9 => (hex(&s[1..9])?, 9),
         '0'..='7' if s.len() >= 3 => {
             let text: String = s[..3].iter().collect();
-            (u32::from_str_radix(&text, 8).map_err(|_| format!("bad octal escape \\{text}"))?, 3)
+            (
+                u32::from_str_radix(&text, 8).map_err(|_| format!("bad octal escape \\{text}"))?,
+                3,
+            )
         }
         _ => return Err(format!("unknown escape \\{c}")),
     };
@@ -165,7 +181,9 @@ fn cunescape_one(s: &[char]) -> Result<(char, usize), String> {
         return Err("\\0 is refused".to_owned());
     }
     // systemd appends a byte for \x and octal escapes; every byte twine-spec escapes is ASCII.
-    char::from_u32(code).map(|ch| (ch, used)).ok_or_else(|| format!("bad code point {code:#x}"))
+    char::from_u32(code)
+        .map(|ch| (ch, used))
+        .ok_or_else(|| format!("bad code point {code:#x}"))
 }
 
 /// Undoes `$$` as `replace_env_argv()` does; any other `$` would expand a variable,
@@ -177,7 +195,12 @@ pub fn unescape_dollars(word: &str) -> Result<String, String> {
         if c == '$' {
             match chars.next() {
                 Some('$') => out.push('$'),
-                other => return Err(format!("variable expansion ${} in {word:?}", other.map(String::from).unwrap_or_default())),
+                other => {
+                    return Err(format!(
+                        "variable expansion ${} in {word:?}",
+                        other.map(String::from).unwrap_or_default()
+                    ));
+                }
             }
         } else {
             out.push(c);
@@ -198,7 +221,11 @@ pub fn exec_argv(value: &str) -> Result<Vec<String>, String> {
     while i < chars.len() {
         let c = chars[i];
         let ends_word = |j: usize| chars.get(j).is_none_or(|c| WHITESPACE.contains(c));
-        if quote.is_none() && at_word_start && ((c == ';' && ends_word(i + 1)) || (c == '\\' && chars.get(i + 1) == Some(&';') && ends_word(i + 2))) {
+        if quote.is_none()
+            && at_word_start
+            && ((c == ';' && ends_word(i + 1))
+                || (c == '\\' && chars.get(i + 1) == Some(&';') && ends_word(i + 2)))
+        {
             return Err(format!("bare command separator in {value:?}"));
         }
         at_word_start = false;
@@ -211,5 +238,8 @@ pub fn exec_argv(value: &str) -> Result<Vec<String>, String> {
         }
         i += 1;
     }
-    split_words(&resolved)?.iter().map(|w| unescape_dollars(w)).collect()
+    split_words(&resolved)?
+        .iter()
+        .map(|w| unescape_dollars(w))
+        .collect()
 }
