@@ -29,7 +29,7 @@ fn have_systemd_analyze() -> bool {
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, text).expect("writing a test spec");
     path.display().to_string()
 }
 
