@@ -62,7 +62,9 @@ pub fn unavailable() -> Option<String> {
     }
     for tool in ["systemd-nspawn", "nsenter", "timeout"] {
         if find_in_path(tool).is_none() {
-            return Some(format!("{tool} is not installed (apt: systemd-container, util-linux, coreutils)"));
+            return Some(format!(
+                "{tool} is not installed (apt: systemd-container, util-linux, coreutils)"
+            ));
         }
     }
     let rootfs = rootfs();
@@ -89,7 +91,9 @@ fn is_root() -> bool {
 
 fn find_in_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// A cgroup hierarchy nspawn needs a cgroup of its own in.
@@ -117,15 +121,25 @@ fn hierarchies() -> Result<Vec<Hierarchy>> {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.controllers").exists() {
         let own = own_in("").context("no cgroup2 line in /proc/self/cgroup")?;
-        return Ok(vec![Hierarchy { mount: root.into(), own, v2: true }]);
+        return Ok(vec![Hierarchy {
+            mount: root.into(),
+            own,
+            v2: true,
+        }]);
     }
     let unified = root.join("unified");
     let systemd = root.join("systemd");
     if !unified.join("cgroup.procs").exists() || !systemd.join("cgroup.procs").exists() {
-        bail!("neither pure cgroup2 at /sys/fs/cgroup nor hybrid (/sys/fs/cgroup/unified and /sys/fs/cgroup/systemd)");
+        bail!(
+            "neither pure cgroup2 at /sys/fs/cgroup nor hybrid (/sys/fs/cgroup/unified and /sys/fs/cgroup/systemd)"
+        );
     }
     Ok(vec![
-        Hierarchy { mount: unified, own: own_in("").context("no cgroup2 line in /proc/self/cgroup")?, v2: true },
+        Hierarchy {
+            mount: unified,
+            own: own_in("").context("no cgroup2 line in /proc/self/cgroup")?,
+            v2: true,
+        },
         Hierarchy {
             mount: systemd,
             own: own_in("name=systemd").context("no name=systemd line in /proc/self/cgroup")?,
@@ -157,8 +171,15 @@ impl Container {
             bail!("{reason}");
         }
         let started = Instant::now();
-        let name = format!("twine-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        let tmp = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().context("creating a temp dir")?;
+        let name = format!(
+            "twine-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir()
+            .context("creating a temp dir")?;
         let share = tmp.path().join("share");
         fs::create_dir(&share).with_context(|| format!("creating {}", share.display()))?;
         let log = tmp.path().join("nspawn.log");
@@ -180,8 +201,18 @@ impl Container {
             }
         };
         // From here on Drop cleans up, also when the boot fails.
-        let mut container = Container { name, nspawn, leader: 0, tmp: Some(tmp), share, log, cgroups };
-        container.wait_booted(started).with_context(|| container.diagnostics())?;
+        let mut container = Container {
+            name,
+            nspawn,
+            leader: 0,
+            tmp: Some(tmp),
+            share,
+            log,
+            cgroups,
+        };
+        container
+            .wait_booted(started)
+            .with_context(|| container.diagnostics())?;
         Ok(container)
     }
 
@@ -248,8 +279,25 @@ impl Container {
         let secs = format!("{:.3}", limit.max(Duration::from_millis(100)).as_secs_f64());
         let leader = self.leader.to_string();
         Command::new("timeout")
-            .args(["--kill-after=5", &secs, "nsenter", "-t", &leader, "-a", "-r", "-w", "--"])
-            .args(["/usr/bin/env", "-i", &format!("PATH={PATH_INSIDE}"), "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", "LANG=C.UTF-8"])
+            .args([
+                "--kill-after=5",
+                &secs,
+                "nsenter",
+                "-t",
+                &leader,
+                "-a",
+                "-r",
+                "-w",
+                "--",
+            ])
+            .args([
+                "/usr/bin/env",
+                "-i",
+                &format!("PATH={PATH_INSIDE}"),
+                "SYSTEMD_PAGER=",
+                "SYSTEMD_COLORS=0",
+                "LANG=C.UTF-8",
+            ])
             .args(argv)
             .stdin(Stdio::null())
             .output()
@@ -281,7 +329,8 @@ impl Container {
                 bail!("not a unit file name: {name:?}");
             }
             let path = dir.join(name);
-            fs::write(&path, contents.as_ref()).with_context(|| format!("writing {}", path.display()))?;
+            fs::write(&path, contents.as_ref())
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         self.systemctl_ok(&["daemon-reload"])?;
         Ok(())
@@ -290,8 +339,14 @@ impl Container {
     /// `systemctl show -P PROPERTY UNIT`, trimmed. Panics when systemctl fails.
     pub fn show(&self, unit: &str, property: &str) -> String {
         let out = self.systemctl(&["show", "-P", property, "--", unit]);
-        assert!(out.status.success(), "systemctl show -P {property} {unit}: {}", describe(&out));
-        String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_owned()
+        assert!(
+            out.status.success(),
+            "systemctl show -P {property} {unit}: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim_end_matches('\n')
+            .to_owned()
     }
 
     /// Several properties at once, in the order asked.
@@ -303,7 +358,11 @@ impl Container {
         args.extend(["--".to_owned(), unit.to_owned()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.systemctl(&args);
-        assert!(out.status.success(), "systemctl show {unit}: {}", describe(&out));
+        assert!(
+            out.status.success(),
+            "systemctl show {unit}: {}",
+            describe(&out)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         properties
             .iter()
@@ -343,9 +402,14 @@ impl Container {
 
     /// `systemctl status` and the journal of `unit`, for failure messages.
     pub fn unit_diagnostics(&self, unit: &str) -> String {
-        let status = self.exec_timeout(&["systemctl", "--no-pager", "status", "--", unit], Duration::from_secs(10));
-        let journal =
-            self.exec_timeout(&["journalctl", "--no-pager", "-n", "40", "-u", unit], Duration::from_secs(10));
+        let status = self.exec_timeout(
+            &["systemctl", "--no-pager", "status", "--", unit],
+            Duration::from_secs(10),
+        );
+        let journal = self.exec_timeout(
+            &["journalctl", "--no-pager", "-n", "40", "-u", unit],
+            Duration::from_secs(10),
+        );
         let mut out = String::new();
         for o in [status, journal].into_iter().flatten() {
             out.push_str(&String::from_utf8_lossy(&o.stdout));
@@ -361,13 +425,19 @@ impl Container {
 
     /// Reads a file from the shared directory as text; empty when missing.
     pub fn read_shared_string(&self, name: &str) -> String {
-        self.read_shared(name).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        self.read_shared(name)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     fn diagnostics(&self) -> String {
         let log = fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        let mut out = format!("container {} (rootfs {}), nspawn log tail:", self.name, rootfs().display());
+        let mut out = format!(
+            "container {} (rootfs {}), nspawn log tail:",
+            self.name,
+            rootfs().display()
+        );
         for l in tail.into_iter().rev() {
             let _ = write!(out, "\n  {l}");
         }
@@ -388,7 +458,10 @@ impl Container {
                 let _ = self.nspawn.kill();
             }
             if wait_child(&mut self.nspawn, deadline).is_none() {
-                eprintln!("{}: no clean poweroff within {POWEROFF_TIMEOUT:?}; killing it", self.name);
+                eprintln!(
+                    "{}: no clean poweroff within {POWEROFF_TIMEOUT:?}; killing it",
+                    self.name
+                );
                 kill_cgroups(&self.cgroups);
                 let _ = self.nspawn.kill();
                 let _ = wait_child(&mut self.nspawn, Instant::now() + Duration::from_secs(5));
@@ -426,10 +499,20 @@ fn spawn_nspawn(name: &str, share: &Path, log: &Path, procs: &[PathBuf]) -> Resu
         .arg("--quiet")
         .arg("-D")
         .arg(rootfs())
-        .args(["--volatile=overlay", "--register=no", "--keep-unit", "--console=pipe"])
+        .args([
+            "--volatile=overlay",
+            "--register=no",
+            "--keep-unit",
+            "--console=pipe",
+        ])
         .arg(format!("--machine={name}"))
         .arg(format!("--bind={}:{SHARE_IN}", share.display()))
-        .args(["--private-network", "--resolv-conf=off", "--timezone=off", "--link-journal=no"])
+        .args([
+            "--private-network",
+            "--resolv-conf=off",
+            "--timezone=off",
+            "--link-journal=no",
+        ])
         .arg("--boot")
         // Kernel command line for systemd inside: no status lines on the console pipe.
         .arg("systemd.show_status=0")
@@ -444,13 +527,29 @@ fn spawn_nspawn(name: &str, share: &Path, log: &Path, procs: &[PathBuf]) -> Resu
 fn find_leader(nspawn: u32) -> Option<u32> {
     let want_ppid = nspawn.to_string();
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(status) = fs::read_to_string(entry.path().join("status")) else { continue };
-        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+        };
         if field("PPid:") != Some(want_ppid.as_str()) {
             continue;
         }
-        let ns_pids: Vec<&str> = field("NSpid:").unwrap_or_default().split_whitespace().collect();
+        let ns_pids: Vec<&str> = field("NSpid:")
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
         if ns_pids.len() >= 2 && ns_pids.last() == Some(&"1") && field("Name:") == Some("systemd") {
             return Some(pid);
         }
@@ -459,7 +558,11 @@ fn find_leader(nspawn: u32) -> Option<u32> {
 }
 
 /// Calls `step` every [`POLL`] until it returns `Some`, fails, or `deadline` passes.
-fn poll_until<T>(deadline: Instant, what: &str, mut step: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+fn poll_until<T>(
+    deadline: Instant,
+    what: &str,
+    mut step: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     loop {
         if let Some(v) = step()? {
             return Ok(v);
@@ -503,7 +606,11 @@ fn procs_in(dir: &Path) -> Vec<u32> {
     subtree(dir)
         .iter()
         .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
-        .flat_map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u32>>())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
         .collect()
 }
 
