@@ -127,7 +127,8 @@ fn transient_is_one_json_object() {
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let units = json["units"].as_array().unwrap();
-    assert_eq!(units.len(), 9);
+    assert_eq!(units.len(), 8, "every unit but the target");
+    assert_eq!(units[0]["name"], "web.service", "the main unit first");
     let main = units.iter().find(|u| u["name"] == "web.service").unwrap();
     let exec = main["properties"]
         .as_array()

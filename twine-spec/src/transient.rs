@@ -8,6 +8,17 @@
 //! `TimersMonotonic`. D-Bus values are not specifier-expanded, so `%` is sent as
 //! is; command arguments are still variable-expanded at exec time, so `$` is sent
 //! as `$$`. `X-` annotations have no D-Bus form and are left out.
+//!
+//! systemd 252 refuses transient targets ("Unit type target does not support
+//! transient units"), so the D-Bus form has no target and no `PartOf=` to it: the
+//! main unit stands for the job. Start a job with one call,
+//! `StartTransientUnit(units[0], "fail", units[0].properties, aux = units[1..])`:
+//! systemd creates every aux unit first, then starts the main unit in one
+//! transaction that pulls in the steps, sidecars and health timer in order.
+//! Stopping the main unit stops the sidecars and the health timer (`BindsTo=`);
+//! stop the pre-start steps too (they stay `active (exited)`), so that the next
+//! start runs them again. The `transient_dbus` test proves both
+//! forms give the same properties in real systemd.
 
 use serde::Serialize;
 
@@ -58,15 +69,24 @@ pub enum PropertyValue {
 }
 
 impl UnitSet {
-    /// Every unit as transient-unit properties, in the order of [`UnitSet::units`].
+    /// The job as transient units: the main unit first, then the rest in the order of
+    /// [`UnitSet::units`], without the target; see the module docs for how to start it.
     pub fn transient(&self) -> Vec<TransientUnit> {
-        self.units().iter().map(transient_unit).collect()
+        let units = self
+            .units()
+            .iter()
+            .filter(|u| !u.name.as_str().ends_with(".target"));
+        let (main, rest): (Vec<&Unit>, Vec<&Unit>) = units.partition(|u| u.name == *self.main());
+        main.into_iter().chain(rest).map(transient_unit).collect()
     }
 }
 
 fn transient_unit(unit: &Unit) -> TransientUnit {
     let mut properties: Vec<Property> = Vec::new();
     for directive in unit.sections.iter().flat_map(|s| &s.directives) {
+        if directive.key == "PartOf" {
+            continue; // only ever points at the target, which has no D-Bus form
+        }
         let Some((name, signature, value)) = property(directive.key, &directive.value.0) else {
             continue;
         };
@@ -110,13 +130,20 @@ fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str,
     };
     let p = match key {
         "Description" => ("Description", "s", P::String(string(value))),
-        "Requires" | "Wants" | "BindsTo" | "PartOf" | "After" | "Before" => {
+        "Requires" | "Wants" | "BindsTo" | "After" | "Before" => {
             let ValueKind::Units(names) = value else {
                 return None;
             };
-            let name = ["Requires", "Wants", "BindsTo", "PartOf", "After", "Before"]
-                .into_iter()
-                .find(|k| *k == key)?;
+            let name = [
+                "Requires",
+                "Wants",
+                "BindsTo",
+                "PropagatesStopTo",
+                "After",
+                "Before",
+            ]
+            .into_iter()
+            .find(|k| *k == key)?;
             (
                 name,
                 "as",
@@ -194,12 +221,12 @@ fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str,
         "OnActiveSec" => (
             "TimersMonotonic",
             "a(st)",
-            P::Timers(vec![("OnActiveUSec".to_owned(), usec(value))]),
+            P::Timers(vec![("OnActiveSec".to_owned(), usec(value))]),
         ),
         "OnUnitActiveSec" => (
             "TimersMonotonic",
             "a(st)",
-            P::Timers(vec![("OnUnitActiveUSec".to_owned(), usec(value))]),
+            P::Timers(vec![("OnUnitActiveSec".to_owned(), usec(value))]),
         ),
         "AccuracySec" => ("AccuracyUSec", "t", P::U64(usec(value))),
         _ => return None,

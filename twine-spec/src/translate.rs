@@ -4,24 +4,34 @@
 //!
 //! | unit | type | relations |
 //! | --- | --- | --- |
-//! | `JOB.target` | target | `Requires=` main, `Wants=` sidecars and the health timer, `After=` them |
+//! | `JOB.target` | target | `Wants=`+`After=` main |
 //! | `JOB-pre-STEP.service` | oneshot, `RemainAfterExit=yes` | `Requires=`+`After=` the steps it waits for; `PartOf=` the target |
-//! | `JOB.service` | exec | `Requires=`+`After=` every step; `PartOf=` the target |
+//! | `JOB.service` | exec | `Requires=`+`After=` every step; `Wants=` sidecars and the health timer; `PartOf=` the target |
 //! | `JOB-sidecar-NAME.service` | exec | `BindsTo=` main, `Before=` main, `After=` every step; `PartOf=` the target |
 //! | `JOB-health.service` / `.timer` | oneshot / timer | timer `BindsTo=`+`After=` main; `PartOf=` the target |
 //!
 //! Start or stop the job by starting or stopping its target: `PartOf=` carries a
 //! stop or restart of the target to every unit, and the requirements pull in the
-//! rest in order. Sidecars start before the main command and stop after it, so a
-//! log shipper sees its first and last line.
+//! rest in order. The main unit alone is enough to start the job too: it pulls in
+//! the steps, sidecars and health timer. That is how the D-Bus form works, because
+//! systemd cannot create transient targets (see [`UnitSet::transient`]). Sidecars start before the main command and stop after
+//! it, so a log shipper sees its first and last line.
 //!
 //! # Pre-start steps and restarts
 //!
 //! Steps are oneshots with `RemainAfterExit=yes`: once they succeed they stay
 //! active. An automatic restart of the main unit (its `Restart=` policy) therefore
-//! does **not** run them again: they prepare the job, not each process. Restarting
-//! the job (`systemctl restart JOB.target`) restarts them too, through `PartOf=`,
-//! and runs them again in order before the main command. A failed step keeps the
+//! does **not** run them again: they prepare the job, not each process. Stopping
+//! the target stops them (`PartOf=`), so every start of the job runs them again, in
+//! order, before the main command; `systemctl restart JOB.target` re-runs them too.
+//!
+//! This is why the target only `Wants=` the main unit: systemd 252 turns an
+//! automatic restart into a restart job, and a `Requires=` from the target would
+//! carry it to the target and from there, through `PartOf=`, to the steps. The
+//! price is that `systemctl start JOB.target` succeeds even when a step fails;
+//! the failure shows on the main unit, whose start job ends with `dependency`.
+//! For the same reason nothing propagates a stop from the main unit to the
+//! steps (`PropagatesStopTo=` stops them as soon as the main process fails). A failed step keeps the
 //! main unit from starting (its start job ends with result `dependency`). Both
 //! behaviours are proven against real systemd in the crate's `exec` tests.
 //!
@@ -87,6 +97,7 @@ pub struct UnitSet {
     units: Vec<Unit>,
     graph: DiGraph<UnitName, Dependency>,
     target: UnitName,
+    main: UnitName,
 }
 
 /// One rendered unit file.
@@ -113,6 +124,11 @@ impl UnitSet {
     /// The target to start or stop the whole job.
     pub fn target(&self) -> &UnitName {
         &self.target
+    }
+
+    /// The main unit; it stands for the job where there is no target (over D-Bus).
+    pub fn main(&self) -> &UnitName {
+        &self.main
     }
 
     /// The units in the order systemd starts them (by `After=`/`Before=`).
@@ -313,6 +329,9 @@ pub fn translate(job: &Job) -> UnitSet {
         b.edge(main, Dependency::Requires, step);
         b.edge(main, Dependency::After, step);
     }
+    for &wanted in sidecars.iter().chain(health.iter().map(|(_, timer)| timer)) {
+        b.edge(main, Dependency::Wants, wanted);
+    }
     for &sidecar in &sidecars {
         b.edge(sidecar, Dependency::BindsTo, main);
         b.edge(sidecar, Dependency::Before, main);
@@ -324,14 +343,11 @@ pub fn translate(job: &Job) -> UnitSet {
         b.edge(timer, Dependency::BindsTo, main);
         b.edge(timer, Dependency::After, main);
     }
-    b.edge(target, Dependency::Requires, main);
-    for &wanted in sidecars.iter().chain(health.iter().map(|(_, timer)| timer)) {
-        b.edge(target, Dependency::Wants, wanted);
-    }
+    // `Wants=`, not `Requires=`: systemd 252 turns an automatic restart of the main unit
+    // into a restart job, which `Requires=` would carry to the target and, through
+    // `PartOf=`, to the pre-start steps (observed in the `exec` tests).
+    b.edge(target, Dependency::Wants, main);
     b.edge(target, Dependency::After, main);
-    for &after in sidecars.iter().chain(health.iter().map(|(_, timer)| timer)) {
-        b.edge(target, Dependency::After, after);
-    }
     let members: Vec<usize> = (0..b.units.len())
         .filter(|&i| i != target)
         .filter(|&i| Some(i) != health.map(|(s, _)| s))
@@ -343,7 +359,7 @@ pub fn translate(job: &Job) -> UnitSet {
         b.edge(service, Dependency::PartOf, target);
     }
 
-    b.finish(&names.target)
+    b.finish(&names.target, &names.main)
 }
 
 #[derive(Default)]
@@ -367,7 +383,7 @@ impl Builder {
             .add_edge(NodeIndex::new(from), NodeIndex::new(to), dependency);
     }
 
-    fn finish(mut self, target: &UnitName) -> UnitSet {
+    fn finish(mut self, target: &UnitName, main: &UnitName) -> UnitSet {
         for (i, unit) in self.units.iter_mut().enumerate() {
             // Edges come out newest first; reverse to keep insertion order.
             let mut edges: Vec<_> = self
@@ -392,6 +408,7 @@ impl Builder {
             units: self.units,
             graph: self.graph,
             target: target.clone(),
+            main: main.clone(),
         }
     }
 }

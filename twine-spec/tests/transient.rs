@@ -70,10 +70,18 @@ fn expected(key: &str, value: &str) -> Option<(&'static str, PropertyValue)> {
             .find(|k| *k == key)?;
             (name, P::String(text()))
         }
-        "Requires" | "Wants" | "BindsTo" | "PartOf" | "After" | "Before" => {
-            let name = ["Requires", "Wants", "BindsTo", "PartOf", "After", "Before"]
-                .into_iter()
-                .find(|k| *k == key)?;
+        "PartOf" => return None, // only points at the target, which has no D-Bus form
+        "Requires" | "Wants" | "BindsTo" | "After" | "Before" => {
+            let name = [
+                "Requires",
+                "Wants",
+                "BindsTo",
+                "PropagatesStopTo",
+                "After",
+                "Before",
+            ]
+            .into_iter()
+            .find(|k| *k == key)?;
             (
                 name,
                 P::Strings(value.split(' ').map(str::to_owned).collect()),
@@ -114,11 +122,11 @@ fn expected(key: &str, value: &str) -> Option<(&'static str, PropertyValue)> {
         "FinalKillSignal" => ("FinalKillSignal", P::I32(signal_number(value))),
         "OnActiveSec" => (
             "TimersMonotonic",
-            P::Timers(vec![("OnActiveUSec".into(), span_usec(value))]),
+            P::Timers(vec![("OnActiveSec".into(), span_usec(value))]),
         ),
         "OnUnitActiveSec" => (
             "TimersMonotonic",
-            P::Timers(vec![("OnUnitActiveUSec".into(), span_usec(value))]),
+            P::Timers(vec![("OnUnitActiveSec".into(), span_usec(value))]),
         ),
         k if k.starts_with("X-") => return None, // annotations have no D-Bus form
         other => panic!("directive {other} has no mapping in this test: add it"),
@@ -128,9 +136,14 @@ fn expected(key: &str, value: &str) -> Option<(&'static str, PropertyValue)> {
 fn assert_equivalent(set: &UnitSet) {
     let transient = set.transient();
     let files = set.files();
-    assert_eq!(transient.len(), files.len());
-    for (file, unit) in files.iter().zip(&transient) {
-        assert_eq!(file.name, unit.name);
+    // Every unit but the target, the main unit first.
+    assert_eq!(transient.len(), files.len() - 1);
+    assert_eq!(&transient[0].name, set.main().as_str());
+    for unit in &transient {
+        let file = files
+            .iter()
+            .find(|f| f.name == unit.name)
+            .expect("a file for every transient unit");
         let mut want: Vec<(&str, PropertyValue)> = Vec::new();
         for entry in read_unit(&file.contents).expect("reads back") {
             let Some((name, value)) = expected(&entry.key, &entry.value) else {
