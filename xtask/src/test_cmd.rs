@@ -43,7 +43,7 @@ pub(crate) fn run(guest_timeout: Duration) -> i32 {
         });
     };
 
-    const NOT_ROOT: &str = "not root: skipped (set-up needs root)";
+    const NOT_ROOT: &str = "not root";
     if !root {
         eprintln!(
             "xtask: not root: skipping apt packages, the rootfs and the guest tier; real-system tests skip themselves \
