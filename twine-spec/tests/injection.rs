@@ -188,6 +188,8 @@ proptest! {
         let item = escape::environment_item("X", &value);
         let words = split_words(&resolve_specifiers(&item).map_err(TestCaseError::fail)?).map_err(TestCaseError::fail)?;
         prop_assert_eq!(words, vec![format!("X={value}")]);
+        let unit = format!("[Service]\nType=oneshot\nExecStart=/bin/true\nEnvironment={item}\n");
+        support::assert_verifies(&[twine_spec::UnitFile { name: "env.service".into(), contents: unit }]);
     }
 
     /// Unit-name escaping matches `systemd-escape` and is injective.
@@ -198,6 +200,17 @@ proptest! {
         }
         let escaped = escape::unit_name_component(&a);
         prop_assert!(escaped.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.\\-".contains(&c)), "{}", escaped);
+        if !a.is_empty() && support::have_systemd_analyze() {
+            // Real systemd-escape agrees, apart from the ':' we escape on purpose...
+            let out = std::process::Command::new("systemd-escape").arg("--").arg(&a).output().expect("systemd-escape runs");
+            let theirs = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').replace(':', "\\x3a");
+            prop_assert_eq!(&theirs, &escaped);
+            // ...and systemd loads a unit of that name.
+            if escaped.len() <= 200 {
+                let unit = "[Service]\nType=oneshot\nExecStart=/bin/true\n".to_owned();
+                support::assert_verifies(&[twine_spec::UnitFile { name: format!("{escaped}.service"), contents: unit }]);
+            }
+        }
     }
 
     #[test]
