@@ -46,7 +46,9 @@ enum Command {
         /// Write the unit files into this directory (all or none) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Print StartTransientUnit property lists as one JSON object instead of unit files.
+        /// Print StartTransientUnit property lists as one JSON object instead of unit files:
+        /// `{"jobs": [{"main": NAME, "units": [...]}]}`, main unit first; start a job with
+        /// StartTransientUnit(units[0], aux = units[1..]).
         #[arg(long, conflicts_with = "out")]
         transient: bool,
     },
@@ -149,8 +151,12 @@ fn render(specs: &[PathBuf], out: Option<&Path>, transient: bool) -> Result<(), 
     let sets = load(specs)?;
     let files = files(specs, &sets)?;
     if transient {
-        let units: Vec<_> = sets.iter().flat_map(UnitSet::transient).collect();
-        let json = serde_json::json!({ "units": units });
+        // One entry per job: start it with StartTransientUnit(units[0], aux = units[1..]).
+        let jobs: Vec<_> = sets
+            .iter()
+            .map(|set| serde_json::json!({ "main": set.main().as_str(), "units": set.transient() }))
+            .collect();
+        let json = serde_json::json!({ "jobs": jobs });
         say!("{json}");
         return Ok(());
     }

@@ -126,7 +126,10 @@ fn transient_is_one_json_object() {
     let out = twine(&["render", "--transient", "examples/specs/web.toml"]);
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let units = json["units"].as_array().unwrap();
+    let jobs = json["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["main"], "web.service");
+    let units = jobs[0]["units"].as_array().unwrap();
     assert_eq!(units.len(), 8, "every unit but the target");
     assert_eq!(units[0]["name"], "web.service", "the main unit first");
     let main = units.iter().find(|u| u["name"] == "web.service").unwrap();
