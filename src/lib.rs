@@ -6,8 +6,11 @@
 //! | feature | crate | what |
 //! | --- | --- | --- |
 //! | `spec` (default) | [`twine_spec`] | job specs translated into systemd units |
+//! | `sched` (default) | [`twine_sched`] | the allocator: entitlements, constraints, bin packing |
 //!
 //! The `twine` binary is the command-line face of the same crates.
 
+#[cfg(feature = "sched")]
+pub use twine_sched as sched;
 #[cfg(feature = "spec")]
 pub use twine_spec as spec;

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod place;
+
 use std::io::Write as _;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +54,8 @@ enum Command {
         #[arg(long, conflicts_with = "out")]
         transient: bool,
     },
+    /// Pack a trace's pods onto its nodes, or onto identical hosts, with as few hosts as possible.
+    Place(place::PlaceArgs),
     /// Validate specs, render them, and run `systemd-analyze verify` on the units.
     Check {
         /// Spec files (.toml, .json, .yaml).
@@ -70,6 +74,11 @@ fn main() -> ExitCode {
             transient,
         } => render(&specs, out.as_deref(), transient),
         Command::Check { specs } => check(&specs),
+        Command::Place(args) => place::place(&args).map(|lines| {
+            for line in lines {
+                say!("{line}");
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
