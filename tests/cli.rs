@@ -189,3 +189,121 @@ fn demo_runs_without_files() {
             .contains("systemd-analyze verify: ok")
     );
 }
+
+const NODES: &str = "sn,cpu_milli,memory_mib,gpu,model\nn0,32000,131072,2,T4\nn1,96000,393216,8,G2\nn2,16000,65536,0,\n";
+const PODS: &str = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n\
+p0,8000,16384,1,500,,LS,Running,0,10,0\n\
+p1,8000,16384,1,500,,LS,Running,0,10,0\n\
+p2,4000,8192,2,1000,T4,BE,Running,0,10,0\n\
+p3,2000,4096,0,0,,BE,Running,0,10,0\n\
+p4,500000,4096,0,0,,BE,Running,0,10,0\n";
+
+#[test]
+fn place_packs_and_writes_assignments() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write(dir.path(), "nodes.csv", NODES);
+    let pods = write(dir.path(), "pods.csv", PODS);
+    let assignments = dir.path().join("a.csv");
+    let out = twine(&[
+        "place",
+        "--nodes",
+        &nodes,
+        "--pods",
+        &pods,
+        "--json",
+        "--assignments",
+        assignments.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "hosts_used",
+        "lower_bound",
+        "ratio",
+        "placed",
+        "unplaced",
+        "unplaced_reasons",
+        "placements_per_sec",
+        "policy",
+    ] {
+        assert!(json.get(key).is_some(), "missing {key} in {json}");
+    }
+    assert_eq!(json["policy"], "twine");
+    assert_eq!(json["placed"], 4);
+    assert_eq!(json["unplaced"], 1);
+    assert_eq!(json["unplaced_reasons"]["insufficient cpu"], 1);
+    let csv = std::fs::read_to_string(&assignments).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "pod,host,gpu_devices");
+    assert_eq!(rows.len(), 5);
+    let p2 = rows.iter().find(|r| r.starts_with("p2,")).unwrap();
+    assert!(
+        p2.starts_with("p2,n0,") && p2.matches('|').count() == 1,
+        "the T4 pod takes both devices of n0: {p2}"
+    );
+}
+
+#[test]
+fn place_on_identical_hosts_compares_every_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write(dir.path(), "nodes.csv", NODES);
+    let pods = write(dir.path(), "pods.csv", PODS);
+    let out = twine(&[
+        "place",
+        "--nodes",
+        &nodes,
+        "--pods",
+        &pods,
+        "--hosts-shape",
+        "16000,65536,2",
+        "--json",
+        "--compare",
+        "--policy",
+        "best-fit",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["policy"], "best-fit");
+    assert_eq!(json["compare"].as_array().unwrap().len(), 9);
+    assert_eq!(json["lower_bound"], 2);
+}
+
+#[test]
+fn place_reports_bad_input_by_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write(dir.path(), "nodes.csv", NODES);
+    let pods = write(
+        dir.path(),
+        "pods.csv",
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,1,1,0,0\np1,1,-5,0,0\n",
+    );
+    let out = twine(&["place", "--nodes", &nodes, "--pods", &pods]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("{pods}:3: memory_mib: ")),
+        "{stderr}"
+    );
+
+    for (flag, value) in [
+        ("--hosts-shape", "96000,abc,8"),
+        ("--hosts-shape", "1,2"),
+        ("--policy", "worst-fit"),
+    ] {
+        let good_pods = write(dir.path(), "good.csv", PODS);
+        let out = twine(&[
+            "place", "--nodes", &nodes, "--pods", &good_pods, flag, value,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.starts_with(&format!("{flag}: ")), "{stderr}");
+    }
+}
