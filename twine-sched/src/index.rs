@@ -1,0 +1,179 @@
+//! Equivalence classes of hosts and, inside each, an ordered index on free capacity.
+//!
+//! Borg scores one task per equivalence class of requirements; we turn that around and
+//! group *hosts* by everything a hard requirement can test statically (owner, state,
+//! machine type, GPU model, host profile, attribute set). A request then decides per
+//! class, not per host, which part of the fleet it may touch, and only walks the free
+//! capacity index of the classes that pass. Classes are never deleted (an empty class
+//! costs an empty set), so class ids stay stable.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fleet::{AttrSetId, Host, HostId, HostState, Name, Owner};
+
+/// What makes two hosts interchangeable to a hard requirement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ClassKey {
+    pub(crate) owner: Owner,
+    pub(crate) state: HostState,
+    pub(crate) machine_type: Name,
+    pub(crate) gpu_model: Option<Name>,
+    pub(crate) profile: Name,
+    pub(crate) attrs: AttrSetId,
+}
+
+impl ClassKey {
+    pub(crate) fn of(host: &Host) -> ClassKey {
+        ClassKey {
+            owner: host.owner,
+            state: host.state,
+            machine_type: host.machine_type,
+            gpu_model: host.gpu_model,
+            profile: host.profile,
+            attrs: host.attrs,
+        }
+    }
+}
+
+/// A host's position in its class: free CPU, then free memory, then a fixed scramble of
+/// the id (so hosts with equal free capacity, e.g. a fresh fleet, are visited in an order
+/// unrelated to racks, which keeps bounded candidate samples diverse for spread), then
+/// the id itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct FreeKey {
+    pub(crate) cpu: u64,
+    pub(crate) mem: u64,
+    pub(crate) scramble: u32,
+    pub(crate) host: u32,
+}
+
+/// A bijection on u32 (multiplication by an odd constant), used as the scramble.
+pub(crate) fn scramble(id: u32, seed: u32) -> u32 {
+    (id ^ seed).wrapping_mul(0x9E37_79B1).rotate_left(13)
+}
+
+impl FreeKey {
+    pub(crate) fn of(id: HostId, host: &Host, seed: u32) -> FreeKey {
+        FreeKey {
+            cpu: host.free.cpu_milli,
+            mem: host.free.memory_mib,
+            scramble: scramble(id.0, seed),
+            host: id.0,
+        }
+    }
+}
+
+/// One equivalence class.
+#[derive(Debug, Clone)]
+pub(crate) struct Class {
+    pub(crate) key: ClassKey,
+    pub(crate) hosts: BTreeSet<FreeKey>,
+}
+
+/// All classes, and which classes each owner has.
+#[derive(Debug, Clone)]
+pub(crate) struct ClassIndex {
+    seed: u32,
+    pub(crate) classes: Vec<Class>,
+    by_key: BTreeMap<ClassKey, u32>,
+    /// Up classes per owner, in creation order: the only classes placement looks at.
+    up_by_owner: BTreeMap<Owner, Vec<u32>>,
+}
+
+impl ClassIndex {
+    pub(crate) fn new(seed: u64) -> ClassIndex {
+        ClassIndex {
+            // Folding the seed to 32 bits is the point: it only permutes host ids.
+            #[allow(clippy::cast_possible_truncation)]
+            seed: (seed ^ (seed >> 32)) as u32,
+            classes: Vec::new(),
+            by_key: BTreeMap::new(),
+            up_by_owner: BTreeMap::new(),
+        }
+    }
+
+    /// The class for `key`, creating it if new.
+    pub(crate) fn class_for(&mut self, key: ClassKey) -> u32 {
+        if let Some(&c) = self.by_key.get(&key) {
+            return c;
+        }
+        let c = u32::try_from(self.classes.len()).unwrap_or(u32::MAX);
+        self.classes.push(Class {
+            key,
+            hosts: BTreeSet::new(),
+        });
+        self.by_key.insert(key, c);
+        if key.state == HostState::Up {
+            self.up_by_owner.entry(key.owner).or_default().push(c);
+        }
+        c
+    }
+
+    /// Up classes of `owner`.
+    pub(crate) fn up_classes(&self, owner: Owner) -> &[u32] {
+        self.up_by_owner.get(&owner).map_or(&[], Vec::as_slice)
+    }
+
+    /// Puts a host into the class its properties say, at the position its free says.
+    pub(crate) fn insert(&mut self, id: HostId, host: &mut Host) {
+        let c = self.class_for(ClassKey::of(host));
+        host.class = c;
+        if let Some(class) = self.classes.get_mut(c as usize) {
+            class.hosts.insert(FreeKey::of(id, host, self.seed));
+        }
+    }
+
+    /// Takes a host out of the index; call before changing its free capacity or any
+    /// class property, then [`ClassIndex::insert`] again.
+    pub(crate) fn remove(&mut self, id: HostId, host: &Host) {
+        if let Some(class) = self.classes.get_mut(host.class as usize) {
+            class.hosts.remove(&FreeKey::of(id, host, self.seed));
+        }
+    }
+
+    /// Recomputes the index from the hosts and compares.
+    pub(crate) fn check(&self, hosts: &[Host]) -> Result<(), String> {
+        let mut expected: BTreeMap<ClassKey, BTreeSet<FreeKey>> = BTreeMap::new();
+        for (i, h) in hosts.iter().enumerate() {
+            let id = HostId(u32::try_from(i).map_err(|e| e.to_string())?);
+            let key = ClassKey::of(h);
+            let class = self
+                .classes
+                .get(h.class as usize)
+                .ok_or_else(|| format!("{id}: class {} does not exist", h.class))?;
+            if class.key != key {
+                return Err(format!(
+                    "{id}: in class {:?}, should be {:?}",
+                    class.key, key
+                ));
+            }
+            expected
+                .entry(key)
+                .or_default()
+                .insert(FreeKey::of(id, h, self.seed));
+        }
+        for class in &self.classes {
+            let want = expected.remove(&class.key).unwrap_or_default();
+            if want != class.hosts {
+                return Err(format!(
+                    "class {:?}: index holds {} hosts, recomputation {}",
+                    class.key,
+                    class.hosts.len(),
+                    want.len()
+                ));
+            }
+            if self
+                .by_key
+                .get(&class.key)
+                .map(|&c| &self.classes[c as usize].key)
+                != Some(&class.key)
+            {
+                return Err(format!("class {:?} missing from the key map", class.key));
+            }
+        }
+        if let Some((key, _)) = expected.into_iter().next() {
+            return Err(format!("hosts of class {key:?} have no class"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,564 @@
+//! The online allocator against its invariants: unit cases for explanations, profile
+//! switches and the entitlement lifecycle, and model-based property tests over random
+//! sequences of allocate, free, resize, host failure, drain and quota changes.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use twine_sched::{
+    AllocError, Allocator, AllocatorConfig, AttrPredicate, Demand, EntitlementId, FaultLevel,
+    GpuDemand, HostId, HostSpec, JobId, Owner, Policy, Preferences, Quota, Request, Requirements,
+    Resized, Resources, TaskId,
+};
+
+fn demand(cpu: u64, mem: u64) -> Demand {
+    Demand {
+        resources: Resources::new(cpu, mem),
+        gpu: GpuDemand::None,
+    }
+}
+
+fn small(rack: usize) -> HostSpec {
+    HostSpec::new(Resources::new(18_000, 65_536))
+        .machine_type("small")
+        .domain(["r1", "dc1", "p1", &format!("rack{rack}")])
+}
+
+#[test]
+fn unplaced_explanation_counts_each_host_once() {
+    let mut a = Allocator::new(AllocatorConfig::default());
+    let ent = a
+        .add_entitlement("web", Quota::machines([("small", 10), ("big", 10)]))
+        .unwrap();
+    for r in 0..2 {
+        a.add_host(&small(r).machine_type("big")).unwrap();
+    }
+    a.add_host(&small(2).profile("other")).unwrap();
+    for r in 3..5 {
+        a.add_host(&small(r)).unwrap();
+    }
+    let req = Request::new(ent, JobId(1))
+        .require(
+            Requirements::default()
+                .machine_types(["small"])
+                .host_profile("default"),
+        )
+        .allocate(TaskId(1), demand(1_000, 100_000));
+    let out = a.apply(&req).unwrap();
+    assert!(out.placed.is_empty());
+    assert_eq!(
+        out.unplaced[0].1.to_string(),
+        "0/5 hosts: 2 wrong machine type, 2 insufficient memory, 1 wrong host profile"
+    );
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn profile_switch_is_proposed_then_applied_by_the_caller() {
+    let mut a = Allocator::new(AllocatorConfig::default());
+    let ent = a
+        .add_entitlement("ml", Quota::machines([("small", 2)]))
+        .unwrap();
+    let h0 = a.add_host(&small(0)).unwrap();
+    let h1 = a.add_host(&small(1)).unwrap();
+    let req = Request::new(ent, JobId(7))
+        .require(Requirements::default().host_profile("hugepages"))
+        .allocate(TaskId(1), demand(10_000, 1_000))
+        .allocate(TaskId(2), demand(10_000, 1_000));
+    let out = a.apply(&req).unwrap();
+    assert_eq!(out.unplaced.len(), 2);
+    let switches: Vec<_> = out
+        .profile_switches
+        .iter()
+        .map(|s| (s.host, s.from.as_str(), s.to.as_str()))
+        .collect();
+    // Two 10-core tasks need two 18-core hosts.
+    assert_eq!(
+        switches,
+        vec![(h0, "default", "hugepages"), (h1, "default", "hugepages")]
+    );
+    // The allocator did not switch anything itself.
+    assert_eq!(a.host(h0).unwrap().profile(), "default");
+    for s in &out.profile_switches {
+        a.apply_profile_switch(s.host, &s.to).unwrap();
+    }
+    let out = a.apply(&req).unwrap();
+    assert_eq!(out.placed.len(), 2, "{:?}", out.unplaced);
+    assert_eq!(
+        a.apply_profile_switch(h0, "default"),
+        Err(AllocError::NotInFreePool(h0))
+    );
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn quota_limits_switch_proposals() {
+    let mut a = Allocator::new(AllocatorConfig::default());
+    let ent = a
+        .add_entitlement("ml", Quota::machines([("small", 1)]))
+        .unwrap();
+    for r in 0..3 {
+        a.add_host(&small(r)).unwrap();
+    }
+    let req = Request::new(ent, JobId(7))
+        .require(Requirements::default().host_profile("hugepages"))
+        .allocate(TaskId(1), demand(10_000, 1_000))
+        .allocate(TaskId(2), demand(10_000, 1_000));
+    let out = a.apply(&req).unwrap();
+    assert_eq!(out.profile_switches.len(), 1);
+}
+
+#[test]
+fn hosts_join_within_quota_and_return_when_empty() {
+    let mut a = Allocator::new(AllocatorConfig::default());
+    let ent = a
+        .add_entitlement("web", Quota::machines([("small", 2)]))
+        .unwrap();
+    for r in 0..4 {
+        a.add_host(&small(r)).unwrap();
+    }
+    let mut req = Request::new(ent, JobId(1));
+    for t in 0..4 {
+        req = req.allocate(TaskId(t), demand(8_000, 1_000));
+    }
+    let out = a.apply(&req).unwrap();
+    // Two hosts of 18 cores take two 8-core tasks each; quota stops a third host.
+    assert_eq!(out.placed.len(), 4);
+    assert_eq!(out.hosts_joined.len(), 2);
+    let out = a
+        .apply(&Request::new(ent, JobId(1)).allocate(TaskId(9), demand(8_000, 1_000)))
+        .unwrap();
+    assert!(
+        out.unplaced[0]
+            .1
+            .to_string()
+            .contains("2 entitlement quota exhausted"),
+        "{}",
+        out.unplaced[0].1
+    );
+    let mut free = Request::new(ent, JobId(1));
+    for t in 0..4 {
+        free = free.free(TaskId(t));
+    }
+    let out = a.apply(&free).unwrap();
+    assert_eq!(out.hosts_released.len(), 2);
+    assert!(a.entitlement_hosts(ent).unwrap().is_empty());
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn spread_over_racks_and_anti_affinity() {
+    let mut a = Allocator::new(AllocatorConfig::default());
+    let ent = a
+        .add_entitlement("web", Quota::machines([("small", 100)]))
+        .unwrap();
+    for r in 0..4 {
+        for _ in 0..3 {
+            a.add_host(&small(r)).unwrap();
+        }
+    }
+    let mut req =
+        Request::new(ent, JobId(1)).prefer(Preferences::default().spread(FaultLevel::Rack));
+    for t in 0..8 {
+        req = req.allocate(TaskId(t), demand(1_000, 1_000));
+    }
+    let out = a.apply(&req).unwrap();
+    let mut per_rack = [0; 4];
+    for p in &out.placed {
+        let rack = a.host(p.host).unwrap().domain(FaultLevel::Rack).to_owned();
+        per_rack[rack
+            .trim_start_matches("r1/dc1/p1/rack")
+            .parse::<usize>()
+            .unwrap()] += 1;
+    }
+    assert_eq!(per_rack, [2, 2, 2, 2]);
+
+    let mut req = Request::new(ent, JobId(2)).prefer(Preferences::default().max_per_host(1));
+    for t in 100..113 {
+        req = req.allocate(TaskId(t), demand(100, 100));
+    }
+    let out = a.apply(&req).unwrap();
+    let hosts: BTreeSet<HostId> = out.placed.iter().map(|p| p.host).collect();
+    assert_eq!(out.placed.len(), 12);
+    assert_eq!(hosts.len(), 12);
+    assert_eq!(
+        out.unplaced[0].1.to_string(),
+        "0/12 hosts: 12 job at its per-host limit"
+    );
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn failure_and_drain_move_tasks() {
+    let mut a = Allocator::new(AllocatorConfig::default());
+    let ent = a
+        .add_entitlement("web", Quota::machines([("small", 100)]))
+        .unwrap();
+    for r in 0..3 {
+        a.add_host(&small(r)).unwrap();
+    }
+    let out = a
+        .apply(
+            &Request::new(ent, JobId(1))
+                .allocate(TaskId(1), demand(10_000, 1_000))
+                .allocate(TaskId(2), demand(10_000, 1_000)),
+        )
+        .unwrap();
+    let first = out.placed[0].host;
+    let ev = a.host_down(first).unwrap();
+    assert_eq!(ev.moved.len(), 1);
+    assert_eq!(ev.hosts_released, vec![first]);
+    assert_eq!(a.host(first).unwrap().owner(), Owner::FreePool);
+    a.check_invariants().unwrap();
+    let busy: Vec<HostId> = a.entitlement_hosts(ent).unwrap();
+    assert_eq!(busy.len(), 2);
+    // The one other up host has no room for a second 10-core task: the task stays.
+    let ev = a.drain(busy[0]).unwrap();
+    assert!(ev.moved.is_empty(), "{ev:?}");
+    assert_eq!(ev.unplaced.len(), 1);
+    assert_eq!(a.task(TaskId(2)).unwrap().0, busy[0]);
+    a.check_invariants().unwrap();
+    // The failed host is repaired; draining again moves the task and releases the host.
+    a.host_up(first).unwrap();
+    let ev = a.drain(busy[0]).unwrap();
+    assert_eq!(ev.moved.len(), 1, "{ev:?}");
+    assert_eq!(ev.hosts_released, vec![busy[0]]);
+    a.check_invariants().unwrap();
+    // A failure with nowhere to go removes the task.
+    let ev = a.host_down(busy[1]).unwrap();
+    assert!(ev.unplaced.is_empty() || a.task_count() == 1, "{ev:?}");
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn resize_in_place_then_move() {
+    let mut a = Allocator::new(AllocatorConfig::default());
+    let ent = a
+        .add_entitlement("web", Quota::machines([("small", 100)]))
+        .unwrap();
+    for r in 0..2 {
+        a.add_host(&small(r)).unwrap();
+    }
+    a.apply(
+        &Request::new(ent, JobId(1))
+            .allocate(TaskId(1), demand(8_000, 1_000))
+            .allocate(TaskId(2), demand(8_000, 1_000)),
+    )
+    .unwrap();
+    assert!(matches!(
+        a.resize(TaskId(1), demand(9_000, 1_000)).unwrap(),
+        Resized::InPlace { .. }
+    ));
+    assert!(matches!(
+        a.resize(TaskId(1), demand(12_000, 1_000)).unwrap(),
+        Resized::Moved(_)
+    ));
+    assert!(matches!(
+        a.resize(TaskId(1), demand(20_000, 1_000)).unwrap(),
+        Resized::Unplaced(_)
+    ));
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let mut a = Allocator::new(AllocatorConfig::default());
+    let ent = a
+        .add_entitlement("web", Quota::Units(Resources::new(u64::MAX, u64::MAX)))
+        .unwrap();
+    a.add_host(&HostSpec::new(Resources::new(u64::MAX, u64::MAX)))
+        .unwrap();
+    a.add_host(&HostSpec::new(Resources::new(u64::MAX, u64::MAX)))
+        .unwrap();
+    assert_eq!(
+        a.host_down(HostId(99)).unwrap_err(),
+        AllocError::UnknownHost(HostId(99))
+    );
+    assert_eq!(
+        a.apply(&Request::new(EntitlementId(5), JobId(1)))
+            .unwrap_err(),
+        AllocError::UnknownEntitlement(EntitlementId(5))
+    );
+    assert_eq!(
+        a.apply(&Request::new(ent, JobId(1)).free(TaskId(3)))
+            .unwrap_err(),
+        AllocError::UnknownTask(TaskId(3))
+    );
+    assert_eq!(
+        a.resize(TaskId(3), demand(1, 1)).unwrap_err(),
+        AllocError::UnknownTask(TaskId(3))
+    );
+    let bad_gpu = Demand {
+        resources: Resources::new(1, 1),
+        gpu: GpuDemand::Shared(1000),
+    };
+    assert!(matches!(
+        a.apply(&Request::new(ent, JobId(1)).allocate(TaskId(1), bad_gpu)),
+        Err(AllocError::InvalidGpuDemand { .. })
+    ));
+    // Huge sizes: the unit quota saturates instead of overflowing.
+    let out = a
+        .apply(
+            &Request::new(ent, JobId(1))
+                .allocate(TaskId(1), demand(u64::MAX, u64::MAX))
+                .allocate(TaskId(2), demand(u64::MAX, 1)),
+        )
+        .unwrap();
+    assert_eq!(out.placed.len(), 1);
+    assert_eq!(out.unplaced.len(), 1);
+    assert_eq!(
+        a.apply(&Request::new(ent, JobId(1)).allocate(TaskId(1), demand(1, 1)))
+            .unwrap_err(),
+        AllocError::DuplicateTask(TaskId(1))
+    );
+    assert!(matches!(
+        a.set_quota(ent, Quota::machines([])),
+        Err(AllocError::QuotaBelowUsage { .. })
+    ));
+    a.check_invariants().unwrap();
+}
+
+// ---- model-based property tests ----
+
+#[derive(Debug, Clone)]
+struct HostGen {
+    cpu: u64,
+    mem: u64,
+    big: bool,
+    gpus: u8,
+    gpu_model: bool,
+    profile: bool,
+    zone: bool,
+    rack: usize,
+}
+
+fn host_gen() -> impl Strategy<Value = HostGen> {
+    (
+        2_000u64..16_000,
+        2_048u64..32_768,
+        any::<bool>(),
+        0u8..3,
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        0usize..6,
+    )
+        .prop_map(
+            |(cpu, mem, big, gpus, gpu_model, profile, zone, rack)| HostGen {
+                cpu,
+                mem,
+                big,
+                gpus,
+                gpu_model,
+                profile,
+                zone,
+                rack,
+            },
+        )
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Allocate { job: u64, tasks: Vec<Demand> },
+    Free { pick: usize },
+    Resize { pick: usize, demand: Demand },
+    Down { host: usize },
+    Up { host: usize },
+    Drain { host: usize },
+    Quota { ent: u32, small: u32, big: u32 },
+    Switch { host: usize },
+}
+
+fn demand_gen() -> impl Strategy<Value = Demand> {
+    (
+        100u64..7_000,
+        100u64..10_000,
+        prop_oneof![
+            3 => Just(GpuDemand::None),
+            1 => (1u16..1000).prop_map(GpuDemand::Shared),
+            1 => (1u8..3).prop_map(GpuDemand::Whole),
+        ],
+    )
+        .prop_map(|(cpu, mem, gpu)| Demand {
+            resources: Resources::new(cpu, mem),
+            gpu,
+        })
+}
+
+fn op_gen() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0u64..5, prop::collection::vec(demand_gen(), 1..5))
+            .prop_map(|(job, tasks)| Op::Allocate { job, tasks }),
+        2 => any::<usize>().prop_map(|pick| Op::Free { pick }),
+        2 => (any::<usize>(), demand_gen()).prop_map(|(pick, demand)| Op::Resize { pick, demand }),
+        1 => any::<usize>().prop_map(|host| Op::Down { host }),
+        1 => any::<usize>().prop_map(|host| Op::Up { host }),
+        1 => any::<usize>().prop_map(|host| Op::Drain { host }),
+        1 => (0u32..2, 0u32..6, 0u32..6).prop_map(|(ent, small, big)| Op::Quota { ent, small, big }),
+        1 => any::<usize>().prop_map(|host| Op::Switch { host }),
+    ]
+}
+
+/// Each job has fixed constraints, so every kind of requirement and preference is
+/// exercised; jobs 0, 2, 4 run in entitlement 0, jobs 1, 3 in entitlement 1.
+fn job_request(job: u64, policy: Policy) -> Request {
+    let ent = EntitlementId(u32::try_from(job % 2).expect("valid by construction"));
+    let (req, prefs) = match job {
+        0 => (
+            Requirements::default().machine_types(["small"]),
+            Preferences::default().spread(FaultLevel::Rack),
+        ),
+        1 => (
+            Requirements::default().host_profile("p1"),
+            Preferences::default().max_per_host(1),
+        ),
+        2 => (
+            Requirements::default().gpu_models(["g1"]),
+            Preferences::default().max_per_rack(2),
+        ),
+        3 => (
+            Requirements::default().attribute(AttrPredicate::In(
+                "zone".into(),
+                vec!["x".into(), "nowhere".into()],
+            )),
+            Preferences::default().spread(FaultLevel::PowerDomain),
+        ),
+        _ => (
+            Requirements::default().attribute(AttrPredicate::Exists("zone".into())),
+            Preferences::default(),
+        ),
+    };
+    Request::new(ent, JobId(job))
+        .require(req)
+        .prefer(prefs.policy(policy))
+}
+
+/// Runs `ops`, checking invariants after each step; returns a transcript of outcomes.
+fn run(
+    hosts: &[HostGen],
+    ops: &[Op],
+    policy: Policy,
+    seed: u64,
+) -> Result<Vec<String>, TestCaseError> {
+    let mut a = Allocator::new(
+        AllocatorConfig::default()
+            .with_seed(seed)
+            .with_candidates(3),
+    );
+    let e0 = a
+        .add_entitlement("e0", Quota::machines([("small", 4), ("big", 3)]))
+        .expect("valid by construction");
+    let e1 = a
+        .add_entitlement("e1", Quota::Units(Resources::new(40_000, 80_000)))
+        .expect("valid by construction");
+    let ids: Vec<HostId> = hosts
+        .iter()
+        .map(|g| {
+            let mut s = HostSpec::new(Resources::new(g.cpu, g.mem))
+                .machine_type(if g.big { "big" } else { "small" })
+                .profile(if g.profile { "p1" } else { "p2" })
+                .domain([
+                    "r",
+                    &format!("dc{}", g.rack % 2),
+                    &format!("p{}", g.rack % 3),
+                    &format!("rack{}", g.rack),
+                ]);
+            if g.gpus > 0 {
+                s = s.gpus(g.gpus, if g.gpu_model { "g1" } else { "g2" });
+            }
+            if g.zone {
+                s = s.attribute("zone", "x");
+            }
+            a.add_host(&s).expect("valid by construction")
+        })
+        .collect();
+    let mut live: Vec<(TaskId, u64)> = Vec::new();
+    let mut next = 0u64;
+    let mut log = Vec::new();
+    for op in ops {
+        let line = match op {
+            Op::Allocate { job, tasks } => {
+                let mut req = job_request(*job, policy);
+                for d in tasks {
+                    req = req.allocate(TaskId(next), *d);
+                    live.push((TaskId(next), *job));
+                    next += 1;
+                }
+                let out = a.apply(&req).expect("valid by construction");
+                format!("{out:?}")
+            }
+            Op::Free { pick } if !live.is_empty() => {
+                let (t, job) = live[pick % live.len()];
+                let req = job_request(job, policy).free(t);
+                format!("{:?}", a.apply(&req).expect("valid by construction"))
+            }
+            Op::Resize { pick, demand } if !live.is_empty() => {
+                let (t, _) = live[pick % live.len()];
+                format!("{:?}", a.resize(t, *demand).expect("valid by construction"))
+            }
+            Op::Down { host } => format!(
+                "{:?}",
+                a.host_down(ids[host % ids.len()])
+                    .expect("valid by construction")
+            ),
+            Op::Up { host } => format!("{:?}", a.host_up(ids[host % ids.len()])),
+            Op::Drain { host } => format!(
+                "{:?}",
+                a.drain(ids[host % ids.len()])
+                    .expect("valid by construction")
+            ),
+            Op::Quota { ent, small, big } => {
+                let e = [e0, e1][*ent as usize];
+                let q = if *ent == 0 {
+                    Quota::machines([("small", *small), ("big", *big)])
+                } else {
+                    Quota::Units(Resources::new(
+                        u64::from(*small) * 10_000,
+                        u64::from(*big) * 20_000,
+                    ))
+                };
+                format!("{:?}", a.set_quota(e, q))
+            }
+            Op::Switch { host } => {
+                format!("{:?}", a.apply_profile_switch(ids[host % ids.len()], "p1"))
+            }
+            _ => String::new(),
+        };
+        live.retain(|(t, _)| a.task(*t).is_ok());
+        if let Err(e) = a.check_invariants() {
+            return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
+        }
+        log.push(line);
+    }
+    Ok(log)
+}
+
+fn policy_gen() -> impl Strategy<Value = Policy> {
+    prop::sample::select(Policy::ALL.to_vec())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_after_every_step(
+        hosts in prop::collection::vec(host_gen(), 1..12),
+        ops in prop::collection::vec(op_gen(), 1..40),
+        policy in policy_gen(),
+        seed in any::<u64>(),
+    ) {
+        run(&hosts, &ops, policy, seed)?;
+    }
+
+    #[test]
+    fn same_input_and_seed_give_the_same_result(
+        hosts in prop::collection::vec(host_gen(), 1..12),
+        ops in prop::collection::vec(op_gen(), 1..30),
+        policy in policy_gen(),
+        seed in any::<u64>(),
+    ) {
+        let first = run(&hosts, &ops, policy, seed)?;
+        let second = run(&hosts, &ops, policy, seed)?;
+        prop_assert_eq!(first, second);
+    }
+}
