@@ -100,8 +100,18 @@ impl Steady {
         }
         let out = self.alloc.apply(&req).expect("valid request");
         self.live.push_back((job, tasks));
+        assert_eq!(
+            out.placed.len(),
+            tasks_len(&self.live),
+            "{:?}",
+            out.unplaced.first()
+        );
         out.placed.len()
     }
+}
+
+fn tasks_len(live: &VecDeque<(JobId, Vec<TaskId>)>) -> usize {
+    live.back().map_or(0, |(_, t)| t.len())
 }
 
 trait FreeAll {

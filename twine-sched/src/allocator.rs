@@ -7,6 +7,29 @@
 //! and acts on the returned [`Allocation`]; host failures and drains come in as calls and
 //! come back as [`Evacuation`]s.
 //!
+//! ```
+//! use twine_sched::*;
+//!
+//! let mut alloc = Allocator::new(AllocatorConfig::default().with_seed(7));
+//! for rack in 0..4 {
+//!     let small = HostSpec::new(Resources::new(18_000, 65_536)).machine_type("small");
+//!     alloc.add_host(&small.domain(["r1", "dc1", "p1", &format!("rack{rack}")]))?;
+//! }
+//! let web = alloc.add_entitlement("web", Quota::machines([("small", 3)]))?;
+//! let task = Demand { resources: Resources::new(4_000, 8_192), gpu: GpuDemand::None };
+//! let req = Request::new(web, JobId(1))
+//!     .require(Requirements::default().machine_types(["small"]))
+//!     .prefer(Preferences::default().spread(FaultLevel::Rack).max_per_host(1))
+//!     .allocate(TaskId(1), task)
+//!     .allocate(TaskId(2), task)
+//!     .allocate(TaskId(3), task)
+//!     .allocate(TaskId(4), task);
+//! let out = alloc.apply(&req)?;
+//! assert_eq!(out.placed.len(), 3); // quota: 3 small machines
+//! assert_eq!(out.unplaced[0].1.to_string(), "0/4 hosts: 3 job at its per-host limit, 1 entitlement quota exhausted");
+//! # Ok::<(), AllocError>(())
+//! ```
+//!
 //! # Index design and complexity
 //!
 //! Let `N` be the number of hosts, `C` the number of *equivalence classes* (hosts that
