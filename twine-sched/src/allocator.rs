@@ -331,6 +331,8 @@ pub struct Allocator {
     entitlements: Vec<Entitlement>,
     tasks: HashMap<TaskId, TaskRecord>,
     jobs: HashMap<JobId, JobRecord>,
+    /// Distinct fault domains per level, to know when a job touches all of them.
+    domains_at: [std::collections::HashSet<Name>; 4],
 }
 
 fn validate_gpu(task: TaskId, gpu: GpuDemand) -> Result<(), AllocError> {
@@ -366,6 +368,7 @@ impl Allocator {
             entitlements: Vec::new(),
             tasks: HashMap::new(),
             jobs: HashMap::new(),
+            domains_at: Default::default(),
         }
     }
 
@@ -411,6 +414,9 @@ impl Allocator {
             }
             path.push_str(seg);
             *d = self.names.intern(&path);
+        }
+        for (level, d) in domains.iter().enumerate() {
+            self.domains_at[level].insert(*d);
         }
         let mut host = Host {
             capacity: spec.capacity,
@@ -795,9 +801,21 @@ impl Allocator {
                 n
             }
         };
+        // The fewest tasks of the job any domain at the spread level can hold: 0 while
+        // the job has not touched every domain, else its smallest count. A candidate at
+        // the floor is as spread as it gets; others keep the search going.
+        let floor = cons.prefs.spread.map_or(0, |l| {
+            let counts = &jr.per_domain[l.index()];
+            let touched = counts.values().filter(|&&n| n > 0).count();
+            if touched < self.domains_at[l.index()].len() {
+                0
+            } else {
+                counts.values().copied().min().unwrap_or(0)
+            }
+        });
         let mut best: Option<Candidate> = None;
         for (tier, owner) in [(0u8, Owner::Entitlement(ent)), (1, Owner::FreePool)] {
-            if tier == 1 && best.is_some_and(|b| cons.prefs.spread.is_none() || b.spread == 0) {
+            if tier == 1 && best.is_some_and(|b| cons.prefs.spread.is_none() || b.spread <= floor) {
                 break;
             }
             let mut feasible = 0usize;
@@ -806,7 +824,10 @@ impl Allocator {
                 let Some(class) = self.index.classes.get(c as usize) else {
                     continue;
                 };
-                if class.hosts.is_empty() || !class_matches(cons, &class.key, &self.attr_sets) {
+                if class.hosts.is_empty()
+                    || !class.key.may_fit_gpu(demand.gpu)
+                    || !class_matches(cons, &class.key, &self.attr_sets)
+                {
                     continue;
                 }
                 if tier == 1 && !e.admits_type(class.key.machine_type) {
@@ -881,7 +902,12 @@ impl Allocator {
                         best = Some(cand);
                     }
                     feasible += 1;
-                    if feasible >= self.config.candidates
+                    // With spread, keep looking (up to the examine bound) while the best
+                    // candidate's domain already holds a task of the job: an entitlement
+                    // host in an untouched domain beats taking a new host from the pool.
+                    let settled =
+                        cons.prefs.spread.is_none() || best.is_some_and(|b| b.spread <= floor);
+                    if (feasible >= self.config.candidates && settled)
                         || (cons.prefs.policy == Policy::FirstFit && cons.prefs.spread.is_none())
                     {
                         break 'classes;

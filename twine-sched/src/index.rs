@@ -2,7 +2,10 @@
 //!
 //! Borg scores one task per equivalence class of requirements; we turn that around and
 //! group *hosts* by everything a hard requirement can test statically (owner, state,
-//! machine type, GPU model, host profile, attribute set). A request then decides per
+//! machine type, GPU model, host profile, attribute set), plus what their GPU devices
+//! can still take (idle devices, and the largest share free on a used device, in tenths).
+//! The GPU part keeps GPU tasks from walking hosts whose CPU is free but whose devices
+//! are not: a class either can take the demand's GPUs or is skipped whole. A request then decides per
 //! class, not per host, which part of the fleet it may touch, and only walks the free
 //! capacity index of the classes that pass. Classes are never deleted (an empty class
 //! costs an empty set), so class ids stay stable.
@@ -10,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::fleet::{AttrSetId, Host, HostId, HostState, Name, Owner};
+use crate::resources::{GPU_MILLI, GpuDemand};
 
 /// What makes two hosts interchangeable to a hard requirement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -20,10 +24,20 @@ pub(crate) struct ClassKey {
     pub(crate) gpu_model: Option<Name>,
     pub(crate) profile: Name,
     pub(crate) attrs: AttrSetId,
+    /// Idle GPU devices.
+    pub(crate) gpu_idle: u8,
+    /// 0 when no used device has room; else 1 + (largest free milli on a used device) / 100.
+    pub(crate) gpu_partial: u8,
 }
 
 impl ClassKey {
     pub(crate) fn of(host: &Host) -> ClassKey {
+        let partial = host
+            .gpus
+            .free()
+            .iter()
+            .filter(|&&f| f > 0 && f < GPU_MILLI)
+            .max();
         ClassKey {
             owner: host.owner,
             state: host.state,
@@ -31,6 +45,20 @@ impl ClassKey {
             gpu_model: host.gpu_model,
             profile: host.profile,
             attrs: host.attrs,
+            gpu_idle: u8::try_from(host.gpus.idle()).unwrap_or(u8::MAX),
+            gpu_partial: partial.map_or(0, |&f| u8::try_from(1 + f / 100).unwrap_or(u8::MAX)),
+        }
+    }
+
+    /// Whether some host of this class may take `demand` on its devices (a share still
+    /// needs the exact per-host check: the bucket only bounds the largest free share).
+    pub(crate) fn may_fit_gpu(&self, demand: GpuDemand) -> bool {
+        match demand {
+            GpuDemand::None => true,
+            GpuDemand::Whole(n) => self.gpu_idle >= n,
+            GpuDemand::Shared(m) => {
+                self.gpu_idle > 0 || (self.gpu_partial > 0 && u16::from(self.gpu_partial) * 100 > m)
+            }
         }
     }
 }
