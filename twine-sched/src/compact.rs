@@ -7,14 +7,14 @@
 //! GPU devices with CPU still free, and first-fit-decreasing needs 1.19x the lower
 //! bound.
 //!
-//! 1. **Fill** ([`fill_bins`]): open one host at a time and keep adding the task
+//! 1. **Fill** (`fill_bins`): open one host at a time and keep adding the task
 //!    *shape* (tasks are grouped into equivalence classes of identical demand)
 //!    whose normalized demand is closest, in L2, to the host's remaining hole,
 //!    until nothing fits. A fresh host takes a large task first; once its devices
 //!    are spoken for it takes CPU-only tasks; small GPU shares fill device
 //!    fragments. L2 beats the dot product here: the dot product favours large
 //!    tasks, not tasks that match the hole.
-//! 2. **Compact** ([`compact`]): Borg's cell compaction as local search. Take the
+//! 2. **Compact** (`compact`): Borg's cell compaction as local search. Take the
 //!    least-loaded hosts (load weights the bottleneck dimension double) and try to
 //!    empty one by moving its tasks, largest first, to the best-fitting other
 //!    host, or by a one-step swap (evict a task from a host so the moving task fits

@@ -1,16 +1,59 @@
-//! twine-sched: the allocator (work in progress).
+//! The allocator of a Twine-style cluster manager: entitlements, hard and soft
+//! constraints, and multi-dimensional bin packing of tasks onto hosts.
+//!
+//! Pure and deterministic: no I/O (besides parsing trace CSV from a reader), no
+//! threads, no clock, no randomness beyond a caller-given seed. The caller sends a
+//! [`Request`] and acts on the returned [`Allocation`].
+//!
+//! ```
+//! use twine_sched::*;
+//!
+//! let mut alloc = Allocator::new(AllocatorConfig::default().with_seed(7));
+//! for rack in 0..4 {
+//!     let small = HostSpec::new(Resources::new(18_000, 65_536)).machine_type("small");
+//!     alloc.add_host(&small.domain(["r1", "dc1", "p1", &format!("rack{rack}")]))?;
+//! }
+//! // An entitlement: a quota of 3 small machines, drawn from the free pool as needed.
+//! let web = alloc.add_entitlement("web", Quota::machines([("small", 3)]))?;
+//! let task = Demand { resources: Resources::new(4_000, 8_192), gpu: GpuDemand::None };
+//! let req = Request::new(web, JobId(1))
+//!     .require(Requirements::default().machine_types(["small"]))
+//!     .prefer(Preferences::default().spread(FaultLevel::Rack).max_per_host(1).policy(Policy::BestFit))
+//!     .allocate(TaskId(1), task)
+//!     .allocate(TaskId(2), task)
+//!     .allocate(TaskId(3), task)
+//!     .allocate(TaskId(4), task);
+//! let out = alloc.apply(&req)?;
+//! assert_eq!(out.placed.len(), 3);
+//! assert_eq!(out.hosts_joined.len(), 3);
+//! // Why the fourth did not fit, host by host in aggregate:
+//! assert_eq!(
+//!     out.unplaced[0].1.to_string(),
+//!     "0/4 hosts: 3 job at its per-host limit, 1 entitlement quota exhausted"
+//! );
+//! # Ok::<(), AllocError>(())
+//! ```
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`resources`] | resource vectors; GPUs as devices, shared in thousandths or whole |
+//! | [`score`] | the classic scorers side by side: best fit, DotProduct, L2, Borg's stranded, kube's MostAllocated, Nomad's binpack, Tetris, spread |
+//! | [`fleet`], [`entitlement`], [`request`] | hosts and fault domains, quotas, Twine-shaped requests |
+//! | [`allocator`] | online placement with incremental indexes (the design and its cost are in its docs) |
+//! | [`explain`] | why a task was not placed; host-profile switch proposals |
+//! | [`trace`], [`pack`], [`compact`] | the openb trace CSV, offline packing against the lower bound, twine's packing policy |
 
 pub mod allocator;
+pub mod compact;
 pub mod entitlement;
 pub mod explain;
 pub mod fleet;
 mod index;
+pub mod pack;
 pub mod request;
 pub mod resources;
 pub mod score;
-
-pub use resources::{Demand, GpuDemand, GpuDevices, GpuGrant, Resources};
-pub use score::{HostFit, Policy};
+pub mod trace;
 
 pub use allocator::{
     AllocError, Allocation, Allocator, AllocatorConfig, Evacuation, Moved, Placed, Resized,
@@ -19,6 +62,5 @@ pub use entitlement::{EntitlementId, Quota};
 pub use explain::{ProfileSwitch, Unplaced, UnplacedReason};
 pub use fleet::{FaultLevel, HostId, HostSpec, HostState, HostView, Owner, ResourceNames};
 pub use request::{AttrPredicate, JobId, Preferences, Request, Requirements, TaskId};
-pub mod compact;
-pub mod pack;
-pub mod trace;
+pub use resources::{Demand, GpuDemand, GpuDevices, GpuGrant, Resources};
+pub use score::{HostFit, Policy};

@@ -1,4 +1,4 @@
-//! The validated job: what [`crate::JobSpec::validate`] returns and [`crate::translate`] takes.
+//! The validated job: what [`crate::JobSpec::validate`] returns and [`crate::translate()`] takes.
 //!
 //! Every type here is `#[non_exhaustive]`, so outside this crate a value can only
 //! come from validation: a `Job` always satisfies every rule validation checks.

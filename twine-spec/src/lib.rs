@@ -2,7 +2,7 @@
 //!
 //! A [`JobSpec`] is read from TOML, JSON or YAML (unknown keys are errors),
 //! [validated](JobSpec::validate) into a [`Job`] with every problem reported at
-//! once, and [translated](translate) into a [`UnitSet`]: one oneshot unit per
+//! once, and [translated](fn@translate) into a [`UnitSet`]: one oneshot unit per
 //! pre-start step, the main service, sidecars bound to it, a health timer, and a
 //! target that starts and stops the whole job. The set renders as unit files or as
 //! `StartTransientUnit` property lists.
