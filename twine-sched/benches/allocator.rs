@@ -14,39 +14,17 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use twine_sched::{
-    Allocator, AllocatorConfig, Demand, EntitlementId, FaultLevel, GpuDemand, HostSpec, JobId,
-    Preferences, Quota, Request, Requirements, Resources, TaskId,
+    Allocator, AllocatorConfig, Demand, EntitlementId, FaultLevel, GpuDemand, JobId, Preferences,
+    Request, Requirements, Resources, TaskId,
 };
 
 const TASKS_PER_JOB: u64 = 36;
 
+#[path = "../examples/support/synthetic.rs"]
+mod synthetic;
+
 fn fleet(hosts: usize) -> (Allocator, EntitlementId) {
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let n = u32::try_from(hosts).expect("fleet fits u32");
-    let ent = a
-        .add_entitlement("bench", Quota::machines([("small", n), ("big", n)]))
-        .expect("first entitlement");
-    for i in 0..hosts {
-        let rack = i / 40;
-        let power = rack / 10;
-        let dc = power / 10;
-        let path = [
-            "region1".to_owned(),
-            format!("dc{dc}"),
-            format!("power{power}"),
-            format!("rack{rack}"),
-        ];
-        let spec = if i % 5 == 4 {
-            HostSpec::new(Resources::new(96_000, 393_216))
-                .machine_type("big")
-                .gpus(8, "a100")
-        } else {
-            HostSpec::new(Resources::new(18_000, 65_536)).machine_type("small")
-        };
-        let spec = spec.domain([&path[0], &path[1], &path[2], &path[3]]);
-        a.add_host(&spec).expect("host ids fit");
-    }
-    (a, ent)
+    synthetic::fleet(hosts, AllocatorConfig::default())
 }
 
 struct Steady {

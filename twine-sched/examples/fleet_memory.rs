@@ -5,9 +5,12 @@
 
 use std::time::Instant;
 
+#[path = "support/synthetic.rs"]
+mod synthetic;
+
 use twine_sched::{
-    Allocator, AllocatorConfig, Demand, FaultLevel, GpuDemand, HostSpec, JobId, Preferences, Quota,
-    Request, Requirements, Resources, TaskId,
+    AllocatorConfig, Demand, FaultLevel, GpuDemand, JobId, Preferences, Request, Requirements,
+    Resources, TaskId,
 };
 
 fn vm_rss_kib() -> Option<u64> {
@@ -24,32 +27,7 @@ fn main() {
         .unwrap_or(1_000_000);
     let before = vm_rss_kib().unwrap_or(0);
     let start = Instant::now();
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let n = u32::try_from(hosts).unwrap_or(u32::MAX);
-    let Ok(ent) = a.add_entitlement("all", Quota::machines([("small", n), ("big", n)])) else {
-        return;
-    };
-    for i in 0..hosts {
-        let rack = i / 40;
-        let power = rack / 10;
-        let dc = power / 10;
-        let spec = if i % 5 == 4 {
-            HostSpec::new(Resources::new(96_000, 393_216))
-                .machine_type("big")
-                .gpus(8, "a100")
-        } else {
-            HostSpec::new(Resources::new(18_000, 65_536)).machine_type("small")
-        };
-        let spec = spec.domain([
-            "region1",
-            &format!("dc{dc}"),
-            &format!("power{power}"),
-            &format!("rack{rack}"),
-        ]);
-        if a.add_host(&spec).is_err() {
-            return;
-        }
-    }
+    let (mut a, ent) = synthetic::fleet(hosts, AllocatorConfig::default());
     let built = start.elapsed();
     let jobs = hosts / 10 / 36;
     let mut placed = 0;

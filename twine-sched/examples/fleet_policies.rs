@@ -17,38 +17,18 @@
 
 use std::time::Instant;
 
+#[path = "support/synthetic.rs"]
+mod synthetic;
+
 use twine_sched::{
-    Allocator, AllocatorConfig, Demand, FaultLevel, GpuDemand, HostSpec, JobId, Policy,
-    Preferences, Quota, Request, Requirements, Resources, TaskId,
+    AllocatorConfig, Demand, FaultLevel, GpuDemand, JobId, Policy, Preferences, Request,
+    Requirements, Resources, TaskId,
 };
 
 /// One run: hosts pulled into the entitlement, tasks placed and unplaced, placements
 /// per second, and the most tasks of one job in one power domain (over the last 100 jobs).
 fn run(hosts: usize, policy: Policy, spread: bool) -> (usize, usize, usize, f64, usize) {
-    let mut a = Allocator::new(AllocatorConfig::default().with_seed(1));
-    let n = u32::try_from(hosts).expect("fleet fits u32");
-    let ent = a
-        .add_entitlement("bench", Quota::machines([("small", n), ("big", n)]))
-        .expect("entitlement");
-    for i in 0..hosts {
-        let rack = i / 40;
-        let (power, dc) = (rack / 10, rack / 100);
-        let spec = if i % 5 == 4 {
-            HostSpec::new(Resources::new(96_000, 393_216))
-                .machine_type("big")
-                .gpus(8, "a100")
-        } else {
-            HostSpec::new(Resources::new(18_000, 65_536)).machine_type("small")
-        };
-        let path = [
-            "region1".to_owned(),
-            format!("dc{dc}"),
-            format!("power{power}"),
-            format!("rack{rack}"),
-        ];
-        a.add_host(&spec.domain([&path[0], &path[1], &path[2], &path[3]]))
-            .expect("host");
-    }
+    let (mut a, ent) = synthetic::fleet(hosts, AllocatorConfig::default().with_seed(1));
     // About a quarter of the fleet's CPU: small hosts carry 4/5 of the hosts.
     let target_cpu = hosts as u64 * (4 * 18_000 + 96_000) / 5 / 4;
     let (mut placed, mut unplaced, mut cpu, mut task) = (0, 0, 0u64, 0u64);

@@ -321,10 +321,11 @@ pub(crate) fn reference_bin(shapes: &[NodeShape]) -> Bin {
 /// The lower bound on hosts for `pods`: for identical hosts `max_d ceil(sum_d / cap_d)`;
 /// for listed nodes, per dimension the fewest nodes whose capacities (largest first) cover the sum.
 pub fn lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> usize {
+    // Saturating: a sum that large needs more hosts than any bound we could report anyway.
     let sums = pods.iter().fold([0u64; 3], |mut s, p| {
-        s[0] += p.demand.resources.cpu_milli;
-        s[1] += p.demand.resources.memory_mib;
-        s[2] += p.demand.gpu.milli();
+        s[0] = s[0].saturating_add(p.demand.resources.cpu_milli);
+        s[1] = s[1].saturating_add(p.demand.resources.memory_mib);
+        s[2] = s[2].saturating_add(p.demand.gpu.milli());
         s
     });
     let shapes = hosts.shapes();
@@ -358,7 +359,7 @@ pub fn lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> usize {
                     .iter()
                     .take_while(|c| {
                         let short = covered < sums[k];
-                        covered += **c;
+                        covered = covered.saturating_add(**c);
                         short
                     })
                     .count()
@@ -512,22 +513,10 @@ impl<'a> Opener<'a> {
         }
     }
 
+    /// Opens the next host `pod` fits on, GPU model included.
     pub(crate) fn open(&mut self, pod: &TracePod) -> Option<Bin> {
-        match self.hosts {
-            Hosts::Identical { capacity, gpus, .. } => {
-                self.opened += 1;
-                Some(Bin::new(self.opened - 1, *capacity, *gpus))
-            }
-            Hosts::Listed(_) => {
-                let k = self.unused.iter().position(|&n| {
-                    let s = &self.shapes[n];
-                    spec_accepts(pod, s) && Bin::new(n, s.capacity, s.gpus).fits(&pod.demand)
-                })?;
-                let n = self.unused.remove(k);
-                let s = &self.shapes[n];
-                Some(Bin::new(n, s.capacity, s.gpus))
-            }
-        }
+        let shapes = self.shapes;
+        self.open_where(|bin, n| spec_accepts(pod, &shapes[n]) && bin.fits(&pod.demand))
     }
 }
 

@@ -96,6 +96,15 @@ impl Table {
         })
     }
 
+    /// The positions of required columns, in the order asked.
+    fn required<const N: usize>(&self, names: [&str; N]) -> Result<[usize; N], TraceError> {
+        let mut found = [0; N];
+        for (slot, name) in found.iter_mut().zip(names) {
+            *slot = self.column(name, true)?.unwrap_or(0);
+        }
+        Ok(found)
+    }
+
     fn column(&self, name: &str, required: bool) -> Result<Option<usize>, TraceError> {
         match self.headers.iter().position(|h| h == name) {
             Some(i) => Ok(Some(i)),
@@ -159,14 +168,7 @@ pub const MAX_AMOUNT: u64 = 1 << 40;
 /// Reads a nodes file.
 pub fn read_nodes(source_name: &str, reader: impl Read) -> Result<Vec<TraceNode>, TraceError> {
     let table = Table::read(source_name, reader)?;
-    let [sn, cpu, mem, gpu] =
-        ["sn", "cpu_milli", "memory_mib", "gpu"].map(|c| table.column(c, true));
-    let (sn, cpu, mem, gpu) = (
-        sn?.unwrap_or(0),
-        cpu?.unwrap_or(0),
-        mem?.unwrap_or(0),
-        gpu?.unwrap_or(0),
-    );
+    let [sn, cpu, mem, gpu] = table.required(["sn", "cpu_milli", "memory_mib", "gpu"])?;
     let model = table.column("model", false)?;
     let mut names = HashSet::new();
     let mut nodes = Vec::with_capacity(table.records.len());
@@ -207,14 +209,7 @@ pub fn read_nodes(source_name: &str, reader: impl Read) -> Result<Vec<TraceNode>
 pub fn read_pods(source_name: &str, reader: impl Read) -> Result<Vec<TracePod>, TraceError> {
     let table = Table::read(source_name, reader)?;
     let [name, cpu, mem, num_gpu, gpu_milli] =
-        ["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli"].map(|c| table.column(c, true));
-    let (name, cpu, mem, num_gpu, gpu_milli) = (
-        name?.unwrap_or(0),
-        cpu?.unwrap_or(0),
-        mem?.unwrap_or(0),
-        num_gpu?.unwrap_or(0),
-        gpu_milli?.unwrap_or(0),
-    );
+        table.required(["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli"])?;
     let spec = table.column("gpu_spec", false)?;
     let created = table.column("creation_time", false)?;
     let deleted = table.column("deletion_time", false)?;
