@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use twine::sched::pack::{Hosts, PackPolicy, Packing, pack};
+use twine::sched::pack::{Hosts, PackPolicy, Packing, pack, pool_gpus};
 use twine::sched::trace::{TraceNode, TracePod, read_nodes, read_pods};
 use twine::sched::{GpuDemand, Resources};
 
@@ -32,6 +32,10 @@ pub(crate) struct PlaceArgs {
     /// Also run every other policy on the same input and report each (side by side).
     #[arg(long)]
     compare: bool,
+    /// Treat each host's GPUs as one pool instead of devices, to compare with published
+    /// figures computed that way (not a valid placement on real devices).
+    #[arg(long)]
+    gpu_pool: bool,
 }
 
 fn read<T>(
@@ -161,6 +165,15 @@ pub(crate) fn place(args: &PlaceArgs) -> Result<Vec<String>, Vec<String>> {
         Some(shape) => parse_shape(shape)?,
         None => Hosts::Listed(nodes.clone()),
     };
+    let gpu_pods = pods
+        .iter()
+        .filter(|p| p.demand.gpu != GpuDemand::None)
+        .count();
+    let (hosts, pods) = if args.gpu_pool {
+        pool_gpus(&hosts, &pods)
+    } else {
+        (hosts, pods)
+    };
     let main = run(&hosts, &pods, policy);
     let others: Vec<Run> = if args.compare {
         PackPolicy::all()
@@ -174,10 +187,6 @@ pub(crate) fn place(args: &PlaceArgs) -> Result<Vec<String>, Vec<String>> {
     if let Some(path) = &args.assignments {
         write_assignments(path, &hosts, &nodes, &pods, &main.packing)?;
     }
-    let gpu_pods = pods
-        .iter()
-        .filter(|p| p.demand.gpu != GpuDemand::None)
-        .count();
     if args.json {
         let mut object = main.json(pods.len());
         if args.compare {
@@ -185,8 +194,13 @@ pub(crate) fn place(args: &PlaceArgs) -> Result<Vec<String>, Vec<String>> {
         }
         return Ok(vec![object.to_string()]);
     }
+    let pooled = if args.gpu_pool {
+        ", GPUs pooled per host"
+    } else {
+        ""
+    };
     let mut lines = vec![format!(
-        "{} pods ({gpu_pods} with GPUs), {} nodes read",
+        "{} pods ({gpu_pods} with GPUs), {} nodes read{pooled}",
         pods.len(),
         nodes.len()
     )];

@@ -27,7 +27,7 @@
 //! (1.020x); see docs/BENCHMARKS.md. Deterministic: no clock, no randomness, ties
 //! broken by index.
 
-use crate::pack::{Bin, NodeShape, Opener, shape_of, spec_accepts};
+use crate::pack::{Bin, DIMS, NodeShape, Opener, shape_of, spec_accepts};
 use crate::resources::Demand;
 use crate::trace::TracePod;
 
@@ -117,8 +117,11 @@ pub(crate) fn compact(bins: &mut Vec<Bin>, pods: &[TracePod], shapes: &[NodeShap
     bins.retain(|b| b.tasks > 0);
     let weights = bottleneck_weights(bins);
     let load = |b: &Bin| {
-        let r = b.residual();
-        weights[0] * (1.0 - r[0]) + weights[1] * (1.0 - r[1]) + weights[2] * (1.0 - r[2])
+        b.residual()
+            .iter()
+            .zip(&weights)
+            .map(|(r, w)| w * (1.0 - r))
+            .sum::<f64>()
     };
     // Every success removes a bin, so this ends after at most bins.len() rounds.
     'rounds: loop {
@@ -147,20 +150,29 @@ pub(crate) fn compact(bins: &mut Vec<Bin>, pods: &[TracePod], shapes: &[NodeShap
     }
 }
 
-/// Load weights: the dimension with the largest total use counts double.
-fn bottleneck_weights(bins: &[Bin]) -> [f64; 3] {
-    let used = bins.iter().fold([0.0; 3], |mut acc, b| {
-        let r = b.residual();
-        for k in 0..3 {
-            acc[k] += 1.0 - r[k];
+/// Load weights: the dimension with the largest total use counts double; dimensions
+/// no bin has count nothing.
+fn bottleneck_weights(bins: &[Bin]) -> [f64; DIMS] {
+    let mut used = [0.0; DIMS];
+    let mut present = [false; DIMS];
+    for b in bins {
+        let (r, cap) = (b.residual(), b.capacity_dims());
+        for k in 0..DIMS {
+            if cap[k] > 0 {
+                used[k] += 1.0 - r[k];
+                present[k] = true;
+            }
         }
-        acc
-    });
-    let top = (0..3)
+    }
+    let top = (0..DIMS)
         .max_by(|&a, &b| used[a].total_cmp(&used[b]))
         .unwrap_or(0);
-    let mut w = [1.0; 3];
-    w[top] = 2.0;
+    let mut w = [0.0; DIMS];
+    for k in 0..DIMS {
+        if present[k] {
+            w[k] = if k == top { 2.0 } else { 1.0 };
+        }
+    }
     w
 }
 

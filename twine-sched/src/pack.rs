@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::resources::{Demand, GPU_MILLI, GpuDevices, GpuGrant, Resources};
+use crate::resources::{Demand, GPU_MILLI, GpuDevices, GpuGrant, MAX_EXTRA, Resources};
 use crate::score::{HostFit, Policy};
 use crate::trace::{TraceNode, TracePod};
 
@@ -189,34 +189,55 @@ impl Bin {
     }
 
     /// Free capacity per dimension as fractions of this bin's capacity (CPU, memory, GPU).
-    pub(crate) fn residual(&self) -> [f64; 3] {
-        #[allow(clippy::cast_precision_loss)]
-        let r = |f: u64, c: u64| if c == 0 { 0.0 } else { f as f64 / c as f64 };
-        [
-            r(self.free.cpu_milli, self.capacity.cpu_milli),
-            r(self.free.memory_mib, self.capacity.memory_mib),
-            r(self.gpus.free_milli(), self.gpu_capacity_milli),
-        ]
+    /// Every dimension of the bin's capacity: CPU, memory, extras, GPU milli.
+    pub(crate) fn capacity_dims(&self) -> [u64; DIMS] {
+        dims(&self.capacity, self.gpu_capacity_milli)
+    }
+
+    /// Free capacity per dimension as fractions of this bin's capacity (0 where it has none).
+    pub(crate) fn residual(&self) -> [f64; DIMS] {
+        ratios(
+            &dims(&self.free, self.gpus.free_milli()),
+            &self.capacity_dims(),
+        )
     }
 
     /// A demand as fractions of this bin's capacity.
-    pub(crate) fn normalize(&self, demand: &Demand) -> [f64; 3] {
-        #[allow(clippy::cast_precision_loss)]
-        let r = |d: u64, c: u64| if c == 0 { 0.0 } else { d as f64 / c as f64 };
-        [
-            r(demand.resources.cpu_milli, self.capacity.cpu_milli),
-            r(demand.resources.memory_mib, self.capacity.memory_mib),
-            r(demand.gpu.milli(), self.gpu_capacity_milli),
-        ]
+    pub(crate) fn normalize(&self, demand: &Demand) -> [f64; DIMS] {
+        ratios(
+            &dims(&demand.resources, demand.gpu.milli()),
+            &self.capacity_dims(),
+        )
     }
 
     /// How well `demand` fills this bin's hole: minus the squared L2 distance
     /// between residual and demand (higher is better).
     pub(crate) fn l2_fit(&self, demand: &Demand) -> f64 {
-        let r = self.residual();
-        let d = self.normalize(demand);
-        -((r[0] - d[0]).powi(2) + (r[1] - d[1]).powi(2) + (r[2] - d[2]).powi(2))
+        let (r, d) = (self.residual(), self.normalize(demand));
+        -r.iter().zip(&d).map(|(r, d)| (r - d).powi(2)).sum::<f64>()
     }
+}
+
+/// Dimensions packing looks at: CPU, memory, the extras, GPU milli (as a total).
+pub(crate) const DIMS: usize = 3 + MAX_EXTRA;
+
+pub(crate) fn dims(resources: &Resources, gpu_milli: u64) -> [u64; DIMS] {
+    let mut d = [0; DIMS];
+    d[..2 + MAX_EXTRA].copy_from_slice(&resources.dims());
+    d[DIMS - 1] = gpu_milli;
+    d
+}
+
+fn ratios(amounts: &[u64; DIMS], capacity: &[u64; DIMS]) -> [f64; DIMS] {
+    let mut r = [0.0; DIMS];
+    for k in 0..DIMS {
+        if capacity[k] > 0 {
+            #[allow(clippy::cast_precision_loss)] // ratios of resource amounts
+            let x = amounts[k] as f64 / capacity[k] as f64;
+            r[k] = x;
+        }
+    }
+    r
 }
 
 /// A node the pack may open: its index, shape and GPU model.
@@ -300,20 +321,21 @@ fn reason(pod: &TracePod, shapes: &[NodeShape]) -> Option<String> {
 /// The normalized size used to order tasks largest first: sum of demand over the
 /// reference capacity (the largest node in each dimension).
 pub(crate) fn size(demand: &Demand, reference: &Bin) -> f64 {
-    #[allow(clippy::cast_precision_loss)]
-    let ratio = |d: u64, c: u64| if c == 0 { 0.0 } else { d as f64 / c as f64 };
-    ratio(demand.resources.cpu_milli, reference.capacity.cpu_milli)
-        + ratio(demand.resources.memory_mib, reference.capacity.memory_mib)
-        + ratio(demand.gpu.milli(), reference.gpu_capacity_milli)
+    reference.normalize(demand).iter().sum()
 }
 
 /// A bin with the largest capacity of any node in each dimension.
 pub(crate) fn reference_bin(shapes: &[NodeShape]) -> Bin {
     let cap = shapes.iter().fold(Resources::default(), |acc, s| {
-        Resources::new(
-            acc.cpu_milli.max(s.capacity.cpu_milli),
-            acc.memory_mib.max(s.capacity.memory_mib),
-        )
+        let mut extra = acc.extra;
+        for (e, c) in extra.iter_mut().zip(&s.capacity.extra) {
+            *e = (*e).max(*c);
+        }
+        Resources {
+            cpu_milli: acc.cpu_milli.max(s.capacity.cpu_milli),
+            memory_mib: acc.memory_mib.max(s.capacity.memory_mib),
+            extra,
+        }
     });
     Bin::new(0, cap, shapes.iter().map(|s| s.gpus).max().unwrap_or(0))
 }
@@ -322,24 +344,21 @@ pub(crate) fn reference_bin(shapes: &[NodeShape]) -> Bin {
 /// for listed nodes, per dimension the fewest nodes whose capacities (largest first) cover the sum.
 pub fn lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> usize {
     // Saturating: a sum that large needs more hosts than any bound we could report anyway.
-    let sums = pods.iter().fold([0u64; 3], |mut s, p| {
-        s[0] = s[0].saturating_add(p.demand.resources.cpu_milli);
-        s[1] = s[1].saturating_add(p.demand.resources.memory_mib);
-        s[2] = s[2].saturating_add(p.demand.gpu.milli());
+    let sums = pods.iter().fold([0u64; DIMS], |mut s, p| {
+        for (sum, d) in s
+            .iter_mut()
+            .zip(dims(&p.demand.resources, p.demand.gpu.milli()))
+        {
+            *sum = sum.saturating_add(d);
+        }
         s
     });
     let shapes = hosts.shapes();
-    let caps: Vec<[u64; 3]> = shapes
+    let caps: Vec<[u64; DIMS]> = shapes
         .iter()
-        .map(|s| {
-            [
-                s.capacity.cpu_milli,
-                s.capacity.memory_mib,
-                u64::from(s.gpus) * u64::from(GPU_MILLI),
-            ]
-        })
+        .map(|s| dims(&s.capacity, u64::from(s.gpus) * u64::from(GPU_MILLI)))
         .collect();
-    (0..3)
+    (0..DIMS)
         .map(|k| match hosts {
             Hosts::Identical { .. } => {
                 let cap = caps[0][k];
@@ -367,6 +386,54 @@ pub fn lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> usize {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// The same workload with each host's GPUs as one pool: GPU milli becomes the last
+/// extra resource and no task needs a device. Published baselines (for example the
+/// 1,021-1,029 hosts of first-fit-decreasing, DotProduct and L2 on the openb trace)
+/// were computed this way; a pooled packing is **not** valid on real devices (eight
+/// 600-milli shares "fit" in 8 x 1000 milli of pool but not on the devices), so use it
+/// only to compare with such figures.
+pub fn pool_gpus(hosts: &Hosts, pods: &[TracePod]) -> (Hosts, Vec<TracePod>) {
+    let pooled = |capacity: &Resources, gpus: u8| {
+        let mut c = *capacity;
+        c.extra[MAX_EXTRA - 1] = u64::from(gpus) * u64::from(GPU_MILLI);
+        c
+    };
+    let hosts = match hosts {
+        Hosts::Identical {
+            capacity,
+            gpus,
+            gpu_model,
+        } => Hosts::Identical {
+            capacity: pooled(capacity, *gpus),
+            gpus: 0,
+            gpu_model: gpu_model.clone(),
+        },
+        Hosts::Listed(nodes) => Hosts::Listed(
+            nodes
+                .iter()
+                .map(|n| TraceNode {
+                    capacity: pooled(&n.capacity, n.gpus),
+                    gpus: 0,
+                    ..n.clone()
+                })
+                .collect(),
+        ),
+    };
+    let pods = pods
+        .iter()
+        .map(|p| {
+            let mut demand = p.demand;
+            demand.resources.extra[MAX_EXTRA - 1] = demand.gpu.milli();
+            demand.gpu = crate::resources::GpuDemand::None;
+            TracePod {
+                demand,
+                ..p.clone()
+            }
+        })
+        .collect();
+    (hosts, pods)
 }
 
 /// Packs `pods` onto `hosts` with `policy`. Pure and deterministic.
@@ -559,6 +626,31 @@ mod tests {
                     m
                 });
         assert!(per_device.values().all(|&n| n == 1), "{per_device:?}");
+    }
+
+    #[test]
+    fn pooled_gpus_over_promise() {
+        let hosts = Hosts::Identical {
+            capacity: Resources::new(100_000, 100_000),
+            gpus: 4,
+            gpu_model: None,
+        };
+        let pods: Vec<TracePod> = (0..6).map(|_| pod(1, 1, GpuDemand::Shared(600))).collect();
+        assert_eq!(
+            pack(&hosts, &pods, PackPolicy::Decreasing(Policy::FirstFit)).hosts_used,
+            2
+        );
+        let (pooled_hosts, pooled_pods) = pool_gpus(&hosts, &pods);
+        // 3600 milli of pool fit one host; on devices they need two.
+        assert_eq!(
+            pack(
+                &pooled_hosts,
+                &pooled_pods,
+                PackPolicy::Decreasing(Policy::FirstFit)
+            )
+            .hosts_used,
+            1
+        );
     }
 
     #[test]
