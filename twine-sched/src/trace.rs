@@ -96,6 +96,16 @@ impl Table {
         })
     }
 
+    /// The data rows, with their line numbers.
+    fn rows(&self) -> impl Iterator<Item = Row<'_>> {
+        self.records.iter().map(|(line, record)| Row {
+            source_name: &self.source_name,
+            line: *line,
+            headers: &self.headers,
+            record,
+        })
+    }
+
     /// The positions of required columns, in the order asked.
     fn required<const N: usize>(&self, names: [&str; N]) -> Result<[usize; N], TraceError> {
         let mut found = [0; N];
@@ -138,6 +148,23 @@ impl Row<'_> {
         }
     }
 
+    /// The name in `column`: not empty, and not seen before in this file.
+    fn unique_name(
+        &self,
+        column: usize,
+        seen: &mut HashSet<String>,
+        what: &str,
+    ) -> Result<String, TraceError> {
+        let name = self.text(column).to_owned();
+        if name.is_empty() {
+            return Err(self.error(column, format!("a {what} needs a name")));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(self.error(column, format!("duplicate {what} name")));
+        }
+        Ok(name)
+    }
+
     fn text(&self, column: usize) -> &str {
         self.record.get(column).unwrap_or("").trim()
     }
@@ -172,20 +199,8 @@ pub fn read_nodes(source_name: &str, reader: impl Read) -> Result<Vec<TraceNode>
     let model = table.column("model", false)?;
     let mut names = HashSet::new();
     let mut nodes = Vec::with_capacity(table.records.len());
-    for (line, record) in &table.records {
-        let row = Row {
-            source_name,
-            line: *line,
-            headers: &table.headers,
-            record,
-        };
-        let name = row.text(sn).to_owned();
-        if name.is_empty() {
-            return Err(row.error(sn, "a node needs a name"));
-        }
-        if !names.insert(name.clone()) {
-            return Err(row.error(sn, "duplicate node name"));
-        }
+    for row in table.rows() {
+        let name = row.unique_name(sn, &mut names, "node")?;
         let gpus =
             u8::try_from(row.number(gpu, 64)?).map_err(|_| row.error(gpu, "too many GPUs"))?;
         let gpu_model = model
@@ -215,20 +230,8 @@ pub fn read_pods(source_name: &str, reader: impl Read) -> Result<Vec<TracePod>, 
     let deleted = table.column("deletion_time", false)?;
     let mut names = HashSet::new();
     let mut pods = Vec::with_capacity(table.records.len());
-    for (line, record) in &table.records {
-        let row = Row {
-            source_name,
-            line: *line,
-            headers: &table.headers,
-            record,
-        };
-        let pod_name = row.text(name).to_owned();
-        if pod_name.is_empty() {
-            return Err(row.error(name, "a pod needs a name"));
-        }
-        if !names.insert(pod_name.clone()) {
-            return Err(row.error(name, "duplicate pod name"));
-        }
+    for row in table.rows() {
+        let pod_name = row.unique_name(name, &mut names, "pod")?;
         let count = u8::try_from(row.number(num_gpu, 64)?)
             .map_err(|_| row.error(num_gpu, "too many GPUs"))?;
         let milli = u16::try_from(row.number(gpu_milli, u64::from(GPU_MILLI))?)
