@@ -54,7 +54,9 @@ pub(crate) fn push_environment_item(out: &mut String, name: &str, value: &str) {
 /// trailing backslash at all; [`crate::unit::Value::text`] rejects those before
 /// this is called.
 pub fn specifiers(text: &str) -> String {
-    text.replace('%', "%%")
+    let mut out = String::with_capacity(text.len());
+    push_specifiers(&mut out, text);
+    out
 }
 
 /// [`specifiers`], appended to `out`.

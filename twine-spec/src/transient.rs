@@ -112,7 +112,12 @@ fn transient_unit(unit: &Unit) -> TransientUnit {
     }
 }
 
-fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str, PropertyValue)> {
+/// The D-Bus name, signature and value of one directive; names that do not change
+/// (most of them) are the directive's own `&'static str` key.
+fn property(
+    key: &'static str,
+    value: &ValueKind,
+) -> Option<(&'static str, &'static str, PropertyValue)> {
     use PropertyValue as P;
     let string = |v: &ValueKind| match v {
         ValueKind::Keyword(k) => (*k).to_owned(),
@@ -134,16 +139,7 @@ fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str,
             let ValueKind::Units(names) = value else {
                 return None;
             };
-            let name = [
-                "Requires",
-                "Wants",
-                "BindsTo",
-                "PropagatesStopTo",
-                "After",
-                "Before",
-            ]
-            .into_iter()
-            .find(|k| *k == key)?;
+            let name = key;
             (
                 name,
                 "as",
@@ -197,15 +193,7 @@ fn property(key: &str, value: &ValueKind) -> Option<(&'static str, &'static str,
             let ValueKind::Signal(s) = value else {
                 return None;
             };
-            (
-                if key == "KillSignal" {
-                    "KillSignal"
-                } else {
-                    "FinalKillSignal"
-                },
-                "i",
-                P::I32(s.number()),
-            )
+            (key, "i", P::I32(s.number()))
         }
         "Restart" => ("Restart", "s", P::String(string(value))),
         "RestartSec" => ("RestartUSec", "t", P::U64(usec(value))),

@@ -320,8 +320,7 @@ impl Unit {
     }
 
     /// All values of `key` in `section`, in order.
-    pub fn values<'a>(&'a self, section: &str, key: &str) -> impl Iterator<Item = &'a Value> {
-        let (section, key) = (section.to_owned(), key.to_owned());
+    pub fn values<'a>(&'a self, section: &'a str, key: &'a str) -> impl Iterator<Item = &'a Value> {
         self.sections
             .iter()
             .filter(move |s| s.name == section)

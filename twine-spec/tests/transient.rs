@@ -72,16 +72,9 @@ fn expected(key: &str, value: &str) -> Option<(&'static str, PropertyValue)> {
         }
         "PartOf" => return None, // only points at the target, which has no D-Bus form
         "Requires" | "Wants" | "BindsTo" | "After" | "Before" => {
-            let name = [
-                "Requires",
-                "Wants",
-                "BindsTo",
-                "PropagatesStopTo",
-                "After",
-                "Before",
-            ]
-            .into_iter()
-            .find(|k| *k == key)?;
+            let name = ["Requires", "Wants", "BindsTo", "After", "Before"]
+                .into_iter()
+                .find(|k| *k == key)?;
             (
                 name,
                 P::Strings(value.split(' ').map(str::to_owned).collect()),
