@@ -53,6 +53,20 @@ pub(crate) struct GuestTest {
     pub(crate) shares: Vec<PathBuf>,
 }
 
+/// Whether `count` selected guest tests are worth a boot. None selected is an error when the
+/// real system is required: a tier that silently finds nothing would pass forever after its
+/// tests vanish (a rename, a lost `#[ignore]`, a wrong `-p`).
+fn worth_booting(count: usize, require_realsys: bool) -> Result<bool> {
+    match (count, require_realsys) {
+        (0, true) => bail!(
+            "no guest-only tests (`guest_*`, ignored) selected and TWINE_REQUIRE_REALSYS=1 is set: \
+             the guest tier must run at least one test"
+        ),
+        (0, false) => Ok(false),
+        _ => Ok(true),
+    }
+}
+
 /// Run the guest-only tests in a fresh guest; returns the exit status to exit with.
 pub(crate) fn run(opts: &GuestTest) -> Result<i32> {
     if !debian::is_root() {
@@ -70,7 +84,7 @@ pub(crate) fn run(opts: &GuestTest) -> Result<i32> {
         binaries.len(),
         if binaries.len() == 1 { "y" } else { "ies" }
     );
-    if count == 0 {
+    if !worth_booting(count, crate::require_realsys())? {
         eprintln!("xtask: no guest-only tests (`guest_*`, ignored) selected; not booting a guest");
         return Ok(0);
     }
@@ -790,6 +804,14 @@ mod tests {
         fs::create_dir(&inner).expect("mkdir");
         let kept = outermost(vec![inner, dir.path().to_path_buf()]).expect("shares");
         assert_eq!(kept, [fs::canonicalize(dir.path()).expect("canonical")]);
+    }
+
+    #[test]
+    fn an_empty_tier_fails_only_where_required() {
+        assert!(worth_booting(2, true).expect("tests selected"));
+        assert!(!worth_booting(0, false).expect("skip allowed"));
+        let err = worth_booting(0, true).expect_err("required and empty");
+        assert!(err.to_string().contains("TWINE_REQUIRE_REALSYS=1"), "{err}");
     }
 
     #[test]

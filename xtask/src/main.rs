@@ -56,6 +56,12 @@ enum Command {
     },
 }
 
+/// Whether the real-system tiers are required (`TWINE_REQUIRE_REALSYS=1`, as CI sets it):
+/// then a missing prerequisite, or a tier that finds no tests, fails instead of skipping.
+pub(crate) fn require_realsys() -> bool {
+    std::env::var_os("TWINE_REQUIRE_REALSYS").is_some_and(|v| v == "1")
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse().command) {
         eprintln!("xtask: error: {e:#}");

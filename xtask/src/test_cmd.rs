@@ -27,7 +27,7 @@ struct Step {
 /// Run every step; returns the exit status (0 only when no step failed).
 pub(crate) fn run(guest_timeout: Duration) -> i32 {
     let root = debian::is_root();
-    let require_realsys = std::env::var_os("TWINE_REQUIRE_REALSYS").is_some_and(|v| v == "1");
+    let require_realsys = crate::require_realsys();
     let mut steps = Vec::new();
     let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<Outcome>| {
         eprintln!("xtask: == {name}");
