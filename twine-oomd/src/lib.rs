@@ -11,8 +11,16 @@
 //! `../shared/references/oomd.md`, section on Rust crates).
 
 pub mod cgroup;
+#[cfg(feature = "test-util")]
+pub mod fixture;
 pub mod kill;
 pub mod memory;
 pub mod psi;
 pub mod senpai;
 pub mod sim;
+
+pub use cgroup::{Cgroup, CgroupError, CgroupEvents, CgroupRoot};
+pub use memory::{
+    Limit, LimitFile, MemoryEvents, MemorySnapshot, MemoryStat, SnapshotReader, SwapEvents,
+};
+pub use psi::{Pressure, PressureLine, PsiTrigger, Resource, Stall, Trigger, TriggerEvent};

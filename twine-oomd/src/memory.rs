@@ -1,1 +1,500 @@
-//! (to be written)
+//! The cgroup2 memory controller's files: limits, usage, `memory.reclaim`, `memory.stat`,
+//! `memory.events`, swap, and a lean [`MemorySnapshot`] for the daemon's tick.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+
+use crate::cgroup::{Cgroup, CgroupError, read_file_into, read_path_into, write_error};
+use crate::psi::{Pressure, parse_pressure, pressure_read_error};
+
+/// A memory limit: `max` (none) or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Limit {
+    /// A limit in bytes.
+    Bytes(u64),
+    /// No limit (`max`).
+    Max,
+}
+
+impl Limit {
+    /// Parses `max` or a decimal byte count (surrounding whitespace ignored).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            "max" => Some(Self::Max),
+            n => n.parse().ok().map(Self::Bytes),
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    /// As the kernel writes it: `max` or the byte count.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bytes(n) => write!(f, "{n}"),
+            Self::Max => f.write_str("max"),
+        }
+    }
+}
+
+/// A memory limit file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitFile {
+    /// `memory.high`: throttle and reclaim above it; never invokes the OOM killer.
+    High,
+    /// `memory.max`: hard limit; the OOM killer acts above it.
+    Max,
+    /// `memory.min`: hard protection.
+    Min,
+    /// `memory.low`: best-effort protection.
+    Low,
+    /// `memory.swap.max`: hard swap limit.
+    SwapMax,
+}
+
+impl LimitFile {
+    /// The cgroup file name, e.g. `memory.high`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::High => "memory.high",
+            Self::Max => "memory.max",
+            Self::Min => "memory.min",
+            Self::Low => "memory.low",
+            Self::SwapMax => "memory.swap.max",
+        }
+    }
+}
+
+/// Calls `each(key, value)` for every `key value` line of a flat-keyed file.
+fn flat_keyed(path: &Path, text: &str, mut each: impl FnMut(&str, u64)) -> Result<(), CgroupError> {
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (key, value) = line
+            .split_once(' ')
+            .and_then(|(k, v)| Some((k, v.trim().parse().ok()?)))
+            .ok_or_else(|| CgroupError::Parse {
+                path: path.to_owned(),
+                line: line.to_owned(),
+                reason: "`KEY VALUE` with a whole number",
+            })?;
+        each(key, value);
+    }
+    Ok(())
+}
+
+/// Parses a single-value file as a [`Limit`].
+fn parse_limit(path: &Path, text: &str) -> Result<Limit, CgroupError> {
+    Limit::parse(text).ok_or_else(|| CgroupError::Parse {
+        path: path.to_owned(),
+        line: text.trim_end().to_owned(),
+        reason: "`max` or a byte count",
+    })
+}
+
+/// Parses a single-value file holding a byte count.
+fn parse_bytes(path: &Path, text: &str) -> Result<u64, CgroupError> {
+    text.trim().parse().map_err(|_| CgroupError::Parse {
+        path: path.to_owned(),
+        line: text.trim_end().to_owned(),
+        reason: "a byte count",
+    })
+}
+
+/// `memory.stat`: every key, looked up by name (the kernel adds and reorders keys).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemoryStat {
+    values: HashMap<String, u64>,
+}
+
+impl MemoryStat {
+    /// The value of `key`, if the kernel reports it.
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.values.get(key).copied()
+    }
+
+    /// All keys and values.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+}
+
+/// Typed accessors for the `memory.stat` keys the controllers use.
+macro_rules! stat_accessors {
+    ($($key:ident),*) => {
+        impl MemoryStat {
+            $(
+                #[doc = concat!("`", stringify!($key), "` in bytes, if reported.")]
+                pub fn $key(&self) -> Option<u64> {
+                    self.get(stringify!($key))
+                }
+            )*
+        }
+    };
+}
+stat_accessors!(
+    anon,
+    file,
+    shmem,
+    active_anon,
+    inactive_anon,
+    active_file,
+    inactive_file,
+    unevictable
+);
+
+/// `memory.events` (hierarchical counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryEvents {
+    /// Times reclaimed despite being under `memory.low`.
+    pub low: u64,
+    /// Times throttled for being over `memory.high`.
+    pub high: u64,
+    /// Times about to go over `memory.max`.
+    pub max: u64,
+    /// Times the OOM killer was considered.
+    pub oom: u64,
+    /// Processes killed by the OOM killer.
+    pub oom_kill: u64,
+    /// Group OOM kills (Linux 5.17+; `None` where the kernel lacks the key).
+    pub oom_group_kill: Option<u64>,
+}
+
+/// `memory.swap.events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SwapEvents {
+    /// Times swap usage went over `memory.swap.high`.
+    pub high: u64,
+    /// Times swap usage was about to go over `memory.swap.max`.
+    pub max: u64,
+    /// Times swap allocation failed.
+    pub fail: u64,
+}
+
+/// The values of `keys` in the flat-keyed text of the file at `path`.
+fn pick<const N: usize>(
+    path: &Path,
+    text: &str,
+    keys: [&str; N],
+) -> Result<[Option<u64>; N], CgroupError> {
+    let mut out = [None; N];
+    flat_keyed(path, text, |k, v| {
+        if let Some(i) = keys.iter().position(|&key| key == k) {
+            out[i] = Some(v);
+        }
+    })?;
+    Ok(out)
+}
+
+/// `value`, the value of `key` in the file at `path`, which must be there.
+fn required(path: &Path, key: &str, value: Option<u64>) -> Result<u64, CgroupError> {
+    value.ok_or_else(|| CgroupError::Parse {
+        path: path.to_owned(),
+        line: key.to_owned(),
+        reason: "a key that must be there is missing",
+    })
+}
+
+/// The files of the memory controller.
+impl Cgroup {
+    /// `memory.current` in bytes.
+    pub fn memory_current(&self) -> Result<u64, CgroupError> {
+        self.read_value("memory.current", parse_bytes)
+    }
+
+    /// `memory.swap.current` in bytes.
+    pub fn swap_current(&self) -> Result<u64, CgroupError> {
+        self.read_value("memory.swap.current", parse_bytes)
+    }
+
+    /// The current value of a limit file.
+    pub fn limit(&self, file: LimitFile) -> Result<Limit, CgroupError> {
+        self.read_value(file.file_name(), parse_limit)
+    }
+
+    /// Sets a limit file. Lowering `memory.high` or `memory.max` may block while the kernel
+    /// reclaims down to the new value; see [`Cgroup::set_limit_within`].
+    pub fn set_limit(&self, file: LimitFile, limit: Limit) -> Result<(), CgroupError> {
+        self.write(file.file_name(), &limit.to_string())
+    }
+
+    /// Sets a limit file (typically `memory.high`), waiting at most `timeout`. The file is opened with O_NONBLOCK, which
+    /// recent kernels take as "skip synchronous reclaim"; older ones may still block, so the
+    /// write runs on a helper thread. On [`CgroupError::TimedOut`] that thread goes on and
+    /// finishes the write later, logging its outcome through `tracing`.
+    pub fn set_limit_within(
+        &self,
+        file: LimitFile,
+        limit: Limit,
+        timeout: Duration,
+    ) -> Result<(), CgroupError> {
+        let path = self.file(file.file_name());
+        let value = limit.to_string();
+        let dir = self.path().to_owned();
+        let (tx, rx) = mpsc::channel();
+        let (thread_path, thread_value) = (path.clone(), value.clone());
+        let spawned = std::thread::Builder::new()
+            .name(file.file_name().into())
+            .spawn(move || {
+                let result = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(OFlag::O_NONBLOCK.bits())
+                    .open(&thread_path)
+                    .and_then(|mut f| f.write_all(thread_value.as_bytes()));
+                if let Err(result) = tx.send(result) {
+                    // The caller gave up waiting: report what became of the write.
+                    tracing::warn!(file = %thread_path.display(), value = %thread_value,
+                        outcome = ?result.0, "limit write finished after its timeout");
+                }
+            });
+        if let Err(source) = spawned {
+            return Err(write_error(&dir, path, &value, source));
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(write_error(&dir, path, &value, source)),
+            Err(_) => Err(CgroupError::TimedOut {
+                path,
+                value,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Asks the kernel to reclaim `bytes` from the cgroup (`memory.reclaim`, Linux 5.19+).
+    /// EAGAIN or EBUSY (less reclaimed than asked) is [`CgroupError::ReclaimShort`], so the
+    /// caller can retry a bounded number of times.
+    pub fn reclaim(&self, bytes: u64) -> Result<(), CgroupError> {
+        match self.write("memory.reclaim", &bytes.to_string()) {
+            Err(CgroupError::Write {
+                path,
+                value,
+                source,
+            }) if matches!(
+                source.raw_os_error().map(Errno::from_raw),
+                Some(Errno::EAGAIN | Errno::EBUSY)
+            ) =>
+            {
+                Err(CgroupError::ReclaimShort {
+                    path,
+                    value,
+                    source,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// `memory.stat`, every key.
+    pub fn memory_stat(&self) -> Result<MemoryStat, CgroupError> {
+        let (path, text) = self.read_text("memory.stat")?;
+        let mut values = HashMap::new();
+        flat_keyed(&path, &text, |k, v| {
+            values.insert(k.to_owned(), v);
+        })?;
+        Ok(MemoryStat { values })
+    }
+
+    /// `memory.events`.
+    pub fn memory_events(&self) -> Result<MemoryEvents, CgroupError> {
+        const KEYS: [&str; 6] = ["low", "high", "max", "oom", "oom_kill", "oom_group_kill"];
+        let (path, text) = self.read_text("memory.events")?;
+        let v = pick(&path, &text, KEYS)?;
+        let need = |i: usize| required(&path, KEYS[i], v[i]);
+        Ok(MemoryEvents {
+            low: need(0)?,
+            high: need(1)?,
+            max: need(2)?,
+            oom: need(3)?,
+            oom_kill: need(4)?,
+            oom_group_kill: v[5],
+        })
+    }
+
+    /// `memory.swap.events`.
+    pub fn swap_events(&self) -> Result<SwapEvents, CgroupError> {
+        const KEYS: [&str; 3] = ["high", "max", "fail"];
+        let (path, text) = self.read_text("memory.swap.events")?;
+        let v = pick(&path, &text, KEYS)?;
+        let need = |i: usize| required(&path, KEYS[i], v[i]);
+        Ok(SwapEvents {
+            high: need(0)?,
+            max: need(1)?,
+            fail: need(2)?,
+        })
+    }
+
+    /// The path and text of the file `name`.
+    fn read_text(&self, name: &str) -> Result<(PathBuf, String), CgroupError> {
+        let mut text = String::new();
+        self.read_into(name, &mut text)?;
+        Ok((self.file(name), text))
+    }
+
+    /// Reads the single-value file `name` and parses it.
+    fn read_value<T>(
+        &self,
+        name: &str,
+        parse: fn(&Path, &str) -> Result<T, CgroupError>,
+    ) -> Result<T, CgroupError> {
+        read_parsed(self.path(), &self.file(name), &mut String::new(), parse)
+    }
+}
+
+/// What the controllers observe of one cgroup's memory in one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MemorySnapshot {
+    /// `memory.current`.
+    pub current: u64,
+    /// `memory.high`.
+    pub high: Limit,
+    /// `memory.max`.
+    pub max: Limit,
+    /// `memory.min`.
+    pub min: Limit,
+    /// `memory.low`.
+    pub low: Limit,
+    /// `memory.pressure`.
+    pub pressure: Pressure,
+    /// `memory.stat` `anon`.
+    pub anon: u64,
+    /// `memory.stat` `file`.
+    pub file: u64,
+    /// `memory.stat` `shmem`.
+    pub shmem: u64,
+    /// `memory.stat` `active_anon`.
+    pub active_anon: u64,
+    /// `memory.stat` `inactive_anon`.
+    pub inactive_anon: u64,
+    /// `memory.stat` `active_file`.
+    pub active_file: u64,
+    /// `memory.stat` `inactive_file`.
+    pub inactive_file: u64,
+    /// `memory.stat` `unevictable`.
+    pub unevictable: u64,
+}
+
+impl Default for Limit {
+    /// `max`, the kernel's default for every limit but `memory.min` and `memory.low`.
+    fn default() -> Self {
+        Self::Max
+    }
+}
+
+/// The files a [`SnapshotReader`] reads, in order.
+const SNAPSHOT_FILES: [&str; 7] = [
+    "memory.current",
+    "memory.high",
+    "memory.max",
+    "memory.min",
+    "memory.low",
+    "memory.pressure",
+    "memory.stat",
+];
+
+/// The `memory.stat` keys a snapshot needs.
+const SNAPSHOT_STAT_KEYS: [&str; 8] = [
+    "anon",
+    "file",
+    "shmem",
+    "active_anon",
+    "inactive_anon",
+    "active_file",
+    "inactive_file",
+    "unevictable",
+];
+
+/// Reads [`MemorySnapshot`]s of one cgroup: one open and read per file (seven files), with
+/// the paths built once and one text buffer reused, so a tick allocates nothing.
+#[derive(Debug)]
+pub struct SnapshotReader {
+    dir: PathBuf,
+    paths: [PathBuf; SNAPSHOT_FILES.len()],
+    buf: String,
+}
+
+impl SnapshotReader {
+    /// A reader for `cgroup`.
+    pub fn new(cgroup: &Cgroup) -> Self {
+        Self {
+            dir: cgroup.path().to_owned(),
+            paths: SNAPSHOT_FILES.map(|name| cgroup.file(name)),
+            buf: String::with_capacity(8192),
+        }
+    }
+
+    /// Reads one snapshot. Missing PSI is [`CgroupError::PsiUnavailable`], a vanished cgroup
+    /// [`CgroupError::CgroupGone`], and a missing `memory.stat` key a [`CgroupError::Parse`].
+    pub fn read(&mut self) -> Result<MemorySnapshot, CgroupError> {
+        let [current, high, max, min, low, pressure, stat] = &self.paths;
+        let (buf, dir) = (&mut self.buf, &self.dir);
+        let mut snap = MemorySnapshot {
+            current: read_parsed(dir, current, buf, parse_bytes)?,
+            high: read_parsed(dir, high, buf, parse_limit)?,
+            max: read_parsed(dir, max, buf, parse_limit)?,
+            min: read_parsed(dir, min, buf, parse_limit)?,
+            low: read_parsed(dir, low, buf, parse_limit)?,
+            ..MemorySnapshot::default()
+        };
+        read_file_into(pressure, buf)
+            .map_err(|source| pressure_read_error(dir, pressure.clone(), source))?;
+        snap.pressure = parse_pressure(pressure, buf)?;
+        read_path_into(dir, stat, buf)?;
+        let v = pick(stat, buf, SNAPSHOT_STAT_KEYS)?;
+        let need = |i: usize| required(stat, SNAPSHOT_STAT_KEYS[i], v[i]);
+        snap.anon = need(0)?;
+        snap.file = need(1)?;
+        snap.shmem = need(2)?;
+        snap.active_anon = need(3)?;
+        snap.inactive_anon = need(4)?;
+        snap.active_file = need(5)?;
+        snap.inactive_file = need(6)?;
+        snap.unevictable = need(7)?;
+        Ok(snap)
+    }
+}
+
+/// Reads the file at `path` (of the cgroup at `dir`) into `buf` and parses it.
+fn read_parsed<T>(
+    dir: &Path,
+    path: &Path,
+    buf: &mut String,
+    parse: fn(&Path, &str) -> Result<T, CgroupError>,
+) -> Result<T, CgroupError> {
+    read_path_into(dir, path, buf)?;
+    parse(path, buf)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn limits_parse_and_print() {
+        assert_eq!(Limit::parse("max\n"), Some(Limit::Max));
+        assert_eq!(Limit::parse("104857600\n"), Some(Limit::Bytes(104_857_600)));
+        assert_eq!(Limit::parse("-1"), None);
+        assert_eq!(Limit::parse(""), None);
+        assert_eq!(Limit::Bytes(4096).to_string(), "4096");
+        assert_eq!(Limit::Max.to_string(), "max");
+        assert!(Limit::Bytes(u64::MAX) < Limit::Max);
+    }
+
+    #[test]
+    fn flat_keyed_refuses_garbage() {
+        let p = Path::new("/x/memory.stat");
+        let mut n = 0;
+        flat_keyed(p, "anon 1\nfile 2\n", |_, _| n += 1).unwrap();
+        assert_eq!(n, 2);
+        let err = flat_keyed(p, "anon 1\nfile two\n", |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("\"file two\""), "{err}");
+        assert!(err.to_string().contains("/x/memory.stat"), "{err}");
+    }
+}
