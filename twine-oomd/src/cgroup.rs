@@ -392,6 +392,7 @@ impl Cgroup {
         let path = self.file(name);
         fs::OpenOptions::new()
             .write(true)
+            .truncate(true) // the kernel ignores it; a fixture file wants it
             .open(&path)
             .and_then(|mut f| io::Write::write_all(&mut f, value.as_bytes()))
             .map_err(|source| self.write_error(path, value, source))

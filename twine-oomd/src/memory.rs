@@ -234,37 +234,13 @@ impl Cgroup {
         limit: Limit,
         timeout: Duration,
     ) -> Result<(), CgroupError> {
-        let path = self.file(file.file_name());
-        let value = limit.to_string();
-        let dir = self.path().to_owned();
-        let (tx, rx) = mpsc::channel();
-        let (thread_path, thread_value) = (path.clone(), value.clone());
-        let spawned = std::thread::Builder::new()
-            .name(file.file_name().into())
-            .spawn(move || {
-                let result = fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(OFlag::O_NONBLOCK.bits())
-                    .open(&thread_path)
-                    .and_then(|mut f| f.write_all(thread_value.as_bytes()));
-                if let Err(result) = tx.send(result) {
-                    // The caller gave up waiting: report what became of the write.
-                    tracing::warn!(file = %thread_path.display(), value = %thread_value,
-                        outcome = ?result.0, "limit write finished after its timeout");
-                }
-            });
-        if let Err(source) = spawned {
-            return Err(write_error(&dir, path, &value, source));
-        }
-        match rx.recv_timeout(timeout) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(write_error(&dir, path, &value, source)),
-            Err(_) => Err(CgroupError::TimedOut {
-                path,
-                value,
-                after: timeout,
-            }),
-        }
+        write_within(
+            self.path(),
+            self.file(file.file_name()),
+            limit.to_string(),
+            OFlag::O_NONBLOCK,
+            timeout,
+        )
     }
 
     /// Asks the kernel to reclaim `bytes` from the cgroup (`memory.reclaim`, Linux 5.19+).
@@ -460,6 +436,46 @@ impl SnapshotReader {
     }
 }
 
+/// Writes `value` to `path` (a file of the cgroup at `dir`, opened with `flags` added) on a
+/// helper thread, waiting at most `timeout` for it.
+fn write_within(
+    dir: &Path,
+    path: PathBuf,
+    value: String,
+    flags: OFlag,
+    timeout: Duration,
+) -> Result<(), CgroupError> {
+    let (tx, rx) = mpsc::channel();
+    let (thread_path, thread_value) = (path.clone(), value.clone());
+    let spawned = std::thread::Builder::new()
+        .name("cgroup write".into())
+        .spawn(move || {
+            let result = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true) // the kernel ignores it; a fixture file wants it
+                .custom_flags(flags.bits())
+                .open(&thread_path)
+                .and_then(|mut f| f.write_all(thread_value.as_bytes()));
+            if let Err(result) = tx.send(result) {
+                // The caller gave up waiting: report what became of the write.
+                tracing::warn!(file = %thread_path.display(), value = %thread_value,
+                    outcome = ?result.0, "cgroup write finished after its timeout");
+            }
+        });
+    if let Err(source) = spawned {
+        return Err(write_error(dir, path, &value, source));
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(write_error(dir, path, &value, source)),
+        Err(_) => Err(CgroupError::TimedOut {
+            path,
+            value,
+            after: timeout,
+        }),
+    }
+}
+
 /// Reads the file at `path` (of the cgroup at `dir`) into `buf` and parses it.
 fn read_parsed<T>(
     dir: &Path,
@@ -496,5 +512,33 @@ mod tests {
         let err = flat_keyed(p, "anon 1\nfile two\n", |_, _| {}).unwrap_err();
         assert!(err.to_string().contains("\"file two\""), "{err}");
         assert!(err.to_string().contains("/x/memory.stat"), "{err}");
+    }
+
+    #[test]
+    fn a_blocked_write_times_out_and_finishes_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("memory.high");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Opening a FIFO for writing blocks until a reader comes, as a write that reclaims does.
+        let started = std::time::Instant::now();
+        let err = write_within(
+            dir.path(),
+            fifo.clone(),
+            "104857600".into(),
+            OFlag::empty(),
+            Duration::from_millis(100),
+        )
+        .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(matches!(err, CgroupError::TimedOut { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "writing 104857600 to {}: not finished after 100ms",
+                fifo.display()
+            )
+        );
+        // The helper thread finishes the write once the reader comes.
+        assert_eq!(fs::read_to_string(&fifo).unwrap(), "104857600");
     }
 }
