@@ -12,7 +12,7 @@ use std::io::{self, Write as _};
 use std::os::fd::AsFd as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -272,11 +272,13 @@ impl PsiTrigger {
     /// [`CgroupError::CgroupGone`], or [`CgroupError::PsiUnavailable`] when the cgroup is
     /// still there (its PSI was disabled).
     pub fn wait(&self, timeout: Duration) -> Result<TriggerEvent, CgroupError> {
-        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let deadline = Instant::now() + timeout;
         let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLPRI)];
         let ready = loop {
-            match poll(&mut fds, timeout) {
-                Err(Errno::EINTR) => continue,
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, left) {
+                Err(Errno::EINTR) => continue, // a signal: wait for what is left
                 other => break other,
             }
         };
@@ -353,6 +355,21 @@ mod tests {
         let twice =
             "some avg10=0 avg60=0 avg300=0 total=1\nsome avg10=0 avg60=0 avg300=0 total=1\n";
         assert!(Pressure::parse(twice).is_err());
+    }
+
+    #[test]
+    fn classifies_pressure_read_errors() {
+        let dir = Path::new("/"); // a cgroup that is still there
+        let path = || PathBuf::from("/cg/memory.pressure");
+        for errno in [Errno::ENOENT, Errno::EOPNOTSUPP, Errno::ENODEV] {
+            let err = pressure_read_error(dir, path(), io::Error::from(errno));
+            assert!(matches!(err, CgroupError::PsiUnavailable { .. }), "{err}");
+        }
+        let err = pressure_read_error(dir, path(), io::Error::from(Errno::EACCES));
+        assert!(matches!(err, CgroupError::Read { .. }), "{err}");
+        let gone = Path::new("/nonexistent/twine-oomd/cgroup");
+        let err = pressure_read_error(gone, path(), io::Error::from(Errno::ENOENT));
+        assert!(matches!(err, CgroupError::CgroupGone { .. }), "{err}");
     }
 
     #[test]

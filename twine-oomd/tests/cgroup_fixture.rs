@@ -167,7 +167,7 @@ fn reads_pressure_of_each_resource_and_names_garbage() {
         msg.contains(&dir.join("memory.pressure").display().to_string()),
         "{msg}"
     );
-    let err = SnapshotReader::new(&cg).read().unwrap_err();
+    let err = SnapshotReader::new(&cg).unwrap().read().unwrap_err();
     assert!(matches!(err, CgroupError::Parse { .. }), "{err}");
 }
 
@@ -179,16 +179,15 @@ fn missing_psi_is_its_own_condition_and_a_gone_cgroup_another() {
     fs::remove_file(dir.join("memory.pressure")).unwrap();
     let err = cg.pressure(Resource::Memory).unwrap_err();
     assert!(matches!(err, CgroupError::PsiUnavailable { .. }), "{err}");
-    let err = SnapshotReader::new(&cg).read().unwrap_err();
+    let err = SnapshotReader::new(&cg).unwrap_err();
     assert!(matches!(err, CgroupError::PsiUnavailable { .. }), "{err}");
 
-    let mut reader = SnapshotReader::new(&cg);
     fs::remove_dir_all(&dir).unwrap();
     for err in [
         cg.pressure(Resource::Memory).unwrap_err(),
         cg.memory_current().unwrap_err(),
         cg.set_limit(LimitFile::High, Limit::Max).unwrap_err(),
-        reader.read().unwrap_err(),
+        SnapshotReader::new(&cg).unwrap_err(),
     ] {
         assert!(matches!(err, CgroupError::CgroupGone { .. }), "{err}");
     }
@@ -212,7 +211,7 @@ fn snapshot_reads_every_field_and_reuses_its_reader() {
         "anon 1\nfile 2\nshmem 3\nactive_anon 4\ninactive_anon 5\nactive_file 6\ninactive_file 7\nunevictable 8\n",
     );
     let cg = root.cgroup("app").unwrap();
-    let mut reader = SnapshotReader::new(&cg);
+    let mut reader = SnapshotReader::new(&cg).unwrap();
     let snap = reader.read().unwrap();
     assert_eq!(snap.current, 1000);
     assert_eq!(
@@ -242,6 +241,19 @@ fn snapshot_reads_every_field_and_reuses_its_reader() {
     );
     put(&dir, "memory.current", "2000\n");
     assert_eq!(reader.read().unwrap().current, 2000);
+
+    // Larger than the reader's first buffer: it grows.
+    let mut big = String::from(
+        "anon 11\nfile 2\nshmem 3\nactive_anon 4\ninactive_anon 5\nactive_file 6\ninactive_file 7\n",
+    );
+    for i in 0..2000 {
+        big.push_str(&format!("some_future_counter_{i} {i}\n"));
+    }
+    big.push_str("unevictable 88\n");
+    assert!(big.len() > 32 * 1024);
+    put(&dir, "memory.stat", &big);
+    let snap = reader.read().unwrap();
+    assert_eq!((snap.anon, snap.unevictable), (11, 88));
 
     put(&dir, "memory.stat", "anon 1\nfile 2\n");
     let err = reader.read().unwrap_err();
