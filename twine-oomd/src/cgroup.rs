@@ -266,8 +266,8 @@ impl Cgroup {
         &self.dir
     }
 
-    /// The path of one of the cgroup's files.
-    pub fn file(&self, name: &str) -> PathBuf {
+    /// The path of one of the cgroup's files (names are fixed by this crate, never input).
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 

@@ -96,7 +96,7 @@ fn host_reads_pressure_files_of_a_new_cgroup() {
     assert!(!cg.0.events().unwrap().populated);
 
     // Disabling PSI for the cgroup removes the files: PsiUnavailable, not CgroupGone.
-    fs::write(cg.0.file("cgroup.pressure"), "0").unwrap();
+    fs::write(cg.0.path().join("cgroup.pressure"), "0").unwrap();
     let err = cg.0.pressure(Resource::Memory).unwrap_err();
     assert!(matches!(err, CgroupError::PsiUnavailable { .. }), "{err}");
 }
@@ -151,7 +151,7 @@ fn host_trigger_on_a_cgroup_whose_psi_is_disabled_reports_psi_unavailable() {
     )
     .unwrap();
     let trigger = cg.0.register_trigger(Resource::Io, t).unwrap();
-    fs::write(cg.0.file("cgroup.pressure"), "0").unwrap();
+    fs::write(cg.0.path().join("cgroup.pressure"), "0").unwrap();
     let err = trigger.wait(Duration::from_secs(5)).unwrap_err();
     assert!(matches!(err, CgroupError::PsiUnavailable { .. }), "{err}");
 }
@@ -192,7 +192,7 @@ fn host_trigger_fires_under_cpu_contention() {
 fn host_moves_a_process_in_and_kills_it_through_cgroup_kill() {
     let Some(root) = host_root() else { return };
     let cg = TestCgroup::new(&root, "kill");
-    if !cg.0.file("cgroup.kill").exists() {
+    if !cg.0.path().join("cgroup.kill").exists() {
         realsys_gate("no cgroup.kill (Linux 5.14+)");
         return;
     }
