@@ -358,6 +358,12 @@ impl Cgroup {
         self.write("cgroup.kill", "1")
     }
 
+    /// Freezes or thaws every process in this cgroup and its descendants (`cgroup.freeze`);
+    /// `cgroup.events` says when the freeze is complete.
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        self.write("cgroup.freeze", if frozen { "1" } else { "0" })
+    }
+
     /// `cgroup.events`: populated and frozen.
     pub fn events(&self) -> Result<CgroupEvents, CgroupError> {
         let mut text = String::new();

@@ -11,6 +11,7 @@ pub const FRESH_CGROUP: &[(&str, &str)] = &[
     ("cgroup.procs", ""),
     ("cgroup.events", "populated 0\nfrozen 0\n"),
     ("cgroup.kill", ""),
+    ("cgroup.freeze", "0\n"),
     ("cgroup.subtree_control", ""),
     ("memory.current", "0\n"),
     ("memory.high", "max\n"),

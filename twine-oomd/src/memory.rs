@@ -309,7 +309,7 @@ impl Cgroup {
 }
 
 /// What the controllers observe of one cgroup's memory in one tick.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemorySnapshot {
     /// `memory.current`.
     pub current: u64,
@@ -339,13 +339,6 @@ pub struct MemorySnapshot {
     pub inactive_file: u64,
     /// `memory.stat` `unevictable`.
     pub unevictable: u64,
-}
-
-impl Default for Limit {
-    /// `max`, the kernel's default for every limit but `memory.min` and `memory.low`.
-    fn default() -> Self {
-        Self::Max
-    }
 }
 
 /// The pressure file a [`SnapshotReader`] reads.
@@ -450,29 +443,34 @@ impl SnapshotReader {
     pub fn read(&mut self) -> Result<MemorySnapshot, CgroupError> {
         let [current, high, max, min, low, pressure, stat] = &self.files;
         let (scratch, dir) = (&mut self.scratch, &self.dir);
-        let mut snap = MemorySnapshot {
-            current: kept_parsed(dir, current, scratch, parse_bytes)?,
-            high: kept_parsed(dir, high, scratch, parse_limit)?,
-            max: kept_parsed(dir, max, scratch, parse_limit)?,
-            min: kept_parsed(dir, min, scratch, parse_limit)?,
-            low: kept_parsed(dir, low, scratch, parse_limit)?,
-            ..MemorySnapshot::default()
-        };
+        let current = kept_parsed(dir, current, scratch, parse_bytes)?;
+        let high = kept_parsed(dir, high, scratch, parse_limit)?;
+        let max = kept_parsed(dir, max, scratch, parse_limit)?;
+        let min = kept_parsed(dir, min, scratch, parse_limit)?;
+        let low = kept_parsed(dir, low, scratch, parse_limit)?;
         let text = pressure
             .read(scratch)
             .map_err(|source| pressure_read_error(dir, pressure.path.clone(), source))?;
-        snap.pressure = parse_pressure(&pressure.path, text)?;
+        let pressure = parse_pressure(&pressure.path, text)?;
         let text = kept_text(dir, stat, scratch)?;
         let v = pick(&stat.path, text, SNAPSHOT_STAT_KEYS)?;
         let need = |i: usize| required(&stat.path, SNAPSHOT_STAT_KEYS[i], v[i]);
-        snap.anon = need(0)?;
-        snap.file = need(1)?;
-        snap.shmem = need(2)?;
-        snap.active_anon = need(3)?;
-        snap.inactive_anon = need(4)?;
-        snap.active_file = need(5)?;
-        snap.inactive_file = need(6)?;
-        snap.unevictable = need(7)?;
+        let snap = MemorySnapshot {
+            current,
+            high,
+            max,
+            min,
+            low,
+            pressure,
+            anon: need(0)?,
+            file: need(1)?,
+            shmem: need(2)?,
+            active_anon: need(3)?,
+            inactive_anon: need(4)?,
+            active_file: need(5)?,
+            inactive_file: need(6)?,
+            unevictable: need(7)?,
+        };
         Ok(snap)
     }
 }

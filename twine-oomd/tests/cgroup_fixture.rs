@@ -307,6 +307,10 @@ fn procs_kill_and_events() {
     assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "77");
     cg.kill().unwrap();
     assert_eq!(fs::read_to_string(dir.join("cgroup.kill")).unwrap(), "1");
+    cg.set_frozen(true).unwrap();
+    assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "1");
+    cg.set_frozen(false).unwrap();
+    assert_eq!(fs::read_to_string(dir.join("cgroup.freeze")).unwrap(), "0");
     let events = cg.events().unwrap();
     assert!(!events.populated && !events.frozen);
     put(&dir, "cgroup.events", "populated 1\nfrozen 0\n");

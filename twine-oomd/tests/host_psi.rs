@@ -8,7 +8,9 @@ use std::fs;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use twine_oomd::{Cgroup, CgroupError, CgroupRoot, Resource, Stall, Trigger, TriggerEvent};
+use twine_oomd::{
+    Cgroup, CgroupError, CgroupEvents, CgroupRoot, Resource, Stall, Trigger, TriggerEvent,
+};
 
 /// What a test does when the host cannot run it: skip with a reason, or fail under
 /// `TWINE_REQUIRE_REALSYS=1`.
@@ -64,6 +66,15 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Waits up to 5 s for `cgroup.events` to satisfy `want`.
+fn wait_for_events(cg: &Cgroup, want: impl Fn(CgroupEvents) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !want(cg.events().unwrap()) {
+        assert!(Instant::now() < deadline, "cgroup.events never said {what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -201,6 +212,9 @@ fn host_moves_a_process_in_and_kills_it_through_cgroup_kill() {
     assert_eq!(cg.0.procs().unwrap(), [child.0.id()]);
     assert!(cg.0.events().unwrap().populated);
 
+    // Freeze first, as oomd's kernel kill does, so nothing forks during the kill.
+    cg.0.set_frozen(true).unwrap();
+    wait_for_events(&cg.0, |e| e.frozen, "frozen 1");
     cg.0.kill().unwrap();
     let status = child.0.wait().unwrap();
     use std::os::unix::process::ExitStatusExt as _;
