@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 
 use crate::cgroup::{Cgroup, CgroupError, read_error, read_path_into, write_error};
-use crate::psi::{Pressure, parse_pressure, pressure_read_error};
+use crate::psi::{Pressure, pressure_read_error};
 
 /// A memory limit: `max` (none) or a number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -451,7 +451,7 @@ impl SnapshotReader {
         let text = pressure
             .read(scratch)
             .map_err(|source| pressure_read_error(dir, pressure.path.clone(), source))?;
-        let pressure = parse_pressure(&pressure.path, text)?;
+        let pressure = Pressure::parse(&pressure.path, text)?;
         let text = kept_text(dir, stat, scratch)?;
         let v = pick(&stat.path, text, SNAPSHOT_STAT_KEYS)?;
         let need = |i: usize| required(&stat.path, SNAPSHOT_STAT_KEYS[i], v[i]);

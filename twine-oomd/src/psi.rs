@@ -65,8 +65,18 @@ pub struct Pressure {
 }
 
 impl Pressure {
+    /// Parses the text of the pressure file at `path` (named in a [`CgroupError::Parse`]
+    /// with the offending line).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, CgroupError> {
+        Self::parse_lines(text).map_err(|(line, reason)| CgroupError::Parse {
+            path: path.to_owned(),
+            line,
+            reason,
+        })
+    }
+
     /// Parses pressure-file text; on failure, the offending line and what was expected.
-    pub fn parse(text: &str) -> Result<Self, (String, &'static str)> {
+    fn parse_lines(text: &str) -> Result<Self, (String, &'static str)> {
         let mut some = None;
         let mut full = None;
         for line in text.lines().filter(|l| !l.is_empty()) {
@@ -121,15 +131,6 @@ pub(crate) fn pressure_read_error(dir: &Path, path: PathBuf, source: io::Error) 
     }
 }
 
-/// Parses the text of the pressure file at `path`.
-pub(crate) fn parse_pressure(path: &Path, text: &str) -> Result<Pressure, CgroupError> {
-    Pressure::parse(text).map_err(|(line, reason)| CgroupError::Parse {
-        path: path.to_owned(),
-        line,
-        reason,
-    })
-}
-
 impl Cgroup {
     /// Reads the cgroup's pressure file for `resource`.
     ///
@@ -139,7 +140,7 @@ impl Cgroup {
         let path = self.file(resource.file_name());
         let text = fs::read_to_string(&path)
             .map_err(|source| pressure_read_error(self.path(), path.clone(), source))?;
-        parse_pressure(&path, &text)
+        Pressure::parse(&path, &text)
     }
 
     /// Registers `trigger` on the cgroup's pressure file for `resource`.
@@ -267,7 +268,7 @@ impl PsiTrigger {
         &self.path
     }
 
-    /// Waits up to `timeout` (rounded down to milliseconds, at most about 24 days) for the
+    /// Waits up to `timeout` (rounded up to milliseconds, at most about 24 days) for the
     /// trigger. POLLERR (the kernel reports it with POLLPRI when the cgroup is removed) is
     /// [`CgroupError::CgroupGone`], or [`CgroupError::PsiUnavailable`] when the cgroup is
     /// still there (its PSI was disabled).
@@ -276,7 +277,9 @@ impl PsiTrigger {
         let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLPRI)];
         let ready = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let left = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            // Rounded up to whole milliseconds, so the wait is never shorter than asked.
+            let left =
+                PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX);
             match poll(&mut fds, left) {
                 Err(Errno::EINTR) => continue, // a signal: wait for what is left
                 other => break other,
@@ -312,7 +315,7 @@ mod tests {
 
     #[test]
     fn parses_some_and_full() {
-        let p = Pressure::parse(
+        let p = Pressure::parse_lines(
             "some avg10=1.50 avg60=0.25 avg300=0.00 total=92417\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=12\n",
         )
         .unwrap();
@@ -320,7 +323,8 @@ mod tests {
         assert_eq!(p.some.avg60, 0.25);
         assert_eq!(p.some.total_us, 92417);
         assert_eq!(p.full.unwrap().total_us, 12);
-        let cpu_old = Pressure::parse("some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n").unwrap();
+        let cpu_old =
+            Pressure::parse_lines("some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n").unwrap();
         assert_eq!(cpu_old.full, None);
     }
 
@@ -350,11 +354,11 @@ mod tests {
             ),
             ("", ""),
         ] {
-            assert_eq!(Pressure::parse(text).unwrap_err().0, line, "{text:?}");
+            assert_eq!(Pressure::parse_lines(text).unwrap_err().0, line, "{text:?}");
         }
         let twice =
             "some avg10=0 avg60=0 avg300=0 total=1\nsome avg10=0 avg60=0 avg300=0 total=1\n";
-        assert!(Pressure::parse(twice).is_err());
+        assert!(Pressure::parse_lines(twice).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use twine_oomd::{CgroupRoot, Limit, Pressure};
 proptest! {
     #[test]
     fn parsers_never_panic(text in "\\PC*") {
-        let _ = Pressure::parse(&text);
+        let _ = Pressure::parse(Path::new("memory.pressure"), &text);
         let _ = Limit::parse(&text);
         let _ = CgroupRoot::find_in(&text);
     }
@@ -27,7 +27,7 @@ proptest! {
                     a / 100, a % 100, b / 100, b % 100, c / 100, c % 100)
             })
             .collect();
-        let p = Pressure::parse(&text).unwrap();
+        let p = Pressure::parse(Path::new("memory.pressure"), &text).unwrap();
         prop_assert_eq!(p.some.total_us, lines[0].3);
         prop_assert_eq!(p.full.map(|f| f.total_us), lines.get(1).map(|l| l.3));
     }
