@@ -11,6 +11,7 @@
 //! `../shared/references/oomd.md`, section on Rust crates).
 
 pub mod cgroup;
+pub mod config;
 pub mod kill;
 pub mod memory;
 pub mod psi;
