@@ -22,8 +22,9 @@
 //! let decision = decision.unwrap();
 //! // No stall in the interval: probe down by the full 1 %.
 //! assert!(matches!(decision.action, Action::SetHigh(b) if b < 1 << 30));
+//! let Action::SetHigh(lowered) = decision.action else { unreachable!() };
 //! // On exit, memory.high goes back to what it was before (here: "max").
-//! assert_eq!(state.exit(), Action::RestoreHigh(None));
+//! assert_eq!(state.exit(Some(lowered)), Action::RestoreHigh(None));
 //! ```
 //!
 //! # The algorithm
@@ -373,7 +374,7 @@ pub struct Decision {
 /// | variant | what [`step`] does |
 /// | --- | --- |
 /// | `TimeWentBackwards`, `ZeroPageSize`, `BadAverage` | ignores the observation: state unchanged |
-/// | `StallTotalWentBackwards` | the cgroup was recreated or the counter reset: it drops the integral and re-initialises as on the first step (a new original is recorded) |
+/// | `StallTotalWentBackwards` | drops the integral and restarts the window from this observation; no action. A recreated cgroup then shows a `memory.high` that is not the last written, so the next step treats it as an external edit (the new value becomes the original); a mere counter glitch keeps the original |
 /// | `EmptyBounds` | keeps the stall baseline, writes nothing |
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -435,17 +436,30 @@ pub struct SenpaiState {
 
 impl SenpaiState {
     /// The action that leaves `memory.high` as it was before the controller (or as an
-    /// external edit last set it); [`Action::None`] if the controller never wrote it.
-    pub fn restore(&self) -> Action {
+    /// external edit last set it), given `high_now`, the `memory.high` read just before.
+    ///
+    /// [`Action::None`] if the controller never wrote `memory.high`, or if `high_now` is not
+    /// the value it last wrote: someone edited it since the last step, and their value stands.
+    /// Surviving a crash of the daemon itself (restoring after a restart) needs the original
+    /// persisted by the daemon; this state lives in memory only.
+    pub fn restore(&self, high_now: Option<u64>) -> Action {
         match (self.written, self.original) {
-            (Some(_), Some(original)) => Action::RestoreHigh(original),
+            (Some(written), Some(original)) if high_now == Some(written) => {
+                Action::RestoreHigh(original)
+            }
             _ => Action::None,
         }
     }
 
     /// Ends control of the cgroup; the returned action is [`SenpaiState::restore`]'s.
-    pub fn exit(self) -> Action {
-        self.restore()
+    pub fn exit(self, high_now: Option<u64>) -> Action {
+        self.restore(high_now)
+    }
+
+    /// The `memory.high` the controller will restore on exit, once it has taken over
+    /// (`Some(None)` is `max`). A daemon that must survive its own crash persists this.
+    pub fn original(&self) -> Option<Option<u64>> {
+        self.original
     }
 
     /// The value the controller last wrote to `memory.high`, if any.
@@ -486,8 +500,6 @@ pub fn step(
         Some(previous) if obs.some_total_us < previous => {
             next.integral_us = 0;
             next.window_start = obs.now;
-            next.written = None;
-            next.original = None;
             let err = ObservationError::StallTotalWentBackwards {
                 previous,
                 now: obs.some_total_us,
