@@ -254,39 +254,31 @@ fn dry_run_reports_and_hooks_are_named() {
     ));
 }
 
+fn pressure_rule_error(window_s: u64, threshold_pct: f64) -> String {
+    let d = vec![Detector::PressureAbove {
+        window_s,
+        threshold_pct,
+        duration_s: 3.0,
+    }];
+    KillPolicy::new(
+        vec![rule(Selection::Largest, d)],
+        vec![],
+        Duration::ZERO,
+        false,
+    )
+    .expect_err("an impossible detector")
+    .to_string()
+}
+
 #[test]
 fn impossible_rules_name_the_field() {
-    let d = vec![Detector::PressureAbove {
-        window_s: 30,
-        threshold_pct: 40.0,
-        duration_s: 3.0,
-    }];
-    let err = KillPolicy::new(
-        vec![rule(Selection::Largest, d)],
-        vec![],
-        Duration::ZERO,
-        false,
-    )
-    .expect_err("bad window");
     assert_eq!(
-        err.to_string(),
+        pressure_rule_error(30, 40.0),
         "kill[0].detectors[0].window_s = 30: must be 10, 60 or 300"
     );
-    let d = vec![Detector::PressureAbove {
-        window_s: 10,
-        threshold_pct: 140.0,
-        duration_s: 3.0,
-    }];
-    let err = KillPolicy::new(
-        vec![rule(Selection::Largest, d)],
-        vec![],
-        Duration::ZERO,
-        false,
-    )
-    .expect_err("threshold above 100 %");
-    assert!(
-        err.to_string()
-            .starts_with("kill[0].detectors[0].threshold_pct = 140")
+    assert_eq!(
+        pressure_rule_error(10, 140.0),
+        "kill[0].detectors[0].threshold_pct = 140: must be a percentage in [0, 100]"
     );
     let mut r = rule(Selection::Largest, always());
     r.prefer = vec!["a[".into()];
