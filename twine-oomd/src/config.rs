@@ -41,7 +41,7 @@ pub enum ConfigError {
     /// Not TOML, an unknown key or a value of the wrong type.
     #[error("{field}: {message}")]
     Syntax {
-        /// Where (`.` for the whole document).
+        /// Where: `line N` of the document, or `resize[i]` for a `[[resize]]` entry.
         field: String,
         /// The parser's message.
         message: String,
@@ -128,7 +128,10 @@ impl Config {
     /// Parses and validates a config.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            field: ".".into(),
+            field: match e.span() {
+                Some(span) => format!("line {}", 1 + text[..span.start].matches('\n').count()),
+                None => ".".into(),
+            },
             message: e.message().to_string(),
         })?;
         seconds("interval_s", raw.interval_s, false)?;
