@@ -129,7 +129,11 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             field: match e.span() {
-                Some(span) => format!("line {}", 1 + text[..span.start].matches('\n').count()),
+                Some(span) => {
+                    let before = text.as_bytes().get(..span.start).unwrap_or_default();
+                    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+                    format!("line {line}")
+                }
                 None => ".".into(),
             },
             message: e.message().to_string(),

@@ -168,6 +168,12 @@ impl Kernel<'_> {
             .fold(0, |a, &b| a.saturating_add(b))
     }
 
+    /// Cold bytes (of `cold` in all) no longer resident.
+    fn cold_given_back(&self, cold: u64) -> u64 {
+        let r = &self.resident.bytes;
+        cold.saturating_sub(r[COLD_FILE].saturating_add(r[COLD_ANON]))
+    }
+
     fn evictable(&self, class: usize) -> bool {
         class == COLD_FILE || class == HOT_FILE || self.w.swap > 0
     }
@@ -321,8 +327,7 @@ pub fn simulate(workload: &Workload, config: &SenpaiConfig) -> Result<SimReport,
         let pct = stall / 1e4; // µs per second -> percent
         kernel.avg10 += (pct - kernel.avg10) * (1.0 - (-0.1f64).exp());
         kernel.avg60 += (pct - kernel.avg60) * (1.0 - (-1.0f64 / 60.0).exp());
-        let given_back = cold
-            .saturating_sub(kernel.resident.bytes[COLD_FILE] + kernel.resident.bytes[COLD_ANON]);
+        let given_back = kernel.cold_given_back(cold);
         if converged_at_s.is_none() && given_back as f64 >= 0.9 * cold as f64 {
             converged_at_s = Some(t);
         }
@@ -337,7 +342,7 @@ pub fn simulate(workload: &Workload, config: &SenpaiConfig) -> Result<SimReport,
         });
     }
     let r = &kernel.resident.bytes;
-    let cold_given_back = cold.saturating_sub(r[COLD_FILE].saturating_add(r[COLD_ANON]));
+    let cold_given_back = kernel.cold_given_back(cold);
     let hot = w.hot_anon.saturating_add(w.hot_file);
     let intervals = (w.duration_s as f64 + 1.0) / config.interval.as_secs_f64();
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -107,3 +107,11 @@ fn unknown_keys_are_rejected() {
         "resize[0]: missing field `cgroups`"
     );
 }
+
+proptest::proptest! {
+    /// Any text, including TOML-looking garbage, parses or errors without panicking.
+    #[test]
+    fn any_text_is_an_error_or_a_config(text in "(\\PC|\n){0,200}|(\\[\\[(resize|kill)\\]\\]\n([a-z_]{1,12} = [0-9a-z\"\\[\\]., ]{0,12}\n){0,4}){1,3}") {
+        let _ = Config::from_toml(&text);
+    }
+}

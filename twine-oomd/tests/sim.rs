@@ -152,3 +152,29 @@ fn bad_workload_is_a_typed_error() {
         "workload.hot_period_s = 0: must be a positive number"
     );
 }
+
+proptest::proptest! {
+    /// Any workload simulates or errors without panicking.
+    #[test]
+    fn any_workload_simulates_or_errors(
+        sizes in proptest::array::uniform5(proptest::prop_oneof![4 => 0u64..4 << 30, 1 => proptest::num::u64::ANY]),
+        floats in proptest::array::uniform3(proptest::prop_oneof![3 => 0.001f64..1000.0, 1 => proptest::num::f64::ANY]),
+        page in proptest::num::u64::ANY,
+        duration_s in 0u64..200,
+        mode in proptest::prop_oneof![proptest::strategy::Just(Mode::High), proptest::strategy::Just(Mode::Reclaim)],
+    ) {
+        let w = Workload {
+            hot_anon: sizes[0],
+            hot_file: sizes[1],
+            cold_anon: sizes[2],
+            cold_file: sizes[3],
+            swap: sizes[4],
+            hot_period_s: floats[0],
+            file_refault_us: floats[1],
+            swapin_us: floats[2],
+            page_size: page % 100_000,
+            duration_s,
+        };
+        let _ = simulate(&w, &SenpaiConfig { mode, ..SenpaiConfig::default() });
+    }
+}
