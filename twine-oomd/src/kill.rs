@@ -121,6 +121,14 @@ pub struct PrekillHook {
     pub timeout_s: f64,
 }
 
+impl PrekillHook {
+    /// `timeout_s` as a duration (a value too large for one is [`Duration::MAX`]; policies
+    /// reject negative and non-finite values).
+    pub fn timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.timeout_s).unwrap_or(Duration::MAX)
+    }
+}
+
 fn default_hook_timeout() -> f64 {
     5.0
 }
@@ -287,6 +295,16 @@ impl KillPolicy {
     /// Marks every later kill as dry-run (reported, not carried out) or not.
     pub fn set_dry_run(&mut self, dry_run: bool) {
         self.dry_run = dry_run;
+    }
+
+    /// Watched cgroups of the rules that are absent from `tick` (their rules cannot fire);
+    /// for the daemon to report.
+    pub fn missing_cgroups<'a>(&'a self, tick: &Tick) -> Vec<&'a str> {
+        self.rules
+            .iter()
+            .map(|(rule, _)| rule.cgroup.as_str())
+            .filter(|path| !tick.cgroups.iter().any(|c| c.path == *path))
+            .collect()
     }
 
     /// Runs every detector on `tick` and decides. A watched cgroup absent from the tick

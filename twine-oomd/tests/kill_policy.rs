@@ -193,6 +193,7 @@ fn first_firing_rule_acts_and_the_next_is_tried_without_victims() {
         rule(Selection::Largest, always()),
     ]);
     let mut k = children(0, 100);
+    assert_eq!(p.missing_cgroups(&k), ["nothing.slice", "system.slice"]);
     k.cgroups.push(sample("nothing.slice", 10, 0.0));
     k.cgroups.push(sample("system.slice", 9000, 90.0));
     let Verdict::Kill(kill) = p.evaluate(&k) else {
@@ -246,6 +247,7 @@ fn dry_run_reports_and_hooks_are_named() {
     };
     assert!(kill.dry_run);
     assert_eq!(kill.hook, Some(hook));
+    assert_eq!(kill.hook.map(|h| h.timeout()), Some(Duration::from_secs(5)));
     assert_eq!(kill.kill.via, KillVia::CgroupKill);
     // A dry run pauses like a real one, so it reports what a real run would do.
     assert!(matches!(

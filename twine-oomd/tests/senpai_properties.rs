@@ -35,63 +35,31 @@ struct Event {
     bad_average: bool,
 }
 
-fn event() -> impl Strategy<Value = Event> {
-    (
-        (
-            prop_oneof![3 => 0u64..2_000, 1 => 0u64..30_000],
-            prop_oneof![4 => 0u64..3_000, 2 => 0u64..30_000, 1 => 0u64..2_000_000],
-            prop_oneof![Just(0u64), 0u64..64 * GIB, Just(u64::MAX)],
-            prop_oneof![3 => Just(0u64), 1 => 0u64..4 * GIB, 1 => Just(u64::MAX)],
-            proptest::option::of(prop_oneof![0u64..64 * GIB, Just(u64::MAX)]),
-            proptest::option::of(0u64..128 * GIB),
+prop_compose! {
+    fn event()(
+        dt_ms in prop_oneof![3 => 0u64..2_000, 1 => 0u64..30_000],
+        stall_us in prop_oneof![4 => 0u64..3_000, 2 => 0u64..30_000, 1 => 0u64..2_000_000],
+        current in prop_oneof![Just(0u64), 0u64..64 * GIB, Just(u64::MAX)],
+        min in prop_oneof![3 => Just(0u64), 1 => 0u64..4 * GIB, 1 => Just(u64::MAX)],
+        max in proptest::option::of(prop_oneof![0u64..64 * GIB, Just(u64::MAX)]),
+        mem_total in proptest::option::of(0u64..128 * GIB),
+        shares in (0u8..=100, 0u8..=100),
+        swap in (prop_oneof![0u64..8 * GIB, Just(u64::MAX)], any::<bool>()),
+        avg10 in 0.0f64..100.0,
+        edit in proptest::option::weighted(
+            0.05,
+            proptest::option::of((0u64..16 * GIB).prop_map(|x| x & !0xFFFF)),
         ),
-        (
-            0u8..=100,
-            0u8..=100,
-            prop_oneof![0u64..8 * GIB, Just(u64::MAX)],
-            any::<bool>(),
-            0.0f64..100.0,
-            proptest::option::weighted(
-                0.05,
-                proptest::option::of((0u64..16 * GIB).prop_map(|x| x & !0xFFFF)),
-            ),
-            proptest::bool::weighted(0.02),
-            proptest::option::weighted(0.02, 1u64..10_000),
-            proptest::bool::weighted(0.02),
-        ),
-    )
-        .prop_map(
-            |(
-                (dt_ms, stall_us, current, min, max, mem_total),
-                (
-                    file_share,
-                    anon_share,
-                    swap_free,
-                    swap_usable,
-                    avg10,
-                    edit,
-                    recreate,
-                    time_back_ms,
-                    bad_average,
-                ),
-            )| Event {
-                dt_ms,
-                stall_us,
-                current,
-                min,
-                max,
-                mem_total,
-                file_share,
-                anon_share,
-                swap_free,
-                swap_usable,
-                avg10,
-                edit,
-                recreate,
-                time_back_ms,
-                bad_average,
-            },
-        )
+        recreate in proptest::bool::weighted(0.02),
+        time_back_ms in proptest::option::weighted(0.02, 1u64..10_000),
+        bad_average in proptest::bool::weighted(0.02),
+    ) -> Event {
+        Event {
+            dt_ms, stall_us, current, min, max, mem_total,
+            file_share: shares.0, anon_share: shares.1, swap_free: swap.0, swap_usable: swap.1,
+            avg10, edit, recreate, time_back_ms, bad_average,
+        }
+    }
 }
 
 fn part(x: u64, share: u8) -> u64 {
