@@ -170,3 +170,22 @@ fn guest_psi_trigger_fires_when_allocating_past_memory_high() {
     );
     eprintln!("PSI trigger fired after {:?}", started.elapsed());
 }
+
+#[test]
+#[ignore = "guest tier: cargo xtask guest-test"]
+fn guest_swap_is_active() {
+    if !support::in_guest() {
+        return;
+    }
+    // `Filename Type Size Used Priority`, sizes in KiB; the runner makes a 2 GiB swap file.
+    let swaps = fs::read_to_string("/proc/swaps").unwrap();
+    let total_kib: u64 = swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        total_kib >= 1 << 20,
+        "less than 1 GiB of swap: /proc/swaps: {swaps}"
+    );
+}
