@@ -141,8 +141,9 @@ fn guest_psi_trigger_fires_when_allocating_past_memory_high() {
         .unwrap();
     nix::unistd::write(&pressure, b"some 10000 1000000\0").unwrap();
 
-    // dd reads into one 128 MiB buffer: 8x memory.high of anonymous memory, with no swap to go
-    // to, so the kernel throttles it and counts the time as memory stall.
+    // dd reads into one 128 MiB buffer: 8x memory.high of anonymous memory that it touches over
+    // and over, so the kernel throttles it (swapping it out and back in) and counts the time as
+    // memory stall.
     let procs = cgroup.file("cgroup.procs");
     let _hog = Reaped(
         Command::new("sh")
