@@ -163,4 +163,49 @@ fn guest_workload_is_reclaimed_down_to_its_hot_set() {
         passes_after > passes_before,
         "the hot loop made no progress after reclaim ({passes_before} -> {passes_after} passes)"
     );
+
+    // The guard leaves nothing behind: no cgroup, no cache file.
+    let path = work.cgroup().path().to_path_buf();
+    drop(work);
+    assert!(!path.exists(), "{} is still there", path.display());
+    let leftover = format!("twine-workload-{}-", std::process::id());
+    let left: Vec<_> = std::fs::read_dir("/var/tmp")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&leftover))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "cache files left: {left:?}");
+}
+
+#[test]
+#[ignore = "guest tier: cargo xtask guest-test"]
+fn guest_runaway_workload_is_oom_killed_at_memory_max() {
+    if !support::in_guest() {
+        return;
+    }
+    let parent = test_parent("twine-runaway");
+    let cgroup = parent.child("runaway").unwrap();
+    cgroup.write("memory.max", &(64 * MIB).to_string()).unwrap();
+    cgroup.write("memory.swap.max", "0").unwrap();
+    let mut work = Workload::Runaway { mib_per_sec: 64 }.spawn(cgroup).unwrap();
+    work.wait_ready(READY_WITHIN).unwrap();
+    let started = Instant::now();
+    while work.is_running() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = work.cgroup().read("memory.events").unwrap();
+    eprintln!(
+        "runaway stopped after {:.1} s; memory.events: {}",
+        started.elapsed().as_secs_f64(),
+        events.trim().replace('\n', ", ")
+    );
+    assert!(
+        !work.is_running(),
+        "the runaway still runs after 60 s at memory.max = 64 MiB"
+    );
+    assert!(
+        events.contains("oom_kill 1"),
+        "the kernel did not OOM-kill the runaway: memory.events: {events}"
+    );
 }
