@@ -2,7 +2,8 @@
 //!
 //! Sub-commands are split by concept: `rootfs` (the cached Debian rootfs that the
 //! nspawn tests boot), `test` (the README's test command: set-up, then every tier),
-//! and `guest-test` (the QEMU guest tier). See `docs/GUEST.md`.
+//! `guest-test` (the QEMU guest tier) and `guest-run` (one command in that guest). See
+//! `docs/GUEST.md`.
 
 // A command-line tool: its results (a path, step timings) go to stdout by design.
 #![allow(clippy::print_stdout)]
@@ -41,19 +42,44 @@ enum Command {
         /// Package whose tests to search (repeatable); default: the whole workspace.
         #[arg(short = 'p', long = "package")]
         packages: Vec<String>,
-        /// Limit in seconds for the whole guest run (boot, tests, power-off).
-        #[arg(long, default_value_t = 600, env = "TWINE_GUEST_TIMEOUT")]
-        timeout: u64,
-        /// Guest RAM (QEMU `-m` syntax).
-        #[arg(long, default_value = "2G")]
-        memory: String,
-        /// Extra host directory to share with the guest at the same path (repeatable).
-        #[arg(long = "share")]
-        shares: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        guest: GuestArgs,
         /// Arguments for the test binaries: filters, `--nocapture`, ...
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Boot the guest and run one command as root in the workspace directory; exits with its status.
+    GuestRun {
+        #[command(flatten)]
+        guest: GuestArgs,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
+}
+
+/// Options of every guest boot (`guest-test`, `guest-run`).
+#[derive(clap::Args)]
+struct GuestArgs {
+    /// Limit in seconds for the whole guest run (boot, command, power-off).
+    #[arg(long, default_value_t = 600, env = "TWINE_GUEST_TIMEOUT")]
+    timeout: u64,
+    /// Guest RAM (QEMU `-m` syntax).
+    #[arg(long, default_value = "2G")]
+    memory: String,
+    /// Extra host directory to share with the guest at the same path (repeatable).
+    #[arg(long = "share")]
+    shares: Vec<std::path::PathBuf>,
+}
+
+impl From<GuestArgs> for guest::GuestOptions {
+    fn from(args: GuestArgs) -> Self {
+        Self {
+            timeout: std::time::Duration::from_secs(args.timeout),
+            memory: args.memory,
+            shares: args.shares,
+        }
+    }
 }
 
 /// Whether the real-system tiers are required (`TWINE_REQUIRE_REALSYS=1`, as CI sets it):
@@ -81,17 +107,20 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::GuestTest {
             packages,
-            timeout,
-            memory,
-            shares,
+            guest,
             test_args,
         } => {
             let code = guest::run(&guest::GuestTest {
                 packages,
                 test_args,
-                timeout: std::time::Duration::from_secs(timeout),
-                memory,
-                shares,
+                guest: guest.into(),
+            })?;
+            std::process::exit(code)
+        }
+        Command::GuestRun { guest, argv } => {
+            let code = guest::run_command(&guest::GuestRun {
+                argv,
+                guest: guest.into(),
             })?;
             std::process::exit(code)
         }

@@ -89,9 +89,11 @@ pub(crate) fn run(guest_timeout: Duration) -> i32 {
         let code = guest::run(&guest::GuestTest {
             packages: Vec::new(),
             test_args: Vec::new(),
-            timeout: guest_timeout,
-            memory: "2G".to_owned(),
-            shares: Vec::new(),
+            guest: guest::GuestOptions {
+                timeout: guest_timeout,
+                memory: "2G".to_owned(),
+                shares: Vec::new(),
+            },
         })?;
         if code != 0 {
             bail!("guest tests exited with status {code}");

@@ -141,8 +141,9 @@ fn guest_psi_trigger_fires_when_allocating_past_memory_high() {
         .unwrap();
     nix::unistd::write(&pressure, b"some 10000 1000000\0").unwrap();
 
-    // dd reads into one 128 MiB buffer: 8x memory.high of anonymous memory, with no swap to go
-    // to, so the kernel throttles it and counts the time as memory stall.
+    // dd reads into one 128 MiB buffer: 8x memory.high of anonymous memory that it touches over
+    // and over, so the kernel throttles it (swapping it out and back in) and counts the time as
+    // memory stall.
     let procs = cgroup.file("cgroup.procs");
     let _hog = Reaped(
         Command::new("sh")
@@ -169,4 +170,23 @@ fn guest_psi_trigger_fires_when_allocating_past_memory_high() {
         "trigger error: {revents:?}"
     );
     eprintln!("PSI trigger fired after {:?}", started.elapsed());
+}
+
+#[test]
+#[ignore = "guest tier: cargo xtask guest-test"]
+fn guest_swap_is_active() {
+    if !support::in_guest() {
+        return;
+    }
+    // `Filename Type Size Used Priority`, sizes in KiB; the runner makes a 2 GiB swap file.
+    let swaps = fs::read_to_string("/proc/swaps").unwrap();
+    let total_kib: u64 = swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        total_kib >= 1 << 20,
+        "less than 1 GiB of swap: /proc/swaps: {swaps}"
+    );
 }
