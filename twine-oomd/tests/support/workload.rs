@@ -258,6 +258,14 @@ impl Cgroup {
         Ok(Self { path })
     }
 
+    /// Take over a cgroup directory made another way (by the code under test): dropping the
+    /// returned guard kills whatever runs in it and removes it, as for [`Cgroup::create`].
+    pub(crate) fn adopt(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
     /// Create a child cgroup `name` below this one.
     pub(crate) fn child(&self, name: &str) -> io::Result<Self> {
         Self::create(&self.path, name)
