@@ -377,7 +377,9 @@ const SNAPSHOT_STAT_KEYS: [&str; 8] = [
 ///
 /// On the kernel, the files of a removed cgroup read ENODEV, which is
 /// [`CgroupError::CgroupGone`]. (A fixture's regular files stay readable after removal: make
-/// a new reader to see the removal there.)
+/// a new reader to see the removal there.) PSI turned off for the cgroup (`0` in
+/// `cgroup.pressure`) is [`CgroupError::PsiUnavailable`] until it is turned on again; the
+/// reader then reads pressure again by itself (it reopens `memory.pressure`).
 #[derive(Debug)]
 pub struct SnapshotReader {
     dir: PathBuf,
@@ -441,17 +443,15 @@ impl SnapshotReader {
     /// Reads one snapshot. Missing PSI is [`CgroupError::PsiUnavailable`], a vanished cgroup
     /// [`CgroupError::CgroupGone`], and a missing `memory.stat` key a [`CgroupError::Parse`].
     pub fn read(&mut self) -> Result<MemorySnapshot, CgroupError> {
-        let [current, high, max, min, low, pressure, stat] = &self.files;
+        let [current, high, max, min, low, pressure, stat] = &mut self.files;
         let (scratch, dir) = (&mut self.scratch, &self.dir);
         let current = kept_parsed(dir, current, scratch, parse_bytes)?;
         let high = kept_parsed(dir, high, scratch, parse_limit)?;
         let max = kept_parsed(dir, max, scratch, parse_limit)?;
         let min = kept_parsed(dir, min, scratch, parse_limit)?;
         let low = kept_parsed(dir, low, scratch, parse_limit)?;
-        let text = pressure
-            .read(scratch)
-            .map_err(|source| pressure_read_error(dir, pressure.path.clone(), source))?;
-        let pressure = Pressure::parse(&pressure.path, text)?;
+        // After the five files above: they tell a removed cgroup (ENODEV) from a live one.
+        let pressure = kept_pressure(dir, pressure, scratch)?;
         let text = kept_text(dir, stat, scratch)?;
         let v = pick(&stat.path, text, SNAPSHOT_STAT_KEYS)?;
         let need = |i: usize| required(&stat.path, SNAPSHOT_STAT_KEYS[i], v[i]);
@@ -491,6 +491,30 @@ fn kept_text<'s>(
             read_error(dir, kept.path.clone(), source)
         }
     })
+}
+
+/// The kept `memory.pressure` of a live cgroup, parsed. ENODEV there means PSI was turned off
+/// through `cgroup.pressure`; the kept descriptor keeps reading ENODEV after it is turned
+/// back on (seen on 6.1) while a fresh open reads, so the file is opened again: missing PSI
+/// is [`CgroupError::PsiUnavailable`] for as long as the file is missing, and no longer.
+fn kept_pressure(
+    dir: &Path,
+    kept: &mut KeptFile,
+    scratch: &mut Vec<u8>,
+) -> Result<Pressure, CgroupError> {
+    match kept.read(scratch) {
+        Ok(text) => return Pressure::parse(&kept.path, text),
+        Err(source) if source.raw_os_error() != Some(Errno::ENODEV as i32) => {
+            return Err(pressure_read_error(dir, kept.path.clone(), source));
+        }
+        Err(_) => {}
+    }
+    kept.file = fs::File::open(&kept.path)
+        .map_err(|source| pressure_read_error(dir, kept.path.clone(), source))?;
+    let text = kept
+        .read(scratch)
+        .map_err(|source| pressure_read_error(dir, kept.path.clone(), source))?;
+    Pressure::parse(&kept.path, text)
 }
 
 /// A kept file's text, parsed.

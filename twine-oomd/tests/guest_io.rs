@@ -383,14 +383,25 @@ fn guest_disabled_psi_is_reported_as_unavailable() {
             .unwrap_err(),
     );
     assert!(cgroup.memory_current().unwrap() > 0);
-    // And on again.
+    // And on again: the kept reader reads pressure again (it reopens the file), the trigger
+    // stays dead (the kernel keeps failing its fd) and a new one can be registered.
     std::fs::write(&switch, "1").unwrap();
     assert!(cgroup.pressure(Resource::Memory).is_ok());
-    let mut fresh = SnapshotReader::new(cgroup).unwrap();
-    assert!(fresh.read().is_ok());
+    let snap = reader.read();
     eprintln!(
         "PSI on again: the kept reader reads {:?}",
-        reader.read().map(|s| s.pressure)
+        snap.as_ref().map(|s| s.pressure)
+    );
+    assert!(snap.is_ok(), "{snap:?}");
+    assert!(SnapshotReader::new(cgroup).unwrap().read().is_ok());
+    unavailable(
+        "old trigger",
+        psi.wait(Duration::from_millis(100)).unwrap_err(),
+    );
+    let again = cgroup.register_trigger(Resource::Memory, trigger).unwrap();
+    assert_eq!(
+        again.wait(Duration::from_millis(100)).unwrap(),
+        TriggerEvent::TimedOut
     );
 }
 
