@@ -6,6 +6,13 @@
 //! a second trigger on the same fd gives EBUSY; after `rmdir` of the cgroup, `poll` returns
 //! POLLPRI|POLLERR at once, and reads on the kept fd give ENODEV. Writing `0` to
 //! `cgroup.pressure` removes the pressure files (ENOENT) while the cgroup stays.
+//!
+//! In the guest tier (Debian's 6.1, root with CAP_SYS_RESOURCE; `tests/guest_io.rs`): a
+//! `some 50000 2000000` trigger on a cgroup's `memory.pressure` fires within 0.3 s of
+//! `memory.high` going below the workload's hot set, and not in 3 s without it; after
+//! `rmdir` the wait says POLLERR (cgroup gone). With `0` in `cgroup.pressure`, kept fds read
+//! ENODEV and a trigger's poll gives POLLPRI|POLLERR; after `1`, the kept fds still read
+//! ENODEV and the trigger stays dead, while fresh opens work.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -271,7 +278,9 @@ impl PsiTrigger {
     /// Waits up to `timeout` (rounded up to milliseconds, at most about 24 days) for the
     /// trigger. POLLERR (the kernel reports it with POLLPRI when the cgroup is removed) is
     /// [`CgroupError::CgroupGone`], or [`CgroupError::PsiUnavailable`] when the cgroup is
-    /// still there (its PSI was disabled).
+    /// still there (its PSI was disabled). Either way the trigger is dead, and every later
+    /// wait returns the same error at once, even once PSI is back: drop it and register a
+    /// new one.
     pub fn wait(&self, timeout: Duration) -> Result<TriggerEvent, CgroupError> {
         let deadline = Instant::now() + timeout;
         let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLPRI)];

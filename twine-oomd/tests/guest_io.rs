@@ -256,8 +256,8 @@ fn guest_reclaim_moves_cold_memory_to_swap_and_a_short_reclaim_is_typed() {
 }
 
 /// Whether this kernel may honour O_NONBLOCK on limit writes: the option ("memcg: introduce
-/// non-blocking limit setting option") was posted in April 2025, for 6.16; earlier kernels
-/// ignore the flag and reclaim in the writer.
+/// non-blocking limit setting option") was posted in April 2025, so 6.16 at the earliest;
+/// earlier kernels ignore the flag and reclaim in the writer.
 fn kernel_before_6_16() -> bool {
     let release = nix::sys::utsname::uname().unwrap();
     let release = release.release().to_string_lossy().into_owned();
