@@ -545,7 +545,7 @@ fn guest_memory_trigger_fires_under_memory_high_and_not_without() {
 
 #[test]
 #[ignore = "guest tier: cargo xtask guest-test"]
-fn guest_kill_empties_the_cgroup_of_a_runaway() {
+fn guest_freeze_then_kill_empties_the_cgroup_of_a_runaway() {
     let Some(mut case) = case("kill", Workload::Runaway { mib_per_sec: 32 }) else {
         return;
     };
@@ -557,7 +557,22 @@ fn guest_kill_empties_the_cgroup_of_a_runaway() {
     let pid = case.work.pid();
     assert!(cgroup.procs().unwrap().contains(&pid));
     assert!(cgroup.events().unwrap().populated);
+    // Frozen first, as oomd's kill does: the runaway stops growing.
+    cgroup.set_frozen(true).unwrap();
+    let frozen = eventually(Duration::from_secs(5), || cgroup.events().unwrap().frozen);
+    assert!(frozen.is_some(), "cgroup.events never said frozen");
     let held = cgroup.memory_current().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let still = cgroup.memory_current().unwrap();
+    eprintln!(
+        "frozen after {frozen:?}: memory.current {} -> {} MiB in 0.3 s",
+        mib(held),
+        mib(still)
+    );
+    assert!(
+        still <= held + MIB,
+        "a frozen runaway grew: {held} -> {still}"
+    );
     let started = Instant::now();
     cgroup.kill().unwrap();
     let emptied = eventually(Duration::from_secs(5), || {
