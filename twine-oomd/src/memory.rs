@@ -234,9 +234,8 @@ impl Cgroup {
 
     /// Sets a limit file (typically `memory.high`), waiting at most `timeout`.
     ///
-    /// The file is opened with O_NONBLOCK, which kernels with that option (posted in April
-    /// 2025, so 6.16 at the earliest) take as "skip the synchronous reclaim". Older kernels
-    /// ignore the flag: lowering the limit below `memory.current` blocks the writer while the
+    /// The file is opened with O_NONBLOCK, which recent kernels document as "skip the
+    /// synchronous reclaim" (cgroup-v2.rst, memory.high); older kernels ignore the flag: lowering the limit below `memory.current` blocks the writer while the
     /// kernel reclaims (6.1: `memory.high` 32 MiB over a busy 128 MiB hot set gave
     /// [`CgroupError::TimedOut`] after a 100 ms timeout; the cgroup reached the limit about a
     /// second later). So the write runs on a helper thread.
@@ -245,10 +244,8 @@ impl Cgroup {
     /// new value before it reclaims, so it is in force (and [`Cgroup::limit`] reads it back)
     /// when this returns. The helper thread stays in the kernel until the cgroup is at or
     /// under the value it wrote (or reclaim stops making progress), then logs the outcome
-    /// through `tracing`. Kernels without the fix for CVE-2026-89752 ("mm: memcg: stop
-    /// reclaim when a limit update is superseded") keep reclaiming toward that value even
-    /// after a later write raised the limit. Each timed-out write may leave one more thread
-    /// blocked: a daemon should not repeat it on every tick.
+    /// through `tracing`. Each timed-out write may leave one more thread blocked: a daemon
+    /// should not repeat it on every tick.
     pub fn set_limit_within(
         &self,
         file: LimitFile,

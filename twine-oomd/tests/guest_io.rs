@@ -255,17 +255,17 @@ fn guest_reclaim_moves_cold_memory_to_swap_and_a_short_reclaim_is_typed() {
     assert!(case.work.is_running(), "the workload died during reclaim");
 }
 
-/// Whether this kernel may honour O_NONBLOCK on limit writes: the option ("memcg: introduce
-/// non-blocking limit setting option") was posted in April 2025, so 6.16 at the earliest;
-/// earlier kernels ignore the flag and reclaim in the writer.
-fn kernel_before_6_16() -> bool {
+/// Whether this is the guest tier's kernel series (Debian 12's 6.1), observed to ignore
+/// O_NONBLOCK on limit writes and to reclaim in the writer; later kernels may document the
+/// flag as "skip the synchronous reclaim", so either outcome is accepted there.
+fn kernel_6_1_or_older() -> bool {
     let release = nix::sys::utsname::uname().unwrap();
     let release = release.release().to_string_lossy().into_owned();
     let mut parts = release
         .split(['.', '-'])
         .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) < (6, 16)
+    (major, minor) <= (6, 1)
 }
 
 #[test]
@@ -298,7 +298,7 @@ fn guest_memory_high_below_the_hot_set_blocks_the_writer_and_times_out() {
         "set_limit_within took {returned:?} with a timeout of {timeout:?}"
     );
     assert_eq!(read_back, Limit::Bytes(high));
-    if kernel_before_6_16() {
+    if kernel_6_1_or_older() {
         assert!(
             matches!(&result, Err(CgroupError::TimedOut { after, .. }) if *after == timeout),
             "this kernel ignores O_NONBLOCK and reclaims in the writer, yet: {result:?}"
