@@ -9,7 +9,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::fleet::HostId;
+use crate::allocator::{Allocator, JobRecord, Placement, class_matches};
+use crate::entitlement::{Entitlement, EntitlementId};
+use crate::fleet::{FaultLevel, Host, HostId, HostState, Owner};
+use crate::index::FreeKey;
+use crate::request::Constraints;
+use crate::resources::{Demand, GpuDevices, MAX_EXTRA, Resources};
 
 /// The first reason a host could not take a task.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,6 +112,163 @@ pub struct ProfileSwitch {
     pub from: String,
     /// The profile the request needs.
     pub to: String,
+}
+
+impl Allocator {
+    /// Why no host takes `demand` (scans the fleet; failure path only).
+    pub(crate) fn explain(&self, p: &Placement<'_>) -> Unplaced {
+        let empty = JobRecord::default();
+        let jr = self.jobs.get(&p.job).unwrap_or(&empty);
+        let e = self.entitlements.get(p.ent.0 as usize);
+        let mut counts: BTreeMap<UnplacedReason, u32> = BTreeMap::new();
+        let mut available = 0u32;
+        for (i, h) in self.hosts.iter().enumerate() {
+            let hid = HostId(u32::try_from(i).unwrap_or(u32::MAX));
+            match self.first_failure(p, jr, e, hid, h) {
+                Some(r) => *counts.entry(r).or_insert(0) += 1,
+                None => available += 1,
+            }
+        }
+        Unplaced {
+            available,
+            total: u32::try_from(self.hosts.len()).unwrap_or(u32::MAX),
+            counts,
+        }
+    }
+
+    fn first_failure(
+        &self,
+        p: &Placement<'_>,
+        jr: &JobRecord,
+        e: Option<&Entitlement>,
+        hid: HostId,
+        h: &Host,
+    ) -> Option<UnplacedReason> {
+        let (ent, cons, demand) = (p.ent, p.cons, &p.demand);
+        let rack = FaultLevel::Rack.index();
+        let attrs_ok = self
+            .attr_sets
+            .get(h.attrs.0 as usize)
+            .is_some_and(|a| cons.attributes_ok(a));
+        let r = demand.resources;
+        Some(if h.state != HostState::Up {
+            UnplacedReason::NotUp
+        } else if matches!(h.owner, Owner::Entitlement(o) if o != ent) {
+            UnplacedReason::OtherEntitlement
+        } else if !cons.machine_type_ok(h.machine_type) {
+            UnplacedReason::WrongMachineType
+        } else if !cons.gpu_model_ok(h.gpu_model) {
+            UnplacedReason::WrongGpuModel
+        } else if !cons.profile_ok(h.profile) {
+            UnplacedReason::WrongHostProfile
+        } else if !attrs_ok {
+            UnplacedReason::AttributeMismatch
+        } else if h.owner == Owner::FreePool && !e.is_some_and(|e| e.admits(h)) {
+            UnplacedReason::QuotaExhausted
+        } else if cons
+            .prefs
+            .max_per_host
+            .is_some_and(|k| jr.on_host(hid) >= k)
+        {
+            UnplacedReason::MaxPerHost
+        } else if cons
+            .prefs
+            .max_per_rack
+            .is_some_and(|k| jr.in_domain(rack, h.domains[rack]) >= k)
+        {
+            UnplacedReason::MaxPerRack
+        } else if r.cpu_milli > h.free.cpu_milli {
+            UnplacedReason::InsufficientCpu
+        } else if r.memory_mib > h.free.memory_mib {
+            UnplacedReason::InsufficientMemory
+        } else if let Some(i) = (0..MAX_EXTRA).find(|&i| r.extra[i] > h.free.extra[i]) {
+            UnplacedReason::InsufficientResource(self.resource_names.name(i))
+        } else if !h.gpus.fits(demand.gpu) {
+            UnplacedReason::InsufficientGpu
+        } else {
+            return None;
+        })
+    }
+
+    /// Free-pool hosts whose profile differs from the required one but which would take
+    /// the failed demands once switched, packed first-fit, within quota.
+    pub(crate) fn propose_switches(
+        &self,
+        ent: EntitlementId,
+        cons: &Constraints,
+        want: &str,
+        failed: &[Demand],
+    ) -> Vec<ProfileSwitch> {
+        let want_name = self.names.lookup(want);
+        let any_profile = Constraints {
+            profile: None,
+            ..cons.clone()
+        };
+        let Some(mut e) = self.entitlements.get(ent.0 as usize).cloned() else {
+            return Vec::new();
+        };
+        let per_host_limit = cons.prefs.max_per_host.unwrap_or(u32::MAX);
+        // (host, free, gpus, tasks) of hosts proposed so far.
+        let mut proposed: Vec<(HostId, Resources, GpuDevices, u32)> = Vec::new();
+        for d in failed {
+            if let Some(p) = proposed.iter_mut().find(|(_, free, gpus, n)| {
+                *n < per_host_limit && d.resources.fits_in(free) && gpus.fits(d.gpu)
+            }) {
+                p.1 = p.1.checked_sub(&d.resources).unwrap_or_default();
+                p.2.take(d.gpu);
+                p.3 += 1;
+                continue;
+            }
+            let found = self
+                .index
+                .up_classes(Owner::FreePool)
+                .iter()
+                .find_map(|&c| {
+                    let class = self.index.classes.get(c as usize)?;
+                    let k = &class.key;
+                    if k.profile == want_name || !class_matches(&any_profile, k, &self.attr_sets) {
+                        return None;
+                    }
+                    let lo = FreeKey {
+                        cpu: d.resources.cpu_milli,
+                        mem: d.resources.memory_mib,
+                        scramble: 0,
+                        host: 0,
+                    };
+                    class.hosts.range(lo..).find_map(|key| {
+                        let h = self.hosts.get(key.host as usize)?;
+                        let id = HostId(key.host);
+                        let ok = d.resources.fits_in(&h.free)
+                            && h.gpus.fits(d.gpu)
+                            && e.admits(h)
+                            && !proposed.iter().any(|p| p.0 == id);
+                        ok.then_some((id, h))
+                    })
+                });
+            if let Some((id, h)) = found {
+                e.add(id, h);
+                let mut gpus = h.gpus.clone();
+                gpus.take(d.gpu);
+                proposed.push((
+                    id,
+                    h.free.checked_sub(&d.resources).unwrap_or_default(),
+                    gpus,
+                    1,
+                ));
+            }
+        }
+        proposed
+            .into_iter()
+            .filter_map(|(id, ..)| {
+                let h = self.hosts.get(id.0 as usize)?;
+                Some(ProfileSwitch {
+                    host: id,
+                    from: self.names.resolve(h.profile).to_owned(),
+                    to: want.to_owned(),
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

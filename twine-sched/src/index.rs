@@ -160,6 +160,7 @@ impl ClassIndex {
     }
 
     /// Recomputes the index from the hosts and compares.
+    #[cfg(feature = "test-util")]
     pub(crate) fn check(&self, hosts: &[Host]) -> Result<(), String> {
         let mut expected: BTreeMap<ClassKey, BTreeSet<FreeKey>> = BTreeMap::new();
         for (i, h) in hosts.iter().enumerate() {
