@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::allocator::{Allocator, JobRecord, Placement, class_matches};
+use crate::allocator::{AllocError, Allocator, JobRecord, Placement, class_matches};
 use crate::entitlement::{Entitlement, EntitlementId};
-use crate::fleet::{FaultLevel, Host, HostId, HostState, Owner};
+use crate::fleet::{FaultLevel, Host, HostId, HostState, Name, Owner};
 use crate::index::FreeKey;
 use crate::request::Constraints;
 use crate::resources::{Demand, GpuDevices, MAX_EXTRA, Resources};
@@ -116,31 +116,33 @@ pub struct ProfileSwitch {
 
 impl Allocator {
     /// Why no host takes `demand` (scans the fleet; failure path only).
-    pub(crate) fn explain(&self, p: &Placement<'_>) -> Unplaced {
+    pub(crate) fn explain(&self, p: &Placement<'_>) -> Result<Unplaced, AllocError> {
         let empty = JobRecord::default();
         let jr = self.jobs.get(&p.job).unwrap_or(&empty);
-        let e = self.entitlements.get(p.ent.0 as usize);
+        let e = self.entitlement(p.ent)?;
         let mut counts: BTreeMap<UnplacedReason, u32> = BTreeMap::new();
         let mut available = 0u32;
-        for (i, h) in self.hosts.iter().enumerate() {
-            let hid = HostId(u32::try_from(i).unwrap_or(u32::MAX));
+        for (hid, h) in self.host_records() {
             match self.first_failure(p, jr, e, hid, h) {
                 Some(r) => *counts.entry(r).or_insert(0) += 1,
                 None => available += 1,
             }
         }
-        Unplaced {
+        // Each host is charged once, so this is the fleet size (below `u32::MAX`, as
+        // `add_host` keeps it).
+        let total = counts.values().sum::<u32>() + available;
+        Ok(Unplaced {
             available,
-            total: u32::try_from(self.hosts.len()).unwrap_or(u32::MAX),
+            total,
             counts,
-        }
+        })
     }
 
     fn first_failure(
         &self,
         p: &Placement<'_>,
         jr: &JobRecord,
-        e: Option<&Entitlement>,
+        e: &Entitlement,
         hid: HostId,
         h: &Host,
     ) -> Option<UnplacedReason> {
@@ -148,7 +150,7 @@ impl Allocator {
         let rack = FaultLevel::Rack.index();
         let attrs_ok = self
             .attr_sets
-            .get(h.attrs.0 as usize)
+            .resolve(h.attrs.0)
             .is_some_and(|a| cons.attributes_ok(a));
         let r = demand.resources;
         Some(if h.state != HostState::Up {
@@ -163,7 +165,7 @@ impl Allocator {
             UnplacedReason::WrongHostProfile
         } else if !attrs_ok {
             UnplacedReason::AttributeMismatch
-        } else if h.owner == Owner::FreePool && !e.is_some_and(|e| e.admits(h)) {
+        } else if h.owner == Owner::FreePool && !e.admits(h) {
             UnplacedReason::QuotaExhausted
         } else if cons
             .prefs
@@ -198,76 +200,77 @@ impl Allocator {
         cons: &Constraints,
         want: &str,
         failed: &[Demand],
-    ) -> Vec<ProfileSwitch> {
+    ) -> Result<Vec<ProfileSwitch>, AllocError> {
         let want_name = self.names.lookup(want);
         let any_profile = Constraints {
             profile: None,
             ..cons.clone()
         };
-        let Some(mut e) = self.entitlements.get(ent.0 as usize).cloned() else {
-            return Vec::new();
-        };
+        let mut e = self.entitlement(ent)?.clone();
         let per_host_limit = cons.prefs.max_per_host.unwrap_or(u32::MAX);
-        // (host, free, gpus, tasks) of hosts proposed so far.
-        let mut proposed: Vec<(HostId, Resources, GpuDevices, u32)> = Vec::new();
+        // (host, its profile now, room left, tasks planned) of hosts proposed so far.
+        let mut proposed: Vec<(HostId, Name, Room, u32)> = Vec::new();
         for d in failed {
-            if let Some(p) = proposed.iter_mut().find(|(_, free, gpus, n)| {
-                *n < per_host_limit && d.resources.fits_in(free) && gpus.fits(d.gpu)
-            }) {
-                p.1 = p.1.checked_sub(&d.resources).unwrap_or_default();
-                p.2.take(d.gpu);
+            let planned = proposed
+                .iter_mut()
+                .filter(|p| p.3 < per_host_limit)
+                .find_map(|p| p.2.after(d).map(|left| (p, left)));
+            if let Some((p, left)) = planned {
+                p.2 = left;
                 p.3 += 1;
                 continue;
             }
-            let found = self
-                .index
-                .up_classes(Owner::FreePool)
-                .iter()
-                .find_map(|&c| {
-                    let class = self.index.classes.get(c as usize)?;
-                    let k = &class.key;
-                    if k.profile == want_name || !class_matches(&any_profile, k, &self.attr_sets) {
-                        return None;
+            let mut found = None;
+            'search: for class in self.index.up_classes(Owner::FreePool) {
+                let k = &class.key;
+                if k.profile == want_name || !class_matches(&any_profile, k, &self.attr_sets) {
+                    continue;
+                }
+                for key in class.hosts.range(FreeKey::lowest(&d.resources)..) {
+                    let (id, h) = self.indexed_host(key)?;
+                    if !e.admits(h) || proposed.iter().any(|p| p.0 == id) {
+                        continue;
                     }
-                    let lo = FreeKey {
-                        cpu: d.resources.cpu_milli,
-                        mem: d.resources.memory_mib,
-                        scramble: 0,
-                        host: 0,
+                    let room = Room {
+                        free: h.free,
+                        gpus: h.gpus.clone(),
                     };
-                    class.hosts.range(lo..).find_map(|key| {
-                        let h = self.hosts.get(key.host as usize)?;
-                        let id = HostId(key.host);
-                        let ok = d.resources.fits_in(&h.free)
-                            && h.gpus.fits(d.gpu)
-                            && e.admits(h)
-                            && !proposed.iter().any(|p| p.0 == id);
-                        ok.then_some((id, h))
-                    })
-                });
-            if let Some((id, h)) = found {
+                    if let Some(left) = room.after(d) {
+                        found = Some((id, h, left));
+                        break 'search;
+                    }
+                }
+            }
+            if let Some((id, h, left)) = found {
                 e.add(id, h);
-                let mut gpus = h.gpus.clone();
-                gpus.take(d.gpu);
-                proposed.push((
-                    id,
-                    h.free.checked_sub(&d.resources).unwrap_or_default(),
-                    gpus,
-                    1,
-                ));
+                proposed.push((id, h.profile, left, 1));
             }
         }
-        proposed
+        Ok(proposed
             .into_iter()
-            .filter_map(|(id, ..)| {
-                let h = self.hosts.get(id.0 as usize)?;
-                Some(ProfileSwitch {
-                    host: id,
-                    from: self.names.resolve(h.profile).to_owned(),
-                    to: want.to_owned(),
-                })
+            .map(|(host, from, ..)| ProfileSwitch {
+                host,
+                from: self.names.resolve(from).to_owned(),
+                to: want.to_owned(),
             })
-            .collect()
+            .collect())
+    }
+}
+
+/// What a free-pool host has left while switches are planned on paper.
+#[derive(Debug, Clone)]
+struct Room {
+    free: Resources,
+    gpus: GpuDevices,
+}
+
+impl Room {
+    /// The room left after `d`, if it fits.
+    fn after(&self, d: &Demand) -> Option<Room> {
+        let free = self.free.checked_sub(&d.resources)?;
+        let mut gpus = self.gpus.clone();
+        gpus.take(d.gpu)?;
+        Some(Room { free, gpus })
     }
 }
 

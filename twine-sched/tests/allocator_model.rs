@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 use twine_sched::{
     AllocError, Allocator, AllocatorConfig, AttrPredicate, Demand, EntitlementId, FaultLevel,
-    GpuDemand, HostId, HostSpec, JobId, Owner, Policy, Preferences, Quota, Request, Requirements,
-    Resized, Resources, TaskId,
+    GpuDemand, GpuGrant, HostId, HostSpec, JobId, Moved, Owner, Policy, Preferences, Quota,
+    QuotaExcess, Request, Requirements, Resized, Resources, TaskId,
 };
 
 fn demand(cpu: u64, mem: u64) -> Demand {
@@ -234,29 +234,59 @@ fn failure_and_drain_move_tasks() {
 fn resize_in_place_then_move() {
     let mut a = Allocator::new(AllocatorConfig::default());
     let ent = a
-        .add_entitlement("web", Quota::machines([("small", 100)]))
+        .add_entitlement("web", Quota::machines([("small", 100), ("big", 1)]))
         .unwrap();
-    for r in 0..2 {
-        a.add_host(&small(r)).unwrap();
-    }
-    a.apply(
-        &Request::new(ent, JobId(1))
-            .allocate(TaskId(1), demand(8_000, 1_000))
-            .allocate(TaskId(2), demand(8_000, 1_000)),
-    )
-    .unwrap();
+    let hosts: Vec<HostId> = (0..2).map(|r| a.add_host(&small(r)).unwrap()).collect();
+    let out = a
+        .apply(
+            &Request::new(ent, JobId(1))
+                .allocate(TaskId(1), demand(8_000, 1_000))
+                .allocate(TaskId(2), demand(8_000, 1_000)),
+        )
+        .unwrap();
+    // Best fit stacks both on one host.
+    let first = out.placed[0].host;
+    assert_eq!(out.hosts_joined, vec![first]);
+    let other = hosts.into_iter().find(|&h| h != first).unwrap();
     assert!(matches!(
         a.resize(TaskId(1), demand(9_000, 1_000)).unwrap(),
         Resized::InPlace { .. }
     ));
-    assert!(matches!(
+    // The task moves to the other host, which joins the entitlement; the first keeps task 2.
+    assert_eq!(
         a.resize(TaskId(1), demand(12_000, 1_000)).unwrap(),
-        Resized::Moved(_)
-    ));
+        Resized::Moved {
+            moved: Moved {
+                task: TaskId(1),
+                from: first,
+                to: other,
+                gpus: GpuGrant::default()
+            },
+            hosts_joined: vec![other],
+            hosts_released: vec![],
+        }
+    );
     assert!(matches!(
         a.resize(TaskId(1), demand(20_000, 1_000)).unwrap(),
         Resized::Unplaced(_)
     ));
+    a.check_invariants().unwrap();
+    // A big host appears: the task moves there and the host it leaves goes back to the pool.
+    let big_spec = HostSpec::new(Resources::new(36_000, 65_536)).machine_type("big");
+    let bigger = a.add_host(&big_spec).unwrap();
+    match a.resize(TaskId(1), demand(20_000, 1_000)).unwrap() {
+        Resized::Moved {
+            moved,
+            hosts_joined,
+            hosts_released,
+        } => {
+            assert_eq!((moved.from, moved.to), (other, bigger));
+            assert_eq!(hosts_joined, vec![bigger]);
+            assert_eq!(hosts_released, vec![other]);
+            assert_eq!(a.host(other).unwrap().owner(), Owner::FreePool);
+        }
+        r => panic!("expected a move, got {r:?}"),
+    }
     a.check_invariants().unwrap();
 }
 
@@ -288,6 +318,15 @@ fn bad_input_is_a_typed_error() {
         a.resize(TaskId(3), demand(1, 1)).unwrap_err(),
         AllocError::UnknownTask(TaskId(3))
     );
+    a.apply(&Request::new(ent, JobId(1)).allocate(TaskId(3), demand(1, 1)))
+        .unwrap();
+    assert_eq!(
+        a.apply(&Request::new(ent, JobId(1)).free(TaskId(3)).free(TaskId(3)))
+            .unwrap_err(),
+        AllocError::FreedTwice(TaskId(3))
+    );
+    a.apply(&Request::new(ent, JobId(1)).free(TaskId(3)))
+        .unwrap();
     let bad_gpu = Demand {
         resources: Resources::new(1, 1),
         gpu: GpuDemand::Shared(1000),
@@ -296,7 +335,7 @@ fn bad_input_is_a_typed_error() {
         a.apply(&Request::new(ent, JobId(1)).allocate(TaskId(1), bad_gpu)),
         Err(AllocError::InvalidGpuDemand { .. })
     ));
-    // Huge sizes: the unit quota saturates instead of overflowing.
+    // Huge sizes: the unit quota adds up without overflowing.
     let out = a
         .apply(
             &Request::new(ent, JobId(1))
@@ -311,10 +350,23 @@ fn bad_input_is_a_typed_error() {
             .unwrap_err(),
         AllocError::DuplicateTask(TaskId(1))
     );
-    assert!(matches!(
-        a.set_quota(ent, Quota::machines([])),
-        Err(AllocError::QuotaBelowUsage { .. })
-    ));
+    assert_eq!(
+        a.set_quota(ent, Quota::Units(Resources::new(u64::MAX, 0))),
+        Err(AllocError::QuotaBelowUsage {
+            entitlement: ent,
+            excess: QuotaExcess::Units {
+                dimension: 1,
+                held: u128::from(u64::MAX),
+                limit: 0
+            }
+        })
+    );
+    assert_eq!(
+        a.set_quota(ent, Quota::machines([]))
+            .unwrap_err()
+            .to_string(),
+        "entitlement 0: new quota is below current use (1 hosts of type default > 0)"
+    );
     a.check_invariants().unwrap();
 }
 

@@ -45,10 +45,7 @@ impl Allocator {
                 ));
             }
             let c = &rec.constraints;
-            let attrs = self
-                .attr_sets
-                .get(h.attrs.0 as usize)
-                .ok_or("bad attr set")?;
+            let attrs = self.attr_sets.resolve(h.attrs.0).ok_or("bad attr set")?;
             if !(c.machine_type_ok(h.machine_type)
                 && c.gpu_model_ok(h.gpu_model)
                 && c.profile_ok(h.profile)
@@ -138,8 +135,8 @@ impl Allocator {
                     "{ent}: host accounting disagrees with recomputation"
                 ));
             }
-            if let Err((t, used, limit)) = e.within(&e.quota) {
-                return Err(format!("{ent} over quota ({t:?}: {used:?} > {limit:?})"));
+            if let Err(excess) = e.within(&e.quota, &self.names) {
+                return Err(format!("{ent} over quota ({excess})"));
             }
         }
         if jobs.len() != self.jobs.len() {

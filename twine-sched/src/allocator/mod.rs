@@ -76,22 +76,22 @@ mod search;
 #[cfg(feature = "test-util")]
 mod invariants;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::entitlement::{Entitlement, EntitlementId, Quota, ResolvedQuota};
 use crate::explain::Unplaced;
 use crate::fleet::{
-    AttrSet, AttrSetId, Host, HostId, HostSpec, HostState, HostView, Name, Names, Owner,
+    AttrSet, AttrSetId, Host, HostId, HostSpec, HostState, HostView, Interner, Name, Names, Owner,
     ResourceNames,
 };
 use crate::index::ClassIndex;
-use crate::request::{Constraints, Request, TaskId};
+use crate::request::{Constraints, JobId, Request, TaskId};
 use crate::resources::{Demand, GPU_MILLI, GpuDemand, GpuDevices, GpuGrant};
 
-use ledger::Moves;
 pub(crate) use ledger::{JobRecord, TaskRecord};
-pub use outcome::{AllocError, Allocation, Evacuation, Moved, Placed, Resized};
+use ledger::{Moves, internal};
+pub use outcome::{AllocError, Allocation, Bookkeeping, Evacuation, Moved, Placed, Resized};
 pub(crate) use search::{Placement, class_matches};
 
 /// Tuning knobs; the defaults suit fleets from thousands to a million hosts.
@@ -138,15 +138,14 @@ pub struct Allocator {
     pub(crate) config: AllocatorConfig,
     pub(crate) names: Names,
     pub(crate) resource_names: ResourceNames,
-    pub(crate) attr_sets: Vec<AttrSet>,
-    pub(crate) attr_ids: BTreeMap<AttrSet, u32>,
+    pub(crate) attr_sets: Interner<AttrSet>,
     pub(crate) hosts: Vec<Host>,
     pub(crate) index: ClassIndex,
     pub(crate) entitlements: Vec<Entitlement>,
     pub(crate) tasks: HashMap<TaskId, TaskRecord>,
-    pub(crate) jobs: HashMap<crate::request::JobId, JobRecord>,
+    pub(crate) jobs: HashMap<JobId, JobRecord>,
     /// Distinct fault domains per level, to know when a job touches all of them.
-    pub(crate) domains_at: [std::collections::HashSet<Name>; 4],
+    pub(crate) domains_at: [HashSet<Name>; 4],
 }
 
 fn validate_gpu(task: TaskId, gpu: GpuDemand) -> Result<(), AllocError> {
@@ -166,8 +165,7 @@ impl Allocator {
             config,
             names: Names::default(),
             resource_names: ResourceNames::default(),
-            attr_sets: Vec::new(),
-            attr_ids: BTreeMap::new(),
+            attr_sets: Interner::default(),
             hosts: Vec::new(),
             index: ClassIndex::new(config.seed),
             entitlements: Vec::new(),
@@ -182,9 +180,11 @@ impl Allocator {
         self.resource_names = names;
     }
 
-    /// The interned strings.
-    pub fn names(&self) -> &Names {
-        &self.names
+    /// Interns `s`; [`AllocError::TooManyNames`] when the table is full.
+    fn intern(&mut self, s: &str) -> Result<Name, AllocError> {
+        self.names.intern(s).ok_or(AllocError::TooManyNames {
+            max: self.names.0.max,
+        })
     }
 
     /// Adds a host to the free pool, up.
@@ -194,23 +194,18 @@ impl Allocator {
             .ok()
             .filter(|&i| i < max)
             .ok_or(AllocError::TooManyHosts { max })?;
-        let mut attrs: AttrSet = spec
-            .attributes
-            .iter()
-            .map(|(k, v)| (self.names.intern(k), self.names.intern(v)))
-            .collect();
+        let mut attrs = AttrSet::new();
+        for (k, v) in &spec.attributes {
+            attrs.push((self.intern(k)?, self.intern(v)?));
+        }
         attrs.sort_unstable();
         attrs.dedup();
-        let attr_id = match self.attr_ids.get(&attrs) {
-            Some(&a) => a,
-            None => {
-                let a = u32::try_from(self.attr_sets.len())
-                    .map_err(|_| AllocError::TooManyHosts { max })?;
-                self.attr_sets.push(attrs.clone());
-                self.attr_ids.insert(attrs, a);
-                a
-            }
-        };
+        let attr_id = self
+            .attr_sets
+            .intern(&attrs)
+            .ok_or(AllocError::TooManyAttributeSets {
+                max: self.attr_sets.max,
+            })?;
         let mut path = String::new();
         let mut domains = [Name::UNKNOWN; 4];
         for (d, seg) in domains.iter_mut().zip(&spec.domain) {
@@ -218,18 +213,19 @@ impl Allocator {
                 path.push('/');
             }
             path.push_str(seg);
-            *d = self.names.intern(&path);
+            *d = self.intern(&path)?;
         }
-        for (level, d) in domains.iter().enumerate() {
-            self.domains_at[level].insert(*d);
-        }
+        let gpu_model = match &spec.gpu_model {
+            Some(m) => Some(self.intern(m)?),
+            None => None,
+        };
         let mut host = Host {
             capacity: spec.capacity,
             free: spec.capacity,
             gpus: GpuDevices::new(spec.gpus),
-            gpu_model: spec.gpu_model.as_deref().map(|m| self.names.intern(m)),
-            machine_type: self.names.intern(&spec.machine_type),
-            profile: self.names.intern(&spec.profile),
+            gpu_model,
+            machine_type: self.intern(&spec.machine_type)?,
+            profile: self.intern(&spec.profile)?,
             attrs: AttrSetId(attr_id),
             domains,
             owner: Owner::FreePool,
@@ -238,8 +234,11 @@ impl Allocator {
             tasks: Vec::new(),
         };
         let hid = HostId(id);
-        self.index.insert(hid, &mut host);
+        self.index.insert(hid, &mut host).map_err(internal(hid))?;
         self.hosts.push(host);
+        for (level, d) in domains.iter().enumerate() {
+            self.domains_at[level].insert(*d);
+        }
         Ok(hid)
     }
 
@@ -251,49 +250,42 @@ impl Allocator {
     ) -> Result<EntitlementId, AllocError> {
         let id =
             u32::try_from(self.entitlements.len()).map_err(|_| AllocError::TooManyEntitlements)?;
-        let quota = self.resolve_quota(quota);
+        let quota = self.resolve_quota(quota)?;
         self.entitlements
             .push(Entitlement::new(name.to_owned(), quota));
         Ok(EntitlementId(id))
     }
 
-    fn resolve_quota(&mut self, quota: Quota) -> ResolvedQuota {
-        match quota {
-            Quota::Machines(m) => {
-                ResolvedQuota::Machines(m.iter().map(|(t, &n)| (self.names.intern(t), n)).collect())
-            }
+    fn resolve_quota(&mut self, quota: Quota) -> Result<ResolvedQuota, AllocError> {
+        Ok(match quota {
+            Quota::Machines(m) => ResolvedQuota::Machines(
+                m.iter()
+                    .map(|(t, &n)| Ok((self.intern(t)?, n)))
+                    .collect::<Result<_, AllocError>>()?,
+            ),
             Quota::Units(r) => ResolvedQuota::Units(r),
-        }
+        })
     }
 
     /// Changes an entitlement's quota. Refused if the entitlement already holds more
     /// (its hosts all run tasks, since empty hosts go back to the pool at once).
     pub fn set_quota(&mut self, ent: EntitlementId, quota: Quota) -> Result<(), AllocError> {
         self.entitlement(ent)?;
-        let quota = self.resolve_quota(quota);
-        let e = self.entitlement(ent)?;
-        if let Err((t, used, limit)) = e.within(&quota) {
-            let detail = match t {
-                Some(t) => format!(
-                    "{}: {} hosts > {}",
-                    self.names.resolve(t),
-                    used.cpu_milli,
-                    limit.cpu_milli
-                ),
-                None => format!("capacity {used:?} > {limit:?}"),
-            };
-            return Err(AllocError::QuotaBelowUsage {
+        let quota = self.resolve_quota(quota)?;
+        let e = self
+            .entitlements
+            .get_mut(ent.0 as usize)
+            .ok_or(AllocError::UnknownEntitlement(ent))?;
+        e.within(&quota, &self.names)
+            .map_err(|excess| AllocError::QuotaBelowUsage {
                 entitlement: ent,
-                detail,
-            });
-        }
-        if let Some(e) = self.entitlements.get_mut(ent.0 as usize) {
-            e.quota = quota;
-        }
+                excess,
+            })?;
+        e.quota = quota;
         Ok(())
     }
 
-    fn entitlement(&self, ent: EntitlementId) -> Result<&Entitlement, AllocError> {
+    pub(crate) fn entitlement(&self, ent: EntitlementId) -> Result<&Entitlement, AllocError> {
         self.entitlements
             .get(ent.0 as usize)
             .ok_or(AllocError::UnknownEntitlement(ent))
@@ -352,7 +344,7 @@ impl Allocator {
                 requested: req.entitlement,
             });
         }
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for &t in &req.free {
             let rec = self.tasks.get(&t).ok_or(AllocError::UnknownTask(t))?;
             if rec.job != req.job {
@@ -363,10 +355,10 @@ impl Allocator {
                 });
             }
             if !seen.insert(t) {
-                return Err(AllocError::UnknownTask(t));
+                return Err(AllocError::FreedTwice(t));
             }
         }
-        let mut new = std::collections::BTreeSet::new();
+        let mut new = BTreeSet::new();
         for &(t, d) in &req.allocate {
             validate_gpu(t, d.gpu)?;
             if (self.tasks.contains_key(&t) && !seen.contains(&t)) || !new.insert(t) {
@@ -377,7 +369,7 @@ impl Allocator {
         let mut out = Allocation::default();
         let mut moves = Moves::default();
         for &t in &req.free {
-            self.unassign(t, &mut moves);
+            self.unassign(t, &mut moves)?;
             out.freed.push(t);
         }
         let cons = Arc::new(Constraints::resolve(
@@ -394,9 +386,9 @@ impl Allocator {
                 cons: &cons,
                 demand: d,
             };
-            match self.choose(&p, None) {
+            match self.choose(&p, None)? {
                 Some(h) => {
-                    let gpus = self.commit(&p, t, h, &mut moves);
+                    let gpus = self.commit(&p, t, h, &mut moves)?;
                     out.placed.push(Placed {
                         task: t,
                         host: h,
@@ -407,7 +399,7 @@ impl Allocator {
                     let u = match explained.iter().find(|(x, _)| *x == d) {
                         Some((_, u)) => u.clone(),
                         None => {
-                            let u = self.explain(&p);
+                            let u = self.explain(&p)?;
                             explained.push((d, u.clone()));
                             u
                         }
@@ -420,7 +412,7 @@ impl Allocator {
         if let Some(want) = &req.requirements.host_profile
             && !failed.is_empty()
         {
-            out.profile_switches = self.propose_switches(req.entitlement, &cons, want, &failed);
+            out.profile_switches = self.propose_switches(req.entitlement, &cons, want, &failed)?;
         }
         out.hosts_joined = moves.joined;
         out.hosts_released = moves.released;
@@ -441,53 +433,51 @@ impl Allocator {
             .hosts
             .get(rec.host.0 as usize)
             .ok_or(AllocError::UnknownHost(rec.host))?;
-        let overflow = || AllocError::Overflow {
-            what: format!("free capacity of {} plus {task}", rec.host),
-        };
-        let free = host
-            .free
-            .checked_add(&rec.demand.resources)
-            .ok_or_else(overflow)?;
-        let mut gpus = host.gpus.clone();
-        gpus.give(&rec.grant);
-        if host.state == HostState::Up && demand.resources.fits_in(&free) && gpus.fits(demand.gpu) {
-            let grant = gpus.take(demand.gpu).unwrap_or_default();
-            let (hosts, index) = (&mut self.hosts, &mut self.index);
-            if let Some(h) = hosts.get_mut(rec.host.0 as usize) {
-                index.remove(rec.host, h);
-                h.free = free.checked_sub(&demand.resources).unwrap_or_default();
-                h.gpus = gpus;
-                index.insert(rec.host, h);
-            }
+        // The host as it would be without the task, to see whether the new size fits.
+        let mut without = host.clone();
+        without
+            .give(&rec.demand.resources, &rec.grant)
+            .map_err(internal(rec.host))?;
+        if host.state == HostState::Up
+            && demand.resources.fits_in(&without.free)
+            && without.gpus.fits(demand.gpu)
+        {
+            let grant = without.take(&demand).map_err(internal(rec.host))?;
+            self.update_host(rec.host, |h| {
+                h.free = without.free;
+                h.gpus = without.gpus;
+                Ok(())
+            })?;
             if let Some(t) = self.tasks.get_mut(&task) {
                 t.demand = demand;
                 t.grant = grant.clone();
             }
             return Ok(Resized::InPlace { gpus: grant });
         }
-        let ent = self.jobs.get(&rec.job).and_then(|j| j.entitlement);
-        let Some(ent) = ent else {
-            return Err(AllocError::UnknownTask(task));
-        };
+        let ent = self.job_entitlement(rec.host, rec.job)?;
         let p = Placement {
             job: rec.job,
             ent,
             cons: &rec.constraints,
             demand,
         };
-        match self.choose(&p, Some(rec.host)) {
+        match self.choose(&p, Some(rec.host))? {
             Some(to) => {
                 let mut moves = Moves::default();
-                self.unassign(task, &mut moves);
-                let gpus = self.commit(&p, task, to, &mut moves);
-                Ok(Resized::Moved(Moved {
-                    task,
-                    from: rec.host,
-                    to,
-                    gpus,
-                }))
+                self.unassign(task, &mut moves)?;
+                let gpus = self.commit(&p, task, to, &mut moves)?;
+                Ok(Resized::Moved {
+                    moved: Moved {
+                        task,
+                        from: rec.host,
+                        to,
+                        gpus,
+                    },
+                    hosts_joined: moves.joined,
+                    hosts_released: moves.released,
+                })
             }
-            None => Ok(Resized::Unplaced(self.explain(&p))),
+            None => Ok(Resized::Unplaced(self.explain(&p)?)),
         }
     }
 
@@ -495,14 +485,14 @@ impl Allocator {
     /// were placed with, and the ones with nowhere to go are removed and reported.
     pub fn host_down(&mut self, id: HostId) -> Result<Evacuation, AllocError> {
         self.set_state(id, HostState::Down)?;
-        Ok(self.evacuate(id, true))
+        self.evacuate(id, true)
     }
 
     /// Starts a drain: the host takes no new tasks, its tasks move elsewhere, and once
     /// empty it leaves its entitlement. Tasks that cannot move stay (call again later).
     pub fn drain(&mut self, id: HostId) -> Result<Evacuation, AllocError> {
         self.set_state(id, HostState::Draining)?;
-        Ok(self.evacuate(id, false))
+        self.evacuate(id, false)
     }
 
     /// The host is back (repaired, or drain cancelled): it takes tasks again.
@@ -510,31 +500,31 @@ impl Allocator {
         self.set_state(id, HostState::Up)
     }
 
-    fn evacuate(&mut self, id: HostId, remove_unplaced: bool) -> Evacuation {
+    fn evacuate(&mut self, id: HostId, remove_unplaced: bool) -> Result<Evacuation, AllocError> {
         let mut out = Evacuation::default();
         let mut moves = Moves::default();
         let tasks = self
             .hosts
             .get(id.0 as usize)
-            .map(|h| h.tasks.clone())
-            .unwrap_or_default();
+            .ok_or(AllocError::UnknownHost(id))?
+            .tasks
+            .clone();
         for t in tasks {
-            let Some(rec) = self.tasks.get(&t).cloned() else {
-                continue;
-            };
-            let Some(ent) = self.jobs.get(&rec.job).and_then(|j| j.entitlement) else {
-                continue;
-            };
+            let rec = self.tasks.get(&t).cloned().ok_or(AllocError::Internal {
+                host: id,
+                what: Bookkeeping::TaskRecordMissing(t),
+            })?;
+            let ent = self.job_entitlement(id, rec.job)?;
             let p = Placement {
                 job: rec.job,
                 ent,
                 cons: &rec.constraints,
                 demand: rec.demand,
             };
-            match self.choose(&p, Some(id)) {
+            match self.choose(&p, Some(id))? {
                 Some(to) => {
-                    self.unassign(t, &mut moves);
-                    let gpus = self.commit(&p, t, to, &mut moves);
+                    self.unassign(t, &mut moves)?;
+                    let gpus = self.commit(&p, t, to, &mut moves)?;
                     out.moved.push(Moved {
                         task: t,
                         from: id,
@@ -543,35 +533,35 @@ impl Allocator {
                     });
                 }
                 None => {
-                    let why = self.explain(&p);
+                    let why = self.explain(&p)?;
                     if remove_unplaced {
-                        self.unassign(t, &mut moves);
+                        self.unassign(t, &mut moves)?;
                     }
                     out.unplaced.push((t, why));
                 }
             }
         }
         // A draining host with its last task gone leaves even if nothing was freed now.
-        self.release_if_empty(id, &mut moves);
+        self.release_if_empty(id, &mut moves)?;
         out.hosts_joined = moves.joined;
         out.hosts_released = moves.released;
-        out
+        Ok(out)
     }
 
     /// Records a host-profile switch the profiles side carried out. Only empty
     /// free-pool hosts switch.
     pub fn apply_profile_switch(&mut self, id: HostId, profile: &str) -> Result<(), AllocError> {
-        let name = self.names.intern(profile);
-        let (hosts, index) = (&mut self.hosts, &mut self.index);
-        let h = hosts
-            .get_mut(id.0 as usize)
+        let h = self
+            .hosts
+            .get(id.0 as usize)
             .ok_or(AllocError::UnknownHost(id))?;
         if h.owner != Owner::FreePool || !h.tasks.is_empty() {
             return Err(AllocError::NotInFreePool(id));
         }
-        index.remove(id, h);
-        h.profile = name;
-        index.insert(id, h);
-        Ok(())
+        let name = self.intern(profile)?;
+        self.update_host(id, |h| {
+            h.profile = name;
+            Ok(())
+        })
     }
 }

@@ -1,12 +1,13 @@
 //! What the allocator's calls answer: the outcomes and the errors.
 
-use crate::entitlement::EntitlementId;
+use crate::entitlement::{EntitlementId, QuotaExcess};
 use crate::explain::{ProfileSwitch, Unplaced};
 use crate::fleet::HostId;
 use crate::request::{JobId, TaskId};
 use crate::resources::{GpuDemand, GpuGrant};
 
-/// What went wrong with a call; the allocator is unchanged when one is returned.
+/// What went wrong with a call; the allocator is unchanged when one is returned (except
+/// after [`AllocError::Internal`], which reports a bug).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AllocError {
@@ -22,6 +23,9 @@ pub enum AllocError {
     /// A task to allocate is already placed, or listed twice.
     #[error("{0} is already placed or listed twice")]
     DuplicateTask(TaskId),
+    /// A task is listed twice among the tasks to free.
+    #[error("{0} is listed twice among the tasks to free")]
+    FreedTwice(TaskId),
     /// A task to free belongs to another job.
     #[error("{task} belongs to {owner}, not {job}")]
     TaskOfOtherJob {
@@ -53,12 +57,12 @@ pub enum AllocError {
         demand: GpuDemand,
     },
     /// A new quota is below what the entitlement holds now.
-    #[error("{entitlement}: new quota is below current use ({detail})")]
+    #[error("{entitlement}: new quota is below current use ({excess})")]
     QuotaBelowUsage {
         /// The entitlement.
         entitlement: EntitlementId,
-        /// What is over, as `type: used > limit` or the capacity vectors.
-        detail: String,
+        /// The first machine type or dimension over the new quota.
+        excess: QuotaExcess,
     },
     /// A host-profile switch of a host that is not an empty free-pool host.
     #[error("{0} is not an empty free-pool host; only those switch profiles")]
@@ -69,15 +73,73 @@ pub enum AllocError {
         /// The limit.
         max: u32,
     },
+    /// More distinct host attribute sets than ids.
+    #[error("too many distinct host attribute sets (at most {max})")]
+    TooManyAttributeSets {
+        /// The limit.
+        max: u32,
+    },
+    /// More distinct strings (machine types, GPU models, profiles, attribute keys and
+    /// values, fault-domain paths) than ids.
+    #[error("too many distinct names (at most {max})")]
+    TooManyNames {
+        /// The limit.
+        max: u32,
+    },
     /// More entitlements than ids.
     #[error("too many entitlements")]
     TooManyEntitlements,
-    /// A size that does not fit the arithmetic.
-    #[error("{what} overflows")]
-    Overflow {
-        /// What was being computed.
-        what: String,
+    /// The allocator's books disagree with themselves: a bug in twine-sched, reported
+    /// instead of a quietly wrong fleet. The allocator's state is unspecified afterwards.
+    #[error("internal error on {host}: {what} (a bug in twine-sched)")]
+    Internal {
+        /// The host whose records disagree.
+        host: HostId,
+        /// What disagrees.
+        what: Bookkeeping,
     },
+}
+
+/// Which record of the allocator's books disagrees (see [`AllocError::Internal`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Bookkeeping {
+    /// The host a search picked has less free capacity than the demand.
+    #[error("free capacity below the demand of the task placed on it")]
+    FreeBelowDemand,
+    /// The host a search picked has no GPU devices for the demand.
+    #[error("GPU devices refuse the demand of the task placed on it")]
+    GpuRefused,
+    /// Giving a task's demand back would leave more free capacity than the host has.
+    #[error("free capacity would exceed the host's capacity")]
+    FreeAboveCapacity,
+    /// A task's GPU grant names a device the host lacks or fills one past a whole device.
+    #[error("a GPU grant does not fit back onto the host's devices")]
+    GpuGrantMismatch,
+    /// The host's task list and the task's record disagree.
+    #[error("{0} is not in the host's task list")]
+    TaskNotOnHost(TaskId),
+    /// A task on the host's list has no record.
+    #[error("{0} is on the host but has no record")]
+    TaskRecordMissing(TaskId),
+    /// A job with a placed task has no record, or no entitlement.
+    #[error("{0} has a task on the host but no record")]
+    JobRecordMissing(JobId),
+    /// A job's per-host or per-domain count of the host is missing.
+    #[error("{0} has no count for the host or its fault domains")]
+    JobCountMissing(JobId),
+    /// The entitlement that owns the host does not list it, or does not exist.
+    #[error("the entitlement that owns the host does not list it")]
+    EntitlementMissingHost,
+    /// The host is not where its class and free capacity place it in the index.
+    #[error("the host is missing from the free-capacity index")]
+    NotIndexed,
+    /// The free-capacity index holds a host id that no host has.
+    #[error("the free-capacity index holds this id but no such host exists")]
+    IndexedButUnknown,
+    /// The index has no class id left for the host's properties.
+    #[error("no class id left for the host's properties")]
+    ClassIdsExhausted,
 }
 
 /// A task that got a host.
@@ -145,7 +207,14 @@ pub enum Resized {
         gpus: GpuGrant,
     },
     /// The task had to move.
-    Moved(Moved),
+    Moved {
+        /// Where from and where to.
+        moved: Moved,
+        /// Free-pool hosts that joined the entitlement to take it.
+        hosts_joined: Vec<HostId>,
+        /// Hosts that went back to the free pool (the old one, once empty).
+        hosts_released: Vec<HostId>,
+    },
     /// No host has room: the task keeps its old size and host.
     Unplaced(Unplaced),
 }

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{Allocator, JobRecord};
+use super::{AllocError, Allocator, Bookkeeping, JobRecord};
 use crate::entitlement::EntitlementId;
-use crate::fleet::{AttrSet, FaultLevel, HostId, Name, Owner};
+use crate::fleet::{AttrSet, FaultLevel, Host, HostId, Interner, Name, Owner};
 use crate::index::{ClassKey, FreeKey};
 use crate::request::{Constraints, JobId};
 use crate::resources::{Demand, GPU_MILLI};
@@ -40,30 +40,60 @@ impl Candidate {
     }
 }
 
-pub(crate) fn class_matches(c: &Constraints, key: &ClassKey, attrs: &[AttrSet]) -> bool {
+/// Whether every host of the class meets the hard requirements other than capacity.
+/// (An attribute-set id comes only from interning, so it always resolves.)
+pub(crate) fn class_matches(c: &Constraints, key: &ClassKey, attrs: &Interner<AttrSet>) -> bool {
     c.machine_type_ok(key.machine_type)
         && c.gpu_model_ok(key.gpu_model)
         && c.profile_ok(key.profile)
         && attrs
-            .get(key.attrs.0 as usize)
+            .resolve(key.attrs.0)
             .is_some_and(|a| c.attributes_ok(a))
 }
 
 impl Allocator {
-    /// Picks the best host for one task, or `None`. `moving_from` is the task's current
+    /// The host an index entry stands for.
+    pub(crate) fn indexed_host(&self, key: &FreeKey) -> Result<(HostId, &Host), AllocError> {
+        let id = HostId(key.host);
+        let h = self
+            .hosts
+            .get(key.host as usize)
+            .ok_or(AllocError::Internal {
+                host: id,
+                what: Bookkeeping::IndexedButUnknown,
+            })?;
+        Ok((id, h))
+    }
+
+    /// Every host with its id.
+    pub(crate) fn host_records(&self) -> impl Iterator<Item = (HostId, &Host)> {
+        // Hosts first, so the ids stop with them (`add_host` keeps them below u32::MAX).
+        self.hosts.iter().zip(0u32..).map(|(h, i)| (HostId(i), h))
+    }
+
+    /// Picks the best host for one task, or `None` (then no up host of the entitlement
+    /// or, within quota, of the free pool can take it). `moving_from` is the task's current
     /// host when it is being moved: the job's counts then do not include the task itself.
-    pub(super) fn choose(&self, p: &Placement<'_>, moving_from: Option<HostId>) -> Option<HostId> {
+    pub(super) fn choose(
+        &self,
+        p: &Placement<'_>,
+        moving_from: Option<HostId>,
+    ) -> Result<Option<HostId>, AllocError> {
         let (cons, demand) = (p.cons, &p.demand);
         let rack = FaultLevel::Rack.index();
         let empty = JobRecord::default();
         let jr = self.jobs.get(&p.job).unwrap_or(&empty);
-        let e = self.entitlements.get(p.ent.0 as usize)?;
+        let e = self
+            .entitlements
+            .get(p.ent.0 as usize)
+            .ok_or(AllocError::UnknownEntitlement(p.ent))?;
         let from_domains = moving_from
             .and_then(|h| self.hosts.get(h.0 as usize))
             .map(|h| h.domains);
         let count_in = |level: usize, d: Name| {
             let n = jr.in_domain(level, d);
             if from_domains.is_some_and(|f| f[level] == d) {
+                // `n` counts the moving task itself, so it is at least 1.
                 n.saturating_sub(1)
             } else {
                 n
@@ -88,10 +118,7 @@ impl Allocator {
             }
             let mut feasible = 0usize;
             let mut examined = 0usize;
-            'classes: for &c in self.index.up_classes(owner) {
-                let Some(class) = self.index.classes.get(c as usize) else {
-                    continue;
-                };
+            'classes: for class in self.index.up_classes(owner) {
                 if class.hosts.is_empty()
                     || !class.key.may_fit_gpu(demand.gpu)
                     || !class_matches(cons, &class.key, &self.attr_sets)
@@ -101,13 +128,7 @@ impl Allocator {
                 if tier == 1 && !e.admits_type(class.key.machine_type) {
                     continue;
                 }
-                let lo = FreeKey {
-                    cpu: demand.resources.cpu_milli,
-                    mem: demand.resources.memory_mib,
-                    scramble: 0,
-                    host: 0,
-                };
-                let range = class.hosts.range(lo..);
+                let range = class.hosts.range(FreeKey::lowest(&demand.resources)..);
                 let iter: Box<dyn Iterator<Item = &FreeKey>> =
                     if cons.prefs.policy == Policy::Spread {
                         Box::new(range.rev())
@@ -122,10 +143,7 @@ impl Allocator {
                     if key.mem < demand.resources.memory_mib {
                         continue;
                     }
-                    let hid = HostId(key.host);
-                    let Some(h) = self.hosts.get(key.host as usize) else {
-                        continue;
-                    };
+                    let (hid, h) = self.indexed_host(key)?;
                     if !demand.resources.fits_in(&h.free) || !h.gpus.fits(demand.gpu) {
                         continue;
                     }
@@ -183,6 +201,6 @@ impl Allocator {
                 }
             }
         }
-        best.map(|b| b.host)
+        Ok(best.map(|b| b.host))
     }
 }
