@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::allocator::Bookkeeping;
-use crate::fleet::{AttrSetId, Host, HostId, HostState, Name, Owner};
+use crate::fleet::{AttrSetId, Host, HostId, HostState, Interner, Name, Owner};
 use crate::resources::{GPU_MILLI, GpuDemand, Resources};
 
 /// What makes two hosts interchangeable to a hard requirement.
@@ -119,7 +119,8 @@ pub(crate) struct Class {
 pub(crate) struct ClassIndex {
     seed: u32,
     pub(crate) classes: Vec<Class>,
-    by_key: BTreeMap<ClassKey, u32>,
+    /// Class ids by key; ids come in creation order, so an id is a position in `classes`.
+    pub(crate) keys: Interner<ClassKey>,
     /// Up classes per owner, in creation order: the only classes placement looks at.
     up_by_owner: BTreeMap<Owner, Vec<u32>>,
 }
@@ -131,24 +132,26 @@ impl ClassIndex {
             #[allow(clippy::cast_possible_truncation)]
             seed: (seed ^ (seed >> 32)) as u32,
             classes: Vec::new(),
-            by_key: BTreeMap::new(),
+            keys: Interner::default(),
             up_by_owner: BTreeMap::new(),
         }
     }
 
     /// The class for `key`, creating it if new.
     pub(crate) fn class_for(&mut self, key: ClassKey) -> Result<u32, Bookkeeping> {
-        if let Some(&c) = self.by_key.get(&key) {
-            return Ok(c);
-        }
-        let c = u32::try_from(self.classes.len()).map_err(|_| Bookkeeping::ClassIdsExhausted)?;
-        self.classes.push(Class {
-            key,
-            hosts: BTreeSet::new(),
-        });
-        self.by_key.insert(key, c);
-        if key.state == HostState::Up {
-            self.up_by_owner.entry(key.owner).or_default().push(c);
+        let known = self.classes.len();
+        let c = self
+            .keys
+            .intern(&key)
+            .ok_or(Bookkeeping::ClassIdsExhausted)?;
+        if c as usize == known {
+            self.classes.push(Class {
+                key,
+                hosts: BTreeSet::new(),
+            });
+            if key.state == HostState::Up {
+                self.up_by_owner.entry(key.owner).or_default().push(c);
+            }
         }
         Ok(c)
     }
@@ -218,9 +221,10 @@ impl ClassIndex {
                 ));
             }
             if self
-                .by_key
+                .keys
                 .get(&class.key)
-                .map(|&c| &self.classes[c as usize].key)
+                .and_then(|c| self.classes.get(c as usize))
+                .map(|c| &c.key)
                 != Some(&class.key)
             {
                 return Err(format!("class {:?} missing from the key map", class.key));

@@ -408,6 +408,17 @@ mod tests {
     }
 
     #[test]
+    fn class_ids_run_out() {
+        let (mut a, _, h) = fleet();
+        a.index.keys.max = u32::try_from(a.index.classes.len()).expect("a few classes");
+        // Down is a class no host was in yet.
+        assert_eq!(
+            a.host_down(h).map(drop),
+            broken(h, Bookkeeping::ClassIdsExhausted)
+        );
+    }
+
+    #[test]
     fn index_entry_without_a_host() {
         let (mut a, ent, _) = fleet();
         let ghost = FreeKey {

@@ -30,6 +30,15 @@
 //! # Ok::<(), AllocError>(())
 //! ```
 //!
+//! # Where things are
+//!
+//! This file holds the calls; `outcome.rs` what they answer (outcomes, errors);
+//! `search.rs` the candidate search; `ledger.rs` the task and job records and the
+//! bookkeeping that moves a task on or off a host; `invariants.rs` the from-scratch
+//! recomputation behind the `test-util` feature; the explanations of unplaced tasks and
+//! the profile-switch proposals are in [`crate::explain`]. A bug in the bookkeeping
+//! surfaces as [`AllocError::Internal`], never as a quietly wrong fleet.
+//!
 //! # Index design and complexity
 //!
 //! Let `N` be the number of hosts, `C` the number of *equivalence classes* (hosts that
@@ -448,10 +457,12 @@ impl Allocator {
                 h.gpus = without.gpus;
                 Ok(())
             })?;
-            if let Some(t) = self.tasks.get_mut(&task) {
-                t.demand = demand;
-                t.grant = grant.clone();
-            }
+            let t = self
+                .tasks
+                .get_mut(&task)
+                .ok_or(AllocError::UnknownTask(task))?;
+            t.demand = demand;
+            t.grant = grant.clone();
             return Ok(Resized::InPlace { gpus: grant });
         }
         let ent = self.job_entitlement(rec.host, rec.job)?;
