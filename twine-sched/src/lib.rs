@@ -56,9 +56,10 @@ pub mod score;
 pub mod trace;
 
 pub use allocator::{
-    AllocError, Allocation, Allocator, AllocatorConfig, Evacuation, Moved, Placed, Resized,
+    AllocError, Allocation, Allocator, AllocatorConfig, Bookkeeping, Evacuation, Moved, Placed,
+    Resized,
 };
-pub use entitlement::{EntitlementId, Quota};
+pub use entitlement::{EntitlementId, Quota, QuotaExcess};
 pub use explain::{ProfileSwitch, Unplaced, UnplacedReason};
 pub use fleet::{FaultLevel, HostId, HostSpec, HostState, HostView, Owner, ResourceNames};
 pub use request::{AttrPredicate, JobId, Preferences, Request, Requirements, TaskId};
