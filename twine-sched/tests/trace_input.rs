@@ -43,14 +43,14 @@ proptest! {
         if let Err(e) = read_pods("p.csv", text.as_bytes()) {
             prop_assert_eq!(&e.source_name, "p.csv");
             prop_assert!(e.line >= 1, "{}", e);
-            prop_assert!(!e.field.is_empty() && !e.message.is_empty(), "{}", e);
+            prop_assert!(!e.field.is_empty() && !e.problem.to_string().is_empty(), "{}", e);
         }
     }
 
     #[test]
     fn nodes_never_panic(text in table("sn,cpu_milli,memory_mib,gpu,model")) {
         if let Err(e) = read_nodes("n.csv", text.as_bytes()) {
-            prop_assert!(e.line >= 1 && !e.message.is_empty(), "{}", e);
+            prop_assert!(e.line >= 1 && !e.problem.to_string().is_empty(), "{}", e);
         }
     }
 

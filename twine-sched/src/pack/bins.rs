@@ -64,23 +64,21 @@ impl Bin {
         Ok(())
     }
 
-    /// Removes the member at `position` and gives back what it held; returns its task index.
+    /// Removes the member at `position` and gives back what it held; returns its task
+    /// index. On an error the bin is unchanged.
     pub(super) fn remove_at(
         &mut self,
         position: usize,
         pods: &[TracePod],
     ) -> Result<usize, PackError> {
-        if position >= self.members.len() {
-            return Err(PackError::NoMember {
-                host: self.node,
-                position,
-            });
-        }
-        let (index, grant) = self.members.swap_remove(position);
-        let demand = &pods[index].demand;
+        let (index, grant) = self.members.get(position).ok_or(PackError::NoMember {
+            host: self.node,
+            position,
+        })?;
+        let index = *index;
         let free = self
             .free
-            .checked_add(&demand.resources)
+            .checked_add(&pods[index].demand.resources)
             .filter(|f| f.fits_in(&self.capacity))
             .ok_or(PackError::GiveBack {
                 host: self.node,
@@ -98,6 +96,7 @@ impl Bin {
                 device,
             });
         }
+        let (_, grant) = self.members.swap_remove(position);
         self.free = free;
         self.gpus.give(&grant);
         Ok(index)
@@ -312,5 +311,55 @@ impl<'a> Opener<'a> {
                 Some(Bin::new(n, s.capacity, s.gpus))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(cpu: u64, gpu: GpuDemand) -> TracePod {
+        crate::pack::test_pod("p", cpu, 1, gpu)
+    }
+
+    /// A bookkeeping slip is an error naming host and pod, never a clamped free vector.
+    #[test]
+    fn slips_are_errors() {
+        let pods = [pod(600, GpuDemand::Shared(600)), pod(600, GpuDemand::None)];
+        let mut bin = Bin::new(7, Resources::new(1000, 10), 1);
+        bin.put(0, &pods[0].demand).unwrap();
+        assert_eq!(
+            bin.put(1, &pods[1].demand),
+            Err(PackError::NoRoom { host: 7, pod: 1 })
+        );
+        assert_eq!(
+            bin.remove_at(1, &pods),
+            Err(PackError::NoMember {
+                host: 7,
+                position: 1
+            })
+        );
+        // The member's record says pod 1, bigger than what the bin lost.
+        bin.members[0].0 = 1;
+        bin.free.cpu_milli = 500;
+        assert_eq!(
+            bin.remove_at(0, &pods),
+            Err(PackError::GiveBack { host: 7, pod: 1 })
+        );
+        bin.members[0].0 = 0;
+        bin.free.cpu_milli = 400;
+        // The grant says 700 milli, but the device lost 600.
+        bin.members[0].1.devices[0].1 = 700;
+        assert_eq!(
+            bin.remove_at(0, &pods),
+            Err(PackError::GiveBackGpu {
+                host: 7,
+                pod: 0,
+                device: 0
+            })
+        );
+        bin.members[0].1.devices[0].1 = 600;
+        assert_eq!(bin.remove_at(0, &pods), Ok(0));
+        assert_eq!((bin.free, bin.gpus.idle()), (bin.capacity, 1));
     }
 }

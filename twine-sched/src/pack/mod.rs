@@ -179,6 +179,9 @@ pub enum PackError {
         /// The position asked for.
         position: usize,
     },
+    /// The placed tasks need more than the hosts have, so no lower bound exists.
+    #[error("internal error: the placed pods exceed what the hosts can hold")]
+    Unbounded,
     /// A host was opened for tasks and took none.
     #[error("internal error: host #{host} was opened but took no pod")]
     NoProgress {
@@ -263,9 +266,9 @@ impl std::str::FromStr for PackPolicy {
 
 /// The lower bound on hosts for `pods`: for identical hosts `max_d ceil(sum_d / cap_d)`;
 /// for listed nodes, per dimension the fewest nodes whose capacities (largest first)
-/// cover the sum. `usize::MAX` when the hosts cannot hold the sum at all (a dimension
-/// with demand but no capacity, or more than all listed nodes together have).
-pub fn lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> usize {
+/// cover the sum. `None` when no number of these hosts holds the sum (a dimension with
+/// demand but no capacity, or more than all listed nodes together have).
+pub fn lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> Option<usize> {
     // u128: a sum of u64 amounts over any number of pods that fits in memory cannot overflow.
     let sums = pods.iter().fold([0u128; DIMS], |mut s, p| {
         for (sum, d) in s
@@ -288,7 +291,10 @@ pub fn lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> usize {
         match hosts {
             Hosts::Identical { .. } => {
                 let cap = u128::from(caps[0][k]);
-                usize::try_from(sums[k].checked_div(cap)? + u128::from(sums[k] % cap != 0)).ok()
+                if cap == 0 {
+                    return None;
+                }
+                usize::try_from(sums[k].div_ceil(cap)).ok()
             }
             Hosts::Listed(_) => {
                 let mut by_size: Vec<u64> = caps.iter().map(|c| c[k]).collect();
@@ -304,9 +310,7 @@ pub fn lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> usize {
             }
         }
     };
-    (0..DIMS)
-        .try_fold(0, |worst, k| Some(worst.max(bound(k)?)))
-        .unwrap_or(usize::MAX)
+    (0..DIMS).try_fold(0, |worst, k| Some(worst.max(bound(k)?)))
 }
 
 /// The same workload with each host's GPUs as one pool: GPU milli becomes the last
@@ -398,16 +402,30 @@ pub fn pack(hosts: &Hosts, pods: &[TracePod], policy: PackPolicy) -> Result<Pack
         .collect();
     Ok(Packing {
         hosts_used: bins.iter().filter(|b| !b.members.is_empty()).count(),
-        lower_bound: lower_bound(hosts, &placed),
+        lower_bound: lower_bound(hosts, &placed).ok_or(PackError::Unbounded)?,
         placements,
         unplaced_reasons,
     })
 }
 
+/// A pod for the unit tests of this module and its children.
+#[cfg(test)]
+fn test_pod(name: &str, cpu: u64, mem: u64, gpu: GpuDemand) -> TracePod {
+    TracePod {
+        name: name.into(),
+        demand: crate::resources::Demand {
+            resources: Resources::new(cpu, mem),
+            gpu,
+        },
+        gpu_spec: Vec::new(),
+        creation_time: None,
+        deletion_time: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::Demand;
 
     /// Packs and checks the result with the independent checker.
     fn pack(hosts: &Hosts, pods: &[TracePod], policy: PackPolicy) -> Packing {
@@ -417,16 +435,7 @@ mod tests {
     }
 
     fn pod(cpu: u64, mem: u64, gpu: GpuDemand) -> TracePod {
-        TracePod {
-            name: String::new(),
-            demand: Demand {
-                resources: Resources::new(cpu, mem),
-                gpu,
-            },
-            gpu_spec: Vec::new(),
-            creation_time: None,
-            deletion_time: None,
-        }
+        test_pod("", cpu, mem, gpu)
     }
 
     #[test]
@@ -593,6 +602,22 @@ mod tests {
             reason(&hosts, with(1, 1, 10, GpuDemand::Whole(2), &[])),
             None
         );
+    }
+
+    #[test]
+    fn no_bound_where_no_host_can_hold_the_pods() {
+        let hosts = Hosts::Identical {
+            capacity: Resources::new(1000, 1000),
+            gpus: 0,
+            gpu_model: None,
+        };
+        let (small, gpu) = (pod(1, 1, GpuDemand::None), pod(1, 1, GpuDemand::Whole(1)));
+        assert_eq!(lower_bound(&hosts, &[&small, &small]), Some(1));
+        assert_eq!(lower_bound(&hosts, &[&small, &gpu]), None);
+        let listed = Hosts::Listed(vec![node("n", Resources::new(1000, 1000), 0, None)]);
+        let big = pod(600, 1, GpuDemand::None);
+        assert_eq!(lower_bound(&listed, &[&big]), Some(1));
+        assert_eq!(lower_bound(&listed, &[&big, &big]), None);
     }
 
     /// Listed nodes run out: the pods that found no node are reported, and packing ends.

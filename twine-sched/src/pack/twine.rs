@@ -153,9 +153,14 @@ fn bottleneck_weights(bins: &[Bin]) -> [f64; DIMS] {
             }
         }
     }
-    let top = (0..DIMS)
-        .max_by(|&a, &b| used[a].total_cmp(&used[b]))
-        .unwrap_or(0);
+    // The last of equal maxima, as `max_by` would.
+    let top = (0..DIMS).fold(0, |top, k| {
+        if used[k].total_cmp(&used[top]).is_ge() {
+            k
+        } else {
+            top
+        }
+    });
     let mut w = [0.0; DIMS];
     for k in 0..DIMS {
         if present[k] {

@@ -295,3 +295,144 @@ pub fn verify(
         hosts_used: loads.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::Placement;
+    use crate::resources::GpuGrant;
+    use crate::trace::TraceNode;
+
+    fn pod(name: &str, cpu: u64, gpu: GpuDemand) -> TracePod {
+        crate::pack::test_pod(name, cpu, 1, gpu)
+    }
+
+    fn on(host: usize, devices: &[(u8, u16)]) -> Option<Placement> {
+        Some(Placement {
+            host,
+            gpus: GpuGrant {
+                devices: devices.iter().copied().collect(),
+            },
+        })
+    }
+
+    fn packing(placements: Vec<Option<Placement>>, hosts_used: usize) -> Packing {
+        Packing {
+            placements,
+            hosts_used,
+            lower_bound: 1,
+            unplaced_reasons: BTreeMap::new(),
+        }
+    }
+
+    /// Each rule, broken once by a hand-made packing, is caught and named.
+    #[test]
+    fn every_rule_is_checked() {
+        let hosts = Hosts::Identical {
+            capacity: Resources::new(1000, 10),
+            gpus: 2,
+            gpu_model: None,
+        };
+        let share = |name| pod(name, 100, GpuDemand::Shared(600));
+        let whole = pod("w", 100, GpuDemand::Whole(1));
+        let fine = packing(vec![on(0, &[(0, 600)]), on(0, &[(1, 1000)])], 1);
+        let ok = verify(
+            &hosts,
+            &[share("a"), whole.clone()],
+            &fine,
+            GpuMode::Devices,
+        );
+        assert_eq!(ok.map(|v| (v.placed, v.hosts_used)), Ok((2, 1)));
+
+        let cases: Vec<(Vec<TracePod>, Packing, &str)> = vec![
+            (
+                vec![
+                    pod("a", 600, GpuDemand::None),
+                    pod("b", 600, GpuDemand::None),
+                ],
+                packing(vec![on(0, &[]), on(0, &[])], 1),
+                "host #0: cpu 1200 over capacity 1000 once pod b is added",
+            ),
+            (
+                vec![share("a"), share("b")],
+                packing(vec![on(0, &[(0, 600)]), on(0, &[(0, 600)])], 1),
+                "host #0: GPU device 0 over 1000 milli once pod b is added",
+            ),
+            (
+                vec![share("a"), whole.clone()],
+                packing(vec![on(0, &[(0, 600)]), on(0, &[(0, 1000)])], 1),
+                "host #0: GPU device 0 over 1000 milli once pod w is added",
+            ),
+            (
+                vec![share("a")],
+                packing(vec![on(0, &[(0, 500)])], 1),
+                "pod a on host #0: granted [(0, 500)] (device, milli), asked Shared(600)",
+            ),
+            (
+                vec![share("a")],
+                packing(vec![on(0, &[(2, 600)])], 1),
+                "pod a: GPU device 2 on host #0, which has 2",
+            ),
+            (
+                vec![share("a")],
+                packing(vec![on(0, &[(0, 600)])], 2),
+                "1 hosts hold pods, the packing reports 2",
+            ),
+            (
+                vec![share("a"), share("b")],
+                packing(vec![on(0, &[(0, 600)]), None], 1),
+                "1 placed + 0 reported unplaced != 2 pods",
+            ),
+        ];
+        for (pods, p, want) in cases {
+            let got = verify(&hosts, &pods, &p, GpuMode::Devices).map_err(|e| e.to_string());
+            assert_eq!(got, Err(want.to_owned()));
+        }
+    }
+
+    #[test]
+    fn listed_hosts_models_and_pools() {
+        let hosts = Hosts::Listed(vec![TraceNode {
+            name: "n".into(),
+            capacity: Resources::new(1000, 10),
+            gpus: 1,
+            gpu_model: Some("T4".into()),
+        }]);
+        let mut v100 = pod("v", 1, GpuDemand::Shared(100));
+        v100.gpu_spec = vec!["V100".into()];
+        let got = verify(
+            &hosts,
+            &[v100],
+            &packing(vec![on(0, &[(0, 100)])], 1),
+            GpuMode::Devices,
+        );
+        assert_eq!(
+            got.map_err(|e| e.to_string()),
+            Err(r#"pod v: accepts GPU models ["V100"], host #0 has T4"#.to_owned())
+        );
+        let a = pod("a", 1, GpuDemand::None);
+        let got = verify(
+            &hosts,
+            &[a],
+            &packing(vec![on(1, &[])], 1),
+            GpuMode::Devices,
+        );
+        assert_eq!(
+            got.map_err(|e| e.to_string()),
+            Err("pod a: host #1 does not exist (1 nodes listed)".to_owned())
+        );
+        // Pooled: shares are summed per host, not per device, and hold no device.
+        let shares = [share_of(600, "a"), share_of(400, "b"), share_of(100, "c")];
+        let pooled = packing(vec![on(0, &[]), on(0, &[])], 1);
+        assert!(verify(&hosts, &shares[..2], &pooled, GpuMode::Pooled).is_ok());
+        let over = packing(vec![on(0, &[]), on(0, &[]), on(0, &[])], 1);
+        assert_eq!(
+            verify(&hosts, &shares, &over, GpuMode::Pooled).map_err(|e| e.to_string()),
+            Err("host #0: gpu 1100 over capacity 1000 once pod c is added".to_owned())
+        );
+    }
+
+    fn share_of(milli: u16, name: &str) -> TracePod {
+        pod(name, 1, GpuDemand::Shared(milli))
+    }
+}
