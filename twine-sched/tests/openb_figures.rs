@@ -8,7 +8,9 @@
 
 mod support;
 
-use twine_sched::pack::{Dimension, GpuMode, NotPlaced, PackPolicy, pack, pool_gpus, verify};
+use twine_sched::pack::{
+    Dimension, GpuMode, Hosts, NotPlaced, PackPolicy, pack, pool_gpus, verify,
+};
 
 /// Packs the trace with `policy` and checks the result against the published figures.
 fn check(openb: &support::Openb, policy: PackPolicy, pooled: bool) {
@@ -78,5 +80,30 @@ fn twine_needs_the_published_hosts_with_gpus_as_devices() {
 fn twine_needs_the_published_hosts_with_gpus_pooled() {
     if let Some(openb) = support::openb() {
         check(&openb, PackPolicy::Twine, true);
+    }
+}
+
+/// docs/BENCHMARKS.md: on the trace's own 1,523 listed nodes (all pods at once), twine
+/// places 7,230 pods on 1,034 nodes; every classic heuristic about 6,050 on 1,213.
+#[test]
+fn on_the_listed_nodes_twine_places_the_published_pods() {
+    let Some(openb) = support::openb() else {
+        return;
+    };
+    let hosts = Hosts::Listed(openb.nodes.clone());
+    for policy in PackPolicy::all() {
+        let p = pack(&hosts, &openb.pods, policy).unwrap_or_else(|e| panic!("{e}"));
+        let checked = verify(&hosts, &openb.pods, &p, GpuMode::Devices)
+            .unwrap_or_else(|e| panic!("{}: {e}", policy.name()));
+        let got = (checked.placed, checked.hosts_used);
+        if policy == PackPolicy::Twine {
+            assert_eq!(got, (7_230, 1_034));
+        } else {
+            assert!(
+                got.0.abs_diff(6_050) <= 10 && got.1 == 1_213,
+                "{}: {got:?}",
+                policy.name()
+            );
+        }
     }
 }

@@ -37,7 +37,7 @@
 //! Measured on the openb trace (8,147 placeable pods, 96-core/384 GiB/8-GPU hosts):
 //! fill alone 921 hosts (1.042x the lower bound of 884), with compaction 902
 //! (1.020x); see docs/BENCHMARKS.md, whose figures `tests/openb_figures.rs` keeps
-//! true. Deterministic: no clock, no randomness, ties broken by index.
+//! true (all but the fill-only count, an internal stage). Deterministic: no clock, no randomness, ties broken by index.
 
 use std::collections::BTreeMap;
 use std::fmt;
