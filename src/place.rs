@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::builder::PossibleValue;
 use twine::sched::pack::{GpuMode, Hosts, PackPolicy, Packing, Verified, pack, pool_gpus, verify};
-use twine::sched::trace::{TraceNode, TracePod, read_nodes, read_pods};
+use twine::sched::trace::{TracePod, read_nodes, read_pods};
 use twine::sched::{GpuDemand, Resources};
 
 /// A `--policy` value: any [`PackPolicy`], spelled as [`PackPolicy::name`].
@@ -178,37 +178,79 @@ impl Trace<'_> {
     }
 }
 
-fn host_name(hosts: &Hosts, nodes: &[TraceNode], index: usize) -> String {
+/// The name of host `index`: its node's name, or `host-NNNNN` for identical hosts.
+fn host_name(hosts: &Hosts, index: usize) -> Result<String, String> {
     match hosts {
-        Hosts::Listed(_) => nodes
+        Hosts::Listed(nodes) => nodes
             .get(index)
-            .map_or_else(|| format!("node-{index}"), |n| n.name.clone()),
-        _ => format!("host-{index:05}"),
+            .map(|n| n.name.clone())
+            .ok_or_else(|| format!("internal error: no node #{index} among {}", nodes.len())),
+        _ => Ok(format!("host-{index:05}")),
     }
 }
 
-fn write_assignments(
-    path: &Path,
+/// The rows of the assignments file: `pod,host,gpu_devices`, placed pods in input order.
+fn assignment_rows(
     hosts: &Hosts,
-    nodes: &[TraceNode],
     pods: &[TracePod],
     packing: &Packing,
-) -> Result<(), Vec<String>> {
-    let failed = |e: &dyn std::fmt::Display| vec![format!("{}: {e}", path.display())];
-    let mut out = csv::Writer::from_path(path).map_err(|e| failed(&e))?;
-    out.write_record(["pod", "host", "gpu_devices"])
-        .map_err(|e| failed(&e))?;
+) -> Result<Vec<[String; 3]>, String> {
+    let mut rows = Vec::new();
     for (pod, placement) in pods.iter().zip(&packing.placements) {
         let Some(p) = placement else { continue };
         let devices: Vec<String> = p.gpus.indexes().map(|i| i.to_string()).collect();
-        out.write_record([
-            pod.name.as_str(),
-            &host_name(hosts, nodes, p.host),
-            &devices.join("|"),
-        ])
-        .map_err(|e| failed(&e))?;
+        rows.push([
+            pod.name.clone(),
+            host_name(hosts, p.host)?,
+            devices.join("|"),
+        ]);
     }
-    out.flush().map_err(|e| failed(&e))
+    Ok(rows)
+}
+
+const ASSIGNMENTS_HEADER: [&str; 3] = ["pod", "host", "gpu_devices"];
+
+fn write_assignments(path: &Path, rows: &[[String; 3]]) -> Result<(), Vec<String>> {
+    let failed = |e: csv::Error| vec![format!("{}: {e}", path.display())];
+    let mut out = csv::Writer::from_path(path).map_err(failed)?;
+    out.write_record(ASSIGNMENTS_HEADER).map_err(failed)?;
+    for row in rows {
+        out.write_record(row).map_err(failed)?;
+    }
+    out.flush()
+        .map_err(|e| vec![format!("{}: {e}", path.display())])
+}
+
+/// `--verify` with `--assignments`: the file reads back as exactly the rows written.
+fn read_back(path: &Path, rows: &[[String; 3]]) -> Result<(), Vec<String>> {
+    let failed = |e: &dyn std::fmt::Display| vec![format!("--verify: {}: {e}", path.display())];
+    let mut reader = csv::Reader::from_path(path).map_err(|e| failed(&e))?;
+    let header = reader.headers().map_err(|e| failed(&e))?;
+    if header.iter().ne(ASSIGNMENTS_HEADER) {
+        return Err(failed(&format!("header reads back as {header:?}")));
+    }
+    let mut read = 0;
+    for (record, written) in reader.records().zip(rows) {
+        let record = record.map_err(|e| failed(&e))?;
+        if record.iter().ne(written.iter().map(String::as_str)) {
+            return Err(failed(&format!(
+                "row {} reads back as {record:?}, written {written:?}",
+                read + 2
+            )));
+        }
+        read += 1;
+    }
+    if read != rows.len() {
+        return Err(failed(&format!(
+            "{read} rows read back, {} written",
+            rows.len()
+        )));
+    }
+    eprintln!(
+        "verify: {}: {read} assignments read back as written",
+        path.display()
+    );
+    Ok(())
 }
 
 /// Runs `twine place`; returns the lines to print on stdout.
@@ -256,7 +298,12 @@ pub(crate) fn place(args: &PlaceArgs) -> Result<Vec<String>, Vec<String>> {
         }
     }
     if let Some(path) = &args.assignments {
-        write_assignments(path, hosts, &nodes, pods, &main.packing)?;
+        let rows = assignment_rows(hosts, pods, &main.packing)
+            .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        write_assignments(path, &rows)?;
+        if args.verify {
+            read_back(path, &rows)?;
+        }
     }
     if args.json {
         let mut object = main.json(pods.len());

@@ -365,7 +365,7 @@ fn place_assignments_quote_names_with_commas() {
     let out = place_in(
         dir.path(),
         "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n\"web,0\",1000,1024,1,1000\n",
-        &["--assignments", assignments.to_str().unwrap()],
+        &["--assignments", assignments.to_str().unwrap(), "--verify"],
     );
     assert!(
         out.status.success(),
@@ -378,6 +378,11 @@ fn place_assignments_quote_names_with_commas() {
     assert_eq!(rows[0].len(), 3, "{:?}", rows[0]);
     assert_eq!(&rows[0][0], "web,0");
     assert_eq!(&rows[0][2], "0");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("1 assignments read back as written"),
+        "{stderr}"
+    );
 }
 
 #[test]
