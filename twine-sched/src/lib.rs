@@ -41,10 +41,9 @@
 //! | [`fleet`], [`entitlement`], [`request`] | hosts and fault domains, quotas, Twine-shaped requests |
 //! | [`allocator`] | online placement with incremental indexes (the design and its cost are in its docs) |
 //! | [`explain`] | why a task was not placed; host-profile switch proposals |
-//! | [`trace`], [`pack`], [`compact`] | the openb trace CSV, offline packing against the lower bound, twine's packing policy |
+//! | [`trace`], [`pack`] | the openb trace CSV; offline packing against the lower bound with twine's policy and the classic ones, and an independent check of any packing |
 
 pub mod allocator;
-pub mod compact;
 pub mod entitlement;
 pub mod explain;
 pub mod fleet;
