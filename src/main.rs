@@ -20,6 +20,8 @@ macro_rules! say {
         }
     }};
 }
+mod oomd;
+
 use twine::spec::{JobSpec, UnitFile, UnitSet, translate, verify};
 
 /// The example job `twine demo` renders, embedded so the demo needs no files.
@@ -56,6 +58,11 @@ enum Command {
     },
     /// Pack a trace's pods onto its nodes, or onto identical hosts, with as few hosts as possible.
     Place(place::PlaceArgs),
+    /// The memory resizer (Senpai on PSI) and oomd-style kill policies.
+    Oomd {
+        #[command(subcommand)]
+        command: oomd::OomdCommand,
+    },
     /// Validate specs, render them, and run `systemd-analyze verify` on the units.
     Check {
         /// Spec files (.toml, .json, .yaml).
@@ -77,6 +84,7 @@ fn main() -> ExitCode {
             transient,
         } => render(&specs, out.as_deref(), transient),
         Command::Check { specs } => check(&specs),
+        Command::Oomd { command } => oomd::oomd(command),
         Command::Place(args) => place::place(&args).map(|lines| {
             for line in lines {
                 say!("{line}");

@@ -4,8 +4,8 @@
 //! A [`Daemon`] is built from [`Options`] (which cgroups, which mode, where the cgroup root,
 //! `/proc` and the state file are). Each [`Daemon::tick`] re-resolves the selection (new
 //! cgroups join, vanished ones leave, both with a log line), reads one
-//! [`MemorySnapshot`](crate::MemorySnapshot) per cgroup through a kept
-//! [`SnapshotReader`](crate::SnapshotReader), steps each controller, carries out its action
+//! [`MemorySnapshot`] per cgroup through a kept
+//! [`SnapshotReader`], steps each controller, carries out its action
 //! and runs the kill policy once. [`Daemon::restore`] puts back every `memory.high` the daemon
 //! changed; [`Daemon::run`] is the loop around both, stopped by a flag or a duration.
 //!
