@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use twine_oomd::CgroupRoot;
 use twine_oomd::daemon::{Daemon, Options, Selection, raise_fd_limit};
 use twine_oomd::fixture::fake_cgroup;
@@ -65,22 +65,45 @@ fn tick(c: &mut Criterion) {
         options.proc_root = dir.path().join("proc");
         options.state_file = Some(dir.path().join("state.json"));
         let mut daemon = Daemon::new(options).expect("daemon");
-        let mut now = Duration::ZERO;
         // Take over (high mode's first write) before measuring, then clear the files.
+        let mut now = Duration::ZERO;
         daemon.tick(now).expect("first tick");
         let clear = if mode == Mode::High { "max\n" } else { "" };
         for rel in &paths {
             fs::write(dir.path().join("cg").join(rel).join(file), clear).expect("clear");
         }
         let mut last = None;
+        let mut stall_us = 0u64;
+        let mut odd = false;
         group.bench_function(format!("{mode:?}").to_lowercase(), |b| {
-            b.iter(|| {
-                now += Duration::from_secs(1);
-                last = Some(daemon.tick(now).expect("tick"));
-            });
+            b.iter_batched(
+                || {
+                    // High mode, unmeasured: 20 ms of stall every other tick, so that the
+                    // controller alternates a 1 % backoff and a 1 % probe and writes every tick
+                    // instead of settling at its floor.
+                    if mode == Mode::High {
+                        odd = !odd;
+                        stall_us += if odd { 20_000 } else { 0 };
+                        let text = format!(
+                            "some avg10=0.00 avg60=0.00 avg300=0.00 total={stall_us}\n\
+                             full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+                        );
+                        for rel in &paths {
+                            let path = dir.path().join("cg").join(rel).join("memory.pressure");
+                            fs::write(path, &text).expect("pressure");
+                        }
+                    }
+                    now += Duration::from_secs(1);
+                    now
+                },
+                |now| last = Some(daemon.tick(now).expect("tick")),
+                BatchSize::PerIteration,
+            );
         });
+        let Some(report) = last else {
+            continue; // filtered out on the command line
+        };
         // The figure is per cgroup only if every tick acted on all 1,000 of them.
-        let report = last.expect("the bench ran");
         assert_eq!(report.records.len(), CGROUPS);
         for record in &report.records {
             assert!(record.error.is_none(), "{record:?}");

@@ -220,6 +220,32 @@ struct Watched {
     state: SenpaiState,
     swap_max_zero: bool,
     last_total: Option<u64>,
+    /// A timed-out `memory.high` write: the controller state had it been written, and the
+    /// value. `state` holds the state from before it.
+    pending: Option<(SenpaiState, u64)>,
+}
+
+impl Watched {
+    /// Takes the state of a timed-out write once `memory.high` shows that it landed.
+    fn settle(&mut self, high: Limit) {
+        if let Some((after, bytes)) = self.pending.take()
+            && high == Limit::Bytes(bytes)
+        {
+            self.state = after;
+        }
+    }
+}
+
+/// A cgroup joining: the cgroup, its parameters, and whether the mode was given.
+type Join = (Cgroup, SenpaiConfig, bool);
+
+/// A `memory.high` write decided in a tick, carried out after every cgroup has stepped.
+#[derive(Debug)]
+struct HighWrite {
+    cgroup: Cgroup,
+    bytes: u64,
+    /// The controller state before the step, for when the write fails.
+    before: SenpaiState,
 }
 
 /// `MemTotal`, `SwapTotal` and `SwapFree`, bytes.
@@ -317,24 +343,26 @@ impl Daemon {
             meminfo: &meminfo,
             page_size: self.page_size,
         };
+        let mut writes = Vec::new();
         for (rel, watched) in &mut self.watched {
-            let record = tick_one(
-                rel,
-                watched,
-                &at,
-                &self.options,
-                &mut self.originals,
-                &mut self.writer,
-            );
-            if matches!(record, Err(CgroupError::CgroupGone { .. })) {
-                gone.push(rel.clone());
+            match tick_one(rel, watched, &at, &self.options, &mut self.originals) {
+                Ok((record, write)) => {
+                    if let Some(write) = write {
+                        writes.push((records.len(), rel.clone(), write));
+                    }
+                    records.push(record);
+                }
+                Err(error) => {
+                    if matches!(error, CgroupError::CgroupGone { .. }) {
+                        gone.push(rel.clone());
+                    }
+                    let mut r = empty_record(now, rel, watched.senpai.mode);
+                    r.error = Some(error.to_string());
+                    records.push(r);
+                }
             }
-            records.push(record.unwrap_or_else(|error| {
-                let mut r = empty_record(now, rel, watched.senpai.mode);
-                r.error = Some(error.to_string());
-                r
-            }));
         }
+        self.write_highs(writes, &mut records);
         for rel in gone {
             tracing::info!(cgroup = %rel, "cgroup is gone: dropped");
             self.leave(&rel);
@@ -351,7 +379,7 @@ impl Daemon {
         let now = self.started.elapsed();
         let mut records = Vec::new();
         let sized: BTreeSet<String> = self.watched.keys().cloned().collect();
-        for (rel, watched) in std::mem::take(&mut self.watched) {
+        for (rel, mut watched) in std::mem::take(&mut self.watched) {
             if watched.senpai.mode != Mode::High {
                 continue;
             }
@@ -359,6 +387,7 @@ impl Daemon {
             let high_now = watched.cgroup.limit(LimitFile::High);
             let result = high_now.and_then(|high_now| {
                 record.high = Some(high_now);
+                watched.settle(high_now);
                 let action = watched.state.exit(limit_bytes(high_now));
                 let Action::RestoreHigh(original) = action else {
                     return Ok(());
@@ -433,6 +462,43 @@ impl Daemon {
         outcome.and(restored.map(drop))
     }
 
+    /// Carries out this tick's `memory.high` writes, all queued at once on the writer
+    /// thread, and settles each controller with the outcome.
+    fn write_highs(&mut self, writes: Vec<(usize, String, HighWrite)>, records: &mut [Record]) {
+        if writes.is_empty() {
+            return;
+        }
+        let jobs: Vec<_> = writes
+            .iter()
+            .map(|(_, _, w)| (&w.cgroup, LimitFile::High, Limit::Bytes(w.bytes)))
+            .collect();
+        let results = self.writer.write_all(&jobs, self.options.write_timeout);
+        for ((index, rel, write), result) in writes.into_iter().zip(results) {
+            let Some(watched) = self.watched.get_mut(&rel) else {
+                continue;
+            };
+            let error = match result {
+                Ok(()) => continue,
+                Err(error @ CgroupError::TimedOut { .. }) => {
+                    // It may land later: the next read of memory.high tells which state holds.
+                    let after = std::mem::replace(&mut watched.state, write.before);
+                    watched.pending = Some((after, write.bytes));
+                    error.to_string()
+                }
+                Err(error) => {
+                    // Undone, so that it does not look like an external edit next tick
+                    // (which would make the daemon's own value the original).
+                    watched.state = write.before;
+                    format!("{error}; the step is undone")
+                }
+            };
+            tracing::warn!(cgroup = %rel, %error, "memory.high write failed");
+            if let Some(record) = records.get_mut(index) {
+                record.error = Some(error);
+            }
+        }
+    }
+
     /// Brings the sized set in line with the selection.
     fn resolve(&mut self, now: Duration, records: &mut Vec<Record>) {
         let wanted = match self.wanted() {
@@ -453,10 +519,10 @@ impl Daemon {
             self.leave(&rel);
         }
         self.failed.retain(|rel| wanted.contains_key(rel));
-        for (rel, (cgroup, mut senpai, mode_given)) in wanted {
-            if self.watched.contains_key(&rel) {
-                continue;
-            }
+        for (rel, join) in wanted {
+            let Some((cgroup, mut senpai, mode_given)) = join else {
+                continue; // sized already
+            };
             if !mode_given {
                 senpai.mode = if cgroup.path().join("memory.reclaim").exists() {
                     Mode::Reclaim
@@ -477,6 +543,7 @@ impl Daemon {
                         state: SenpaiState::default(),
                         swap_max_zero,
                         last_total: None,
+                        pending: None,
                     };
                     self.watched.insert(rel, watched);
                 }
@@ -492,19 +559,24 @@ impl Daemon {
         }
     }
 
-    /// The selected cgroups now, with their parameters and whether the mode was given.
-    fn wanted(&self) -> Result<BTreeMap<String, (Cgroup, SenpaiConfig, bool)>, CgroupError> {
+    /// The selected cgroups now; for those not sized yet, the cgroup, its parameters and
+    /// whether the mode was given.
+    fn wanted(&self) -> Result<BTreeMap<String, Option<Join>>, CgroupError> {
         let mut wanted = BTreeMap::new();
         match &self.options.selection {
             Selection::Cgroups(paths) => {
                 for rel in paths {
+                    if let Some(watched) = self.watched.get(rel) {
+                        if watched.cgroup.path().is_dir() {
+                            wanted.insert(rel.clone(), None);
+                        }
+                        continue;
+                    }
                     let cgroup = self.options.root.cgroup(rel)?;
                     if cgroup.path().is_dir() {
                         let mode_given = self.options.mode.is_some();
-                        wanted.insert(
-                            rel.clone(),
-                            (cgroup, self.options.senpai.clone(), mode_given),
-                        );
+                        let join = (cgroup, self.options.senpai.clone(), mode_given);
+                        wanted.insert(rel.clone(), Some(join));
                     }
                 }
             }
@@ -514,8 +586,9 @@ impl Daemon {
                         continue;
                     };
                     if let Some(resize) = config.resize_for(&rel) {
-                        let entry = (cgroup, resize.senpai.clone(), resize.mode_given);
-                        wanted.insert(rel, entry);
+                        let join = (!self.watched.contains_key(&rel))
+                            .then(|| (cgroup, resize.senpai.clone(), resize.mode_given));
+                        wanted.insert(rel, join);
                     }
                 }
             }
@@ -705,9 +778,9 @@ fn tick_one(
     at: &TickContext<'_>,
     options: &Options,
     originals: &mut Originals,
-    writer: &mut LimitWriter,
-) -> Result<Record, CgroupError> {
+) -> Result<(Record, Option<HighWrite>), CgroupError> {
     let snap = w.reader.read()?;
+    w.settle(snap.high);
     let now = at.now;
     let obs = observe(&snap, at, w.swap_max_zero);
     let mut record = empty_record(now, rel, w.senpai.mode);
@@ -726,31 +799,20 @@ fn tick_one(
         Err(error) => {
             tracing::warn!(cgroup = %rel, %error, "observation skipped");
             record.error = Some(error.to_string());
-            return Ok(record);
+            return Ok((record, None));
         }
     };
     record.cause = Some(decision.cause);
     record.action = decision.action;
+    let mut write = None;
     let done = match decision.action {
         Action::SetHigh(bytes) => {
-            let limit = Limit::Bytes(bytes);
-            let written = persist_original(rel, &w.state, decision.cause, originals)
-                .map_err(|e| (e, true))
-                .and_then(|()| {
-                    match writer.write(&w.cgroup, LimitFile::High, limit, options.write_timeout) {
-                        Ok(()) => Ok(()),
-                        // The write goes on and lands: the controller's view stands.
-                        Err(e @ CgroupError::TimedOut { .. }) => Err((e.to_string(), false)),
-                        Err(e) => Err((e.to_string(), true)),
-                    }
+            persist_original(rel, &w.state, decision.cause, originals).map(|()| {
+                write = Some(HighWrite {
+                    cgroup: w.cgroup.clone(),
+                    bytes,
+                    before: before.clone(),
                 });
-            written.map_err(|(error, undo)| {
-                // A write that failed or never happened must not look like an external
-                // edit next tick (that would make our own value the original).
-                if undo {
-                    w.state = before;
-                }
-                error
             })
         }
         Action::Reclaim(bytes) => reclaim(&w.cgroup, bytes, options.reclaim_retries),
@@ -759,10 +821,13 @@ fn tick_one(
     if let Err(error) = done {
         tracing::warn!(cgroup = %rel, action = ?decision.action, %error, "action failed");
         record.error = Some(error);
+        if matches!(decision.action, Action::SetHigh(_)) {
+            w.state = before; // nothing written: as if the step had not happened
+        }
     } else if decision.action != Action::None {
         tracing::debug!(cgroup = %rel, action = ?decision.action, cause = ?decision.cause, "acted");
     }
-    Ok(record)
+    Ok((record, write))
 }
 
 /// Records the original `memory.high` in the state file before the first write: on

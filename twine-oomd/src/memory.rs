@@ -410,11 +410,16 @@ impl KeptFile {
             if filled == scratch.len() {
                 scratch.resize((scratch.len() * 2).max(4096), 0);
             }
+            let space = scratch.len() - filled;
             let n = self.file.read_at(&mut scratch[filled..], filled as u64)?;
-            if n == 0 {
+            filled += n;
+            // A short read is the end: the snapshot's files are each printed by one kernfs
+            // `seq_show` (so one read returns all of it when it fits) or are regular fixture
+            // files; this saves a second, empty `pread` per file. (Multi-record files such as
+            // cgroup.procs can read short before their end; they are not read here.)
+            if n < space {
                 break;
             }
-            filled += n;
         }
         std::str::from_utf8(&scratch[..filled])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
@@ -602,49 +607,79 @@ impl LimitWriter {
         limit: Limit,
         timeout: Duration,
     ) -> Result<(), CgroupError> {
-        let path = cgroup.file(file.file_name());
-        let value = limit.to_string();
-        let (reply, replies) = mpsc::sync_channel(1);
-        let mut job = WriteJob {
-            path: path.clone(),
-            value: value.clone(),
-            reply,
-        };
-        // A thread that ended (it cannot, short of a panic) is replaced once.
+        let mut results = self.write_all(&[(cgroup, file, limit)], timeout);
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// Carries out `writes` in order, all queued at once (one wake-up of the thread for a
+    /// whole tick), waiting at most `timeout` for each; one result per write. Once a write
+    /// overruns, the thread is abandoned with the writes still queued behind it: they are
+    /// [`CgroupError::TimedOut`] too, and land (or fail, logged) when it gets to them.
+    pub fn write_all(
+        &mut self,
+        writes: &[(&Cgroup, LimitFile, Limit)],
+        timeout: Duration,
+    ) -> Vec<Result<(), CgroupError>> {
+        let mut queued = Vec::with_capacity(writes.len());
+        for &(cgroup, file, limit) in writes {
+            let path = cgroup.file(file.file_name());
+            let value = limit.to_string();
+            let (reply, replies) = mpsc::sync_channel(1);
+            let job = WriteJob {
+                path: path.clone(),
+                value: value.clone(),
+                reply,
+            };
+            let sent = self.send(job).map(|()| replies);
+            queued.push((cgroup, path, value, sent));
+        }
+        let mut abandoned = false;
+        let mut results = Vec::with_capacity(queued.len());
+        for (cgroup, path, value, sent) in queued {
+            let timed_out = |path, value| CgroupError::TimedOut {
+                path,
+                value,
+                after: timeout,
+            };
+            let result = match sent {
+                Err(source) => Err(cgroup.write_error(path, &value, source)),
+                Ok(_) if abandoned => Err(timed_out(path, value)),
+                Ok(replies) => match replies.recv_timeout(timeout) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(source)) => Err(cgroup.write_error(path, &value, source)),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        abandoned = true;
+                        self.jobs = None; // the thread ends once its queue is done
+                        Err(timed_out(path, value))
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(cgroup.write_error(
+                        path,
+                        &value,
+                        io::Error::other("the writer thread ended without writing"),
+                    )),
+                },
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// Queues `job` on the thread, starting one if needed (and once more if it ended).
+    fn send(&mut self, mut job: WriteJob) -> io::Result<()> {
         for _ in 0..2 {
             let jobs = match &self.jobs {
                 Some(jobs) => jobs,
-                None => {
-                    let jobs = spawn_writer()
-                        .map_err(|source| cgroup.write_error(path.clone(), &value, source))?;
-                    self.jobs.insert(jobs)
-                }
+                None => self.jobs.insert(spawn_writer()?),
             };
             match jobs.send(job) {
-                Ok(()) => break,
+                Ok(()) => return Ok(()),
                 Err(mpsc::SendError(back)) => {
                     job = back;
                     self.jobs = None;
                 }
             }
         }
-        match replies.recv_timeout(timeout) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(cgroup.write_error(path, &value, source)),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                self.jobs = None; // the thread ends after its blocked write
-                Err(CgroupError::TimedOut {
-                    path,
-                    value,
-                    after: timeout,
-                })
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(cgroup.write_error(
-                path,
-                &value,
-                io::Error::other("the writer thread ended without writing"),
-            )),
-        }
+        Err(io::Error::other("the writer thread ended twice"))
     }
 }
 
