@@ -233,7 +233,12 @@ fn run(args: &RunArgs) -> Result<(), Problems> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
+        let registered =
+            signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
+                .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)));
+        // The first signal stops cleanly (restoring); a second one, during a restore that
+        // hangs, exits at once (status 1) and leaves the state file to the next run.
+        registered
             .map_err(|e| problem(format!("registering a handler for signal {signal}: {e}")))?;
     }
     tracing::info!(period = ?daemon.tick_period(), "twine oomd running");

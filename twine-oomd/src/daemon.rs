@@ -54,6 +54,21 @@
 //! removes the file. An external edit of `memory.high` while the daemon runs becomes the new
 //! original, as in [`SenpaiState::restore`].
 //!
+//! A cgroup that goes away is dropped and its original forgotten (one created again under the
+//! same name is a new cgroup).
+//!
+//! # Faults
+//! - A cgroup that vanishes mid-tick: its record carries the error, it is dropped, and the
+//!   tick goes on with the others.
+//! - `memory.reclaim` answering EAGAIN or EBUSY (reclaimed less than asked): retried
+//!   [`Options::reclaim_retries`] times in the tick, then reported in the record.
+//! - A `memory.high` write the kernel blocks (synchronous reclaim on older kernels): the
+//!   writes of a tick go to one long-lived writer thread ([`LimitWriter`]); after
+//!   [`Options::write_timeout`] the daemon moves on, and the next read of `memory.high` shows
+//!   whether the write landed, which decides the controller state it continues from. A write
+//!   that failed is undone in the controller, so it never looks like an external edit.
+//! - Garbage in a cgroup file: an error in that cgroup's record for that tick.
+//!
 //! `--dry-run` concerns kills only (as in oomd): the resizer still writes.
 
 mod execute;
@@ -596,13 +611,12 @@ impl Daemon {
         Ok(wanted)
     }
 
-    /// Stops sizing `rel` without restoring (it is gone or no longer selected); a gone
-    /// cgroup's original is forgotten.
+    /// Stops sizing `rel`, which is gone (the selection is fixed, so a cgroup leaves it only
+    /// by going away), and forgets its original: a cgroup created again under the same name
+    /// is a new one, whose own `memory.high` is its original.
     fn leave(&mut self, rel: &str) {
         self.watched.remove(rel);
-        if let Ok(cgroup) = self.options.root.cgroup(rel)
-            && !cgroup.path().is_dir()
-            && self.originals.remove(rel)
+        if self.originals.remove(rel)
             && let Err(error) = self.originals.save()
         {
             tracing::warn!(%error, "could not update the state file");
