@@ -436,3 +436,32 @@ fn run_stops_on_the_flag_or_the_duration_and_restores() {
     daemon.run(&stop, None, |_| count += 1).unwrap();
     assert_eq!(count, 0);
 }
+
+#[test]
+fn without_cgroup_kill_every_pid_gets_sigkill() {
+    let tree = Tree::new();
+    tree.cgroup("work.slice", 3 * GIB);
+    let big = tree.cgroup("work.slice/big", 2 * GIB);
+    fs::remove_file(big.join("cgroup.kill")).unwrap(); // a kernel before 5.14
+    let mut victim = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    fs::write(big.join("cgroup.procs"), format!("{}\n", victim.id())).unwrap();
+    // The kernel empties cgroup.procs when the process dies; here a thread does.
+    let procs = big.join("cgroup.procs");
+    let reaper = std::thread::spawn(move || {
+        let status = victim.wait().unwrap();
+        fs::write(procs, "").unwrap();
+        status
+    });
+    let mut daemon = config_daemon(&tree, &kill_config("/dev/null"));
+    let kill = daemon.tick(secs(0)).unwrap().kill.unwrap();
+    assert_eq!(
+        (kill.via, kill.error.as_deref()),
+        (Some("SIGKILL"), None),
+        "{kill:?}"
+    );
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(reaper.join().unwrap().signal(), Some(9));
+}
