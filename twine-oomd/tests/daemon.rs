@@ -465,3 +465,26 @@ fn without_cgroup_kill_every_pid_gets_sigkill() {
     use std::os::unix::process::ExitStatusExt as _;
     assert_eq!(reaper.join().unwrap().signal(), Some(9));
 }
+
+#[test]
+fn a_memory_high_write_that_lands_after_its_timeout_is_taken_as_written() {
+    let tree = Tree::new();
+    let a = tree.cgroup("a", GIB);
+    let mut options = tree.options(Selection::Cgroups(vec!["a".into()]), Some(Mode::High));
+    // No wait at all: each write is reported as timed out (or, racing, as done) and lands
+    // on the writer thread just after.
+    options.write_timeout = Duration::ZERO;
+    let mut daemon = Daemon::new(options).unwrap();
+    let settle = || std::thread::sleep(Duration::from_millis(100));
+    let first = daemon.tick(secs(0)).unwrap();
+    assert_eq!(first.records[0].cause, Some(Cause::Init));
+    settle();
+    assert_eq!(read(&a.join("memory.high")), GIB.to_string());
+    // The landed write is the controller's own, not an external edit nor a new start.
+    let next = daemon.tick(secs(6)).unwrap();
+    assert_eq!(next.records[0].cause, Some(Cause::Probe), "{next:?}");
+    settle();
+    daemon.restore().unwrap();
+    settle();
+    assert_eq!(read(&a.join("memory.high")), "max");
+}
