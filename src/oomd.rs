@@ -59,10 +59,15 @@ pub(crate) enum OomdCommand {
 pub(crate) struct RunArgs {
     /// TOML config: [[resize]] globs, [[kill]] rules, [[prekill_hook]]s
     /// (twine-oomd/examples/oomd.toml).
-    #[arg(long, required_unless_present = "cgroup", conflicts_with = "cgroup")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "cgroup",
+        conflicts_with = "cgroup"
+    )]
     config: Option<PathBuf>,
     /// Cgroups to size, relative to the cgroup2 root or absolute paths inside it.
-    #[arg(long, num_args = 1..)]
+    #[arg(long, value_name = "PATH", num_args = 1..)]
     cgroup: Vec<String>,
     /// high or reclaim; default: the config's, else reclaim where the cgroup has
     /// memory.reclaim and high elsewhere.
@@ -366,10 +371,10 @@ fn status(args: &StatusArgs) -> Result<(), Problems> {
             show(value.map(|l| l.to_string()))
         ));
     }
-    say(&format!(
-        "working set  {} ({WORKING_SET})",
-        show(working_set.map(|w| w.to_string()))
-    ));
+    say(&match working_set {
+        Some(bytes) => format!("working set  {bytes} ({WORKING_SET})"),
+        None => format!("working set  {absent}"),
+    });
     match pressure {
         Some(p) => {
             for (name, line) in [("some", Some(p.some)), ("full", p.full)] {
