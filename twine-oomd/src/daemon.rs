@@ -49,7 +49,8 @@
 //! ([`DEFAULT_STATE_FILE`] unless [`Options::state_file`] says otherwise), written atomically
 //! (temporary file and rename) **before** the first write of `memory.high` to a cgroup; a
 //! daemon that cannot persist an original does not lower that `memory.high`. On start the
-//! daemon reads the file, and a cgroup listed there keeps the listed original. A clean stop
+//! daemon reads the file, and a cgroup listed there keeps the listed original (one sized in
+//! `reclaim` mode now gets it back as soon as it joins). A clean stop
 //! restores every cgroup (also those listed but not selected this run, if they exist) and
 //! removes the file. An external edit of `memory.high` while the daemon runs becomes the new
 //! original, as in [`SenpaiState::restore`].
@@ -549,6 +550,21 @@ impl Daemon {
                 Ok(reader) => {
                     tracing::info!(cgroup = %rel, mode = ?senpai.mode, "cgroup joined");
                     self.failed.remove(&rel);
+                    if senpai.mode == Mode::Reclaim
+                        && let Some(original) = self.originals.get(&rel)
+                    {
+                        // A killed high-mode predecessor lowered it; reclaim mode must not
+                        // run under that throttle.
+                        let mut record = empty_record(now, &rel, Mode::Reclaim);
+                        record.action = Action::RestoreHigh(original);
+                        let result =
+                            restore_high(&mut self.writer, &cgroup, original, &self.options);
+                        self.finish_restore(&rel, &mut record, result);
+                        if let Err(error) = self.originals.save() {
+                            record.error = Some(error.to_string());
+                        }
+                        records.push(record);
+                    }
                     let swap_max_zero =
                         matches!(cgroup.limit(LimitFile::SwapMax), Ok(Limit::Bytes(0)));
                     let watched = Watched {

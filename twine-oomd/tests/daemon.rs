@@ -488,3 +488,19 @@ fn a_memory_high_write_that_lands_after_its_timeout_is_taken_as_written() {
     settle();
     assert_eq!(read(&a.join("memory.high")), "max");
 }
+
+#[test]
+fn a_reclaim_mode_successor_restores_a_killed_high_mode_daemons_original_at_once() {
+    let tree = Tree::new();
+    let (a, mut first) = taken_over(&tree);
+    first.tick(secs(6)).unwrap();
+    drop(first); // SIGKILLed
+    assert_ne!(read(&a.join("memory.high")), "max");
+    let mut second = tree.daemon(&["a"], Some(Mode::Reclaim));
+    let report = second.tick(secs(0)).unwrap();
+    let restored = &report.records[0];
+    assert_eq!(restored.action, Action::RestoreHigh(None), "{report:?}");
+    assert_eq!(read(&a.join("memory.high")), "max");
+    assert!(!tree.state().exists());
+    assert_eq!(report.records[1].mode, Mode::Reclaim);
+}
