@@ -137,9 +137,11 @@ fn mode_defaults_to_reclaim_where_the_cgroup_has_memory_reclaim() {
         "reclaim mode leaves memory.high"
     );
     assert_ne!(read(&b.join("memory.high")), "max");
+    drop(daemon); // one daemon per state file at a time
     // A forced mode wins over what the cgroup offers.
     let mut forced = tree.daemon(&["a"], Some(Mode::High));
     assert_eq!(forced.tick(secs(0)).unwrap().records[0].mode, Mode::High);
+    drop(forced);
     let c = tree.cgroup("c", GIB);
     let mut forced = tree.daemon(&["c"], Some(Mode::Reclaim));
     forced.tick(secs(0)).unwrap();
@@ -289,6 +291,20 @@ fn a_state_file_that_cannot_be_used_is_an_error() {
 }
 
 #[test]
+fn two_daemons_never_share_a_state_file() {
+    let tree = Tree::new();
+    let first = tree.daemon(&["a"], None);
+    let options = tree.options(Selection::Cgroups(vec!["a".into()]), None);
+    let err = Daemon::new(options).unwrap_err();
+    assert!(
+        err.to_string().contains("another twine oomd daemon"),
+        "{err}"
+    );
+    drop(first);
+    tree.daemon(&["a"], None);
+}
+
+#[test]
 fn bad_options_and_configs_are_errors() {
     let tree = Tree::new();
     let mut options = tree.options(Selection::Cgroups(vec!["a".into()]), None);
@@ -402,6 +418,7 @@ fn a_dry_run_decides_and_writes_nothing_and_a_slow_hook_is_killed() {
     assert!(kill.dry_run && kill.via.is_none() && kill.hook.is_none());
     assert_eq!(read(&big.join("cgroup.kill")), "");
 
+    drop(daemon); // one daemon per state file at a time
     let slow = KILL.replace("HOOK_COMMAND", r#"["sleep", "30"]"#) + "timeout_s = 0.2\n";
     let mut daemon = config_daemon(&tree, &slow);
     let started = std::time::Instant::now();

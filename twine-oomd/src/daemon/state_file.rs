@@ -5,12 +5,17 @@
 //! {"root": "/sys/fs/cgroup", "originals": {"workload.slice/a.service": null, "b": 1073741824}}
 //! ```
 //! `null` is `max`. The file is replaced atomically (a temporary file in the same directory,
-//! then `rename`) and removed once nothing is left to restore.
+//! then `rename`) and removed once nothing is left to restore. A daemon holds an exclusive
+//! `flock` on `FILE.lock` for its life, so two daemons never share one state file (they
+//! would fight over the same cgroups and overwrite each other's originals).
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::DaemonError;
@@ -27,6 +32,32 @@ struct Contents {
 pub(crate) struct Originals {
     path: Option<PathBuf>,
     contents: Contents,
+    /// The lock on `FILE.lock`, held while this value lives.
+    _lock: Option<Flock<File>>,
+}
+
+/// Takes the exclusive lock on `FILE.lock` beside the state file `path`.
+fn lock(path: &Path) -> Result<Flock<File>, DaemonError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let bad = |reason: String| DaemonError::StateFile {
+        path: lock_path.clone(),
+        reason,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| bad(format!("creating its directory: {e}")))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| bad(e.to_string()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        Errno::EWOULDBLOCK => bad("another twine oomd daemon uses this state file".into()),
+        other => bad(format!("flock: {other}")),
+    })
 }
 
 impl Originals {
@@ -36,6 +67,7 @@ impl Originals {
             root: root.to_owned(),
             originals: BTreeMap::new(),
         };
+        let lock = path.map(lock).transpose()?;
         if let Some(path) = path {
             let bad = |reason: String| DaemonError::StateFile {
                 path: path.to_owned(),
@@ -65,6 +97,7 @@ impl Originals {
         Ok(Self {
             path: path.map(Path::to_owned),
             contents,
+            _lock: lock,
         })
     }
 
