@@ -50,7 +50,9 @@
 //! (temporary file and rename) **before** the first write of `memory.high` to a cgroup; a
 //! daemon that cannot persist an original does not lower that `memory.high`. On start the
 //! daemon reads the file, and a cgroup listed there keeps the listed original (one sized in
-//! `reclaim` mode now gets it back as soon as it joins). A clean stop
+//! `reclaim` mode now gets it back as soon as it joins). The daemon holds an exclusive `flock`
+//! on `STATE_FILE.lock` while it lives: a second daemon on the same state file is refused. A
+//! clean stop
 //! restores every cgroup (also those listed but not selected this run, if they exist) and
 //! removes the file. An external edit of `memory.high` while the daemon runs becomes the new
 //! original, as in [`SenpaiState::restore`].
