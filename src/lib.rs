@@ -7,9 +7,12 @@
 //! | --- | --- | --- |
 //! | `spec` (default) | [`twine_spec`] | job specs translated into systemd units |
 //! | `sched` (default) | [`twine_sched`] | the allocator: entitlements, constraints, bin packing |
+//! | `oomd` (default) | [`twine_oomd`] | Senpai-style memory resizer and oomd-style kill policies |
 //!
 //! The `twine` binary is the command-line face of the same crates.
 
+#[cfg(feature = "oomd")]
+pub use twine_oomd as oomd;
 #[cfg(feature = "sched")]
 pub use twine_sched as sched;
 #[cfg(feature = "spec")]

@@ -20,6 +20,8 @@ macro_rules! say {
         }
     }};
 }
+mod oomd;
+
 use twine::spec::{JobSpec, UnitFile, UnitSet, translate, verify};
 
 /// The example job `twine demo` renders, embedded so the demo needs no files.
@@ -56,6 +58,11 @@ enum Command {
     },
     /// Pack a trace's pods onto its nodes, or onto identical hosts, with as few hosts as possible.
     Place(place::PlaceArgs),
+    /// The memory resizer (Senpai on PSI) and oomd-style kill policies.
+    Oomd {
+        #[command(subcommand)]
+        command: oomd::OomdCommand,
+    },
     /// Validate specs, render them, and run `systemd-analyze verify` on the units.
     Check {
         /// Spec files (.toml, .json, .yaml).
@@ -65,7 +72,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return invalid_value(e),
+    };
     let result = match cli.command {
         Command::Demo => demo(),
         Command::Render {
@@ -74,6 +84,7 @@ fn main() -> ExitCode {
             transient,
         } => render(&specs, out.as_deref(), transient),
         Command::Check { specs } => check(&specs),
+        Command::Oomd { command } => oomd::oomd(command),
         Command::Place(args) => place::place(&args).map(|lines| {
             for line in lines {
                 say!("{line}");
@@ -89,6 +100,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A flag value outside its list (`--policy worst-fit`) is a `path: message` error with
+/// exit 1, as every other input error; clap reports the rest (usage, `--help`) itself.
+fn invalid_value(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::InvalidValue
+        && let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+            e.get(ContextKind::InvalidArg),
+            e.get(ContextKind::InvalidValue),
+        )
+    {
+        let flag = arg.split_whitespace().next().unwrap_or(arg);
+        let valid = match e.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(values)) => format!(" (use one of {})", values.join(", ")),
+            _ => String::new(),
+        };
+        eprintln!("{flag}: unknown value {value:?}{valid}");
+        return ExitCode::FAILURE;
+    }
+    e.exit()
 }
 
 type Problems = Vec<String>;

@@ -229,3 +229,35 @@ fn host_moves_a_process_in_and_kills_it_through_cgroup_kill() {
     }
     assert!(cg.0.procs().unwrap().is_empty());
 }
+
+#[test]
+fn host_daemon_on_a_real_cgroup_reports_it_and_drops_it_when_it_goes() {
+    use twine_oomd::daemon::{Daemon, Options, Selection};
+    let Some(root) = host_root() else { return };
+    let cg = TestCgroup::new(&root, "daemon");
+    let rel = cg.0.relative().to_str().unwrap().to_owned();
+    let mut options = Options::new(root.clone(), Selection::Cgroups(vec![rel.clone()]));
+    options.mode = Some(twine_oomd::senpai::Mode::High);
+    options.state_file = None;
+    let mut daemon = Daemon::new(options).unwrap();
+    let report = daemon.tick(Duration::ZERO).unwrap();
+    assert_eq!(report.records.len(), 1, "{report:?}");
+    let record = &report.records[0];
+    if cg.0.path().join("memory.current").exists() {
+        assert!(
+            record.current.is_some() && record.error.is_none(),
+            "{record:?}"
+        );
+        assert_eq!(daemon.cgroups().collect::<Vec<_>>(), [rel.as_str()]);
+    } else {
+        // A hybrid host: no memory controller on cgroup2. Reported, retried, not fatal.
+        let error = record.error.as_deref().unwrap();
+        assert!(error.contains("memory.current"), "{error}");
+        assert_eq!(daemon.cgroups().count(), 0);
+    }
+    cg.0.remove().unwrap();
+    let report = daemon.tick(Duration::from_secs(1)).unwrap();
+    assert!(report.records.is_empty(), "{report:?}");
+    assert_eq!(daemon.cgroups().count(), 0);
+    assert!(daemon.restore().unwrap().is_empty());
+}
