@@ -376,12 +376,14 @@ impl Checker {
 
     fn signal(&mut self, field: &str, value: &Option<String>, default: Signal) -> Signal {
         let Some(name) = value else { return default };
-        Signal::parse(name).unwrap_or_else(|| {
+        Signal::parse(name).unwrap_or_else(|e| {
             self.report(
                 field,
                 shown(name),
                 ProblemKind::Malformed,
-                "must be a signal that ends a process, such as SIGTERM, SIGINT or SIGRTMIN+3",
+                format!(
+                    "{e}: must be a signal that ends a process, such as SIGTERM, SIGINT or SIGRTMIN+3"
+                ),
             );
             default
         })
