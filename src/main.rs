@@ -171,8 +171,7 @@ fn render(specs: &[PathBuf], out: Option<&Path>, transient: bool) -> Result<(), 
     }
     match out {
         Some(dir) => {
-            twine::spec::translate::write_unit_files(dir, &files)
-                .map_err(|e| vec![e.to_string()])?;
+            twine::spec::install::write_unit_files(dir, &files).map_err(|e| vec![e.to_string()])?;
         }
         None => {
             for file in &files {

@@ -55,8 +55,22 @@
 //! The translation rules, including what a restart does to pre-start steps, are
 //! documented on [`translate`](mod@translate). Quoting follows systemd's rules
 //! exactly; see [`escape`].
+//!
+//! # Features
+//!
+//! Everything above is pure: no file is written and no process is run. The
+//! crate's I/O sits behind the default feature `host`:
+//!
+//! - the `install` module: `write_unit_files` writes a set of unit files into a
+//!   directory, all or none;
+//! - the `verify` module: runs `systemd-analyze verify` on rendered units.
+//!
+//! An integrator who wants the pure core alone depends on the crate with
+//! `default-features = false`.
 
 pub mod escape;
+#[cfg(feature = "host")]
+pub mod install;
 pub mod job;
 mod naming;
 pub mod signal;
@@ -66,6 +80,7 @@ pub mod transient;
 pub mod translate;
 pub mod unit;
 pub mod validate;
+#[cfg(feature = "host")]
 pub mod verify;
 
 pub use job::Job;

@@ -162,52 +162,6 @@ impl UnitSet {
             })
             .collect()
     }
-
-    /// Writes every unit file into `dir`, or none; see [`write_unit_files`].
-    pub fn write_to(&self, dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, WriteError> {
-        write_unit_files(dir, &self.files())
-    }
-}
-
-/// Writes `files` into `dir`, all or none: each file goes to a temporary name first,
-/// and only when every one is written are they renamed into place. On failure the
-/// temporary files are removed and `dir` is as it was.
-pub fn write_unit_files(
-    dir: &std::path::Path,
-    files: &[UnitFile],
-) -> Result<Vec<std::path::PathBuf>, WriteError> {
-    let mut staged = Vec::with_capacity(files.len());
-    let result = files.iter().try_for_each(|file| {
-        let tmp = dir.join(format!(".{}.twine-tmp", file.name));
-        staged.push(tmp.clone());
-        std::fs::write(&tmp, &file.contents).map_err(|source| WriteError { path: tmp, source })
-    });
-    if let Err(e) = result {
-        for tmp in &staged {
-            let _ = std::fs::remove_file(tmp);
-        }
-        return Err(e);
-    }
-    let mut written = Vec::with_capacity(files.len());
-    for (tmp, file) in staged.iter().zip(files) {
-        let path = dir.join(&file.name);
-        std::fs::rename(tmp, &path).map_err(|source| WriteError {
-            path: path.clone(),
-            source,
-        })?;
-        written.push(path);
-    }
-    Ok(written)
-}
-
-/// A unit file that could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("writing {}: {source}", path.display())]
-pub struct WriteError {
-    /// The file.
-    pub path: std::path::PathBuf,
-    /// Why.
-    pub source: std::io::Error,
 }
 
 /// Builds the units of `job`.
