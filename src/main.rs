@@ -128,7 +128,7 @@ fn load_one(path: &Path, text: Option<&str>) -> Result<UnitSet, Problems> {
             .map(|p| format!("{shown}: {p}"))
             .collect::<Vec<_>>()
     })?;
-    Ok(translate(&job))
+    translate(&job).map_err(|e| vec![format!("{shown}: {e}")])
 }
 
 /// All files of all sets; two specs that give the same unit name are an error.

@@ -24,7 +24,7 @@
 //!     grace_period = "20s"
 //! "#)?;
 //! let job = spec.validate()?;
-//! let units = twine_spec::translate(&job);
+//! let units = twine_spec::translate(&job)?;
 //! let main = units.files().into_iter().find(|f| f.name == "web.service").unwrap();
 //! assert!(main.contents.contains(r#"ExecStart="/usr/bin/server" "--port" "8080" "100%% $$HOME""#));
 //! assert!(main.contents.contains("Requires=web-pre-fetch.service"));
@@ -86,5 +86,5 @@ pub mod verify;
 pub use job::Job;
 pub use spec::{Format, JobSpec, ParseError};
 pub use transient::{Property, PropertyValue, TransientUnit};
-pub use translate::{UnitFile, UnitSet, translate};
+pub use translate::{TranslateError, UnitFile, UnitSet, translate};
 pub use validate::{Problem, ProblemKind, ValidationErrors};

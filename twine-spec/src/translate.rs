@@ -48,7 +48,7 @@ use petgraph::visit::EdgeRef;
 
 use crate::job::{Job, KillPolicy, RestartPolicy, Task};
 use crate::naming::UnitNames;
-use crate::unit::{Unit, UnitKind, UnitName, Value, ValueKind};
+use crate::unit::{Unit, UnitKind, UnitName, UnwritableValue, Value};
 
 /// A dependency directive between two units of a job: `from` has `Key=to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,8 +164,51 @@ impl UnitSet {
     }
 }
 
+/// A value of the job that the unit model refused.
+///
+/// A [`Job`] straight from validation always translates: validation checks the
+/// same rules (see [`crate::unit::Refusal`]). This error is for a job whose public
+/// fields were changed afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{unit}: {key}=: {source}")]
+#[non_exhaustive]
+pub struct TranslateError {
+    /// The unit being built.
+    pub unit: UnitName,
+    /// The directive whose value was refused.
+    pub key: &'static str,
+    /// The value and why.
+    pub source: UnwritableValue,
+}
+
+/// Appends `key=value` to `section` of `unit`, if the value's constructor accepted it.
+fn set(
+    unit: &mut Unit,
+    section: &'static str,
+    key: &'static str,
+    value: Result<Value, UnwritableValue>,
+) -> Result<(), TranslateError> {
+    let value = value.map_err(|source| TranslateError {
+        unit: unit.name.clone(),
+        key,
+        source,
+    })?;
+    unit.set(section, key, value);
+    Ok(())
+}
+
+/// Sets `ExecStart=` to `argv`.
+fn exec_start(unit: &mut Unit, argv: &[String]) -> Result<(), TranslateError> {
+    set(unit, "Service", "ExecStart", Value::exec(argv.to_vec()))
+}
+
 /// Builds the units of `job`.
-pub fn translate(job: &Job) -> UnitSet {
+///
+/// # Errors
+///
+/// A [`TranslateError`] if a value of `job` cannot be written into a unit, which
+/// validation rules out; see [`TranslateError`].
+pub fn translate(job: &Job) -> Result<UnitSet, TranslateError> {
     let task = &job.task;
     let names = UnitNames::new(&job.name, task);
     let mut b = Builder::default();
@@ -174,7 +217,7 @@ pub fn translate(job: &Job) -> UnitSet {
         names.target.clone(),
         UnitKind::Target,
         format!("twine job \"{}\"", job.name),
-    );
+    )?;
     let steps: Vec<usize> = task
         .prestart
         .iter()
@@ -187,23 +230,23 @@ pub fn translate(job: &Job) -> UnitSet {
                     "twine job \"{}\" pre-start step \"{}\"",
                     job.name, step.name
                 ),
-            );
+            )?;
             let svc = &mut b.units[i];
             svc.set("Service", "Type", Value::keyword("oneshot"));
             svc.set("Service", "RemainAfterExit", Value::bool(true));
-            svc.set("Service", "ExecStart", Value::exec(step.command.clone()));
+            exec_start(svc, &step.command)?;
             svc.set("Service", "TimeoutStartSec", Value::timeout(step.timeout));
-            execution(svc, task);
+            execution(svc, task)?;
             kill(svc, &task.kill);
-            logs(svc, task, None);
-            i
+            logs(svc, task, None)?;
+            Ok(i)
         })
-        .collect();
+        .collect::<Result<_, TranslateError>>()?;
     let main = b.unit(
         names.main.clone(),
         UnitKind::Service,
         format!("twine job \"{}\" main command", job.name),
-    );
+    )?;
     let sidecars: Vec<usize> = task
         .sidecars
         .iter()
@@ -213,45 +256,48 @@ pub fn translate(job: &Job) -> UnitSet {
                 name.clone(),
                 UnitKind::Service,
                 format!("twine job \"{}\" sidecar \"{}\"", job.name, sidecar.name),
-            );
+            )?;
             let svc = &mut b.units[i];
             svc.set("Service", "Type", Value::keyword("exec"));
-            svc.set("Service", "ExecStart", Value::exec(sidecar.command.clone()));
-            execution(svc, task);
+            exec_start(svc, &sidecar.command)?;
+            execution(svc, task)?;
             kill(svc, &task.kill);
             restart(svc, &sidecar.restart);
-            logs(svc, task, None);
-            i
+            logs(svc, task, None)?;
+            Ok(i)
         })
-        .collect();
+        .collect::<Result<_, TranslateError>>()?;
     {
         let svc = &mut b.units[main];
         svc.set("Service", "Type", Value::keyword("exec"));
-        svc.set("Service", "ExecStart", Value::exec(task.command.clone()));
-        execution(svc, task);
+        exec_start(svc, &task.command)?;
+        execution(svc, task)?;
         resources(svc, task);
         kill(svc, &task.kill);
         restart(svc, &task.restart);
-        logs(svc, task, task.logs.identifier.as_deref());
+        logs(svc, task, task.logs.identifier.as_deref())?;
     }
-    let health = task.health_check.as_ref().zip(names.health.as_ref()).map(
-        |(check, (service_name, timer_name))| {
+    let health = task
+        .health_check
+        .as_ref()
+        .zip(names.health.as_ref())
+        .map(|(check, (service_name, timer_name))| {
             let service = b.unit(
                 service_name.clone(),
                 UnitKind::Service,
                 format!("twine job \"{}\" health check", job.name),
-            );
+            )?;
             let svc = &mut b.units[service];
             svc.set("Service", "Type", Value::keyword("oneshot"));
-            svc.set("Service", "ExecStart", Value::exec(check.command.clone()));
+            exec_start(svc, &check.command)?;
             svc.set(
                 "Service",
                 "TimeoutStartSec",
                 Value::span(check.timeout_usec),
             );
-            execution(svc, task);
+            execution(svc, task)?;
             kill(svc, &task.kill);
-            logs(svc, task, None);
+            logs(svc, task, None)?;
             svc.set(
                 "Service",
                 "X-Twine-HealthRetries",
@@ -261,14 +307,14 @@ pub fn translate(job: &Job) -> UnitSet {
                 timer_name.clone(),
                 UnitKind::Timer,
                 format!("twine job \"{}\" health check timer", job.name),
-            );
+            )?;
             let tmr = &mut b.units[timer];
             tmr.set("Timer", "OnActiveSec", Value::span(check.start_period_usec));
             tmr.set("Timer", "OnUnitActiveSec", Value::span(check.interval_usec));
             tmr.set("Timer", "AccuracySec", Value::span(100_000));
-            (service, timer)
-        },
-    );
+            Ok((service, timer))
+        })
+        .transpose()?;
 
     // Relations; the [Unit] directives are rendered from these edges below.
     for (step, deps) in steps.iter().zip(&task.prestart) {
@@ -313,7 +359,7 @@ pub fn translate(job: &Job) -> UnitSet {
         b.edge(service, Dependency::PartOf, target);
     }
 
-    b.finish(&names.target, &names.main)
+    Ok(b.finish(&names.target, &names.main))
 }
 
 #[derive(Default)]
@@ -323,13 +369,17 @@ struct Builder {
 }
 
 impl Builder {
-    fn unit(&mut self, name: UnitName, kind: UnitKind, description: String) -> usize {
+    fn unit(
+        &mut self,
+        name: UnitName,
+        kind: UnitKind,
+        description: String,
+    ) -> Result<usize, TranslateError> {
         let mut unit = Unit::new(name.clone(), kind);
-        // Names are printable and the description ends in fixed text, so it is a valid text value.
-        unit.set("Unit", "Description", Value(ValueKind::Text(description)));
+        set(&mut unit, "Unit", "Description", Value::text(&description))?;
         self.units.push(unit);
         self.graph.add_node(name);
-        self.units.len() - 1
+        Ok(self.units.len() - 1)
     }
 
     fn edge(&mut self, from: usize, dependency: Dependency, to: usize) {
@@ -374,23 +424,25 @@ fn insert_unit_directive(unit: &mut Unit, position: usize, key: &'static str, va
         .insert(position, crate::unit::Directive { key, value });
 }
 
-fn execution(unit: &mut Unit, task: &Task) {
+fn execution(unit: &mut Unit, task: &Task) -> Result<(), TranslateError> {
     if let Some(dir) = &task.working_directory {
-        unit.set(
-            "Service",
-            "WorkingDirectory",
-            Value(ValueKind::Text(dir.clone())),
-        );
+        set(unit, "Service", "WorkingDirectory", Value::path(dir))?;
     }
     if let Some(user) = &task.user {
-        unit.set("Service", "User", Value(ValueKind::Text(user.clone())));
+        set(unit, "Service", "User", Value::text(user))?;
     }
     if let Some(group) = &task.group {
-        unit.set("Service", "Group", Value(ValueKind::Text(group.clone())));
+        set(unit, "Service", "Group", Value::text(group))?;
     }
     for (key, value) in &task.environment {
-        unit.set("Service", "Environment", Value::environment(key, value));
+        set(
+            unit,
+            "Service",
+            "Environment",
+            Value::environment(key, value),
+        )?;
     }
+    Ok(())
 }
 
 fn resources(unit: &mut Unit, task: &Task) {
@@ -446,7 +498,7 @@ fn restart(unit: &mut Unit, policy: &RestartPolicy) {
     );
 }
 
-fn logs(unit: &mut Unit, task: &Task, identifier: Option<&str>) {
+fn logs(unit: &mut Unit, task: &Task, identifier: Option<&str>) -> Result<(), TranslateError> {
     unit.set("Service", "StandardOutput", Value::keyword("journal"));
     unit.set("Service", "StandardError", Value::keyword("journal"));
     let identifier = identifier.map_or_else(
@@ -459,11 +511,12 @@ fn logs(unit: &mut Unit, task: &Task, identifier: Option<&str>) {
         },
         str::to_owned,
     );
-    unit.set(
+    set(
+        unit,
         "Service",
         "SyslogIdentifier",
-        Value(ValueKind::Text(identifier)),
-    );
+        Value::text(&identifier),
+    )?;
     match task.logs.rate_limit {
         None => unit.set("Service", "LogRateLimitIntervalSec", Value::span(0)),
         Some((interval, burst)) => {
@@ -475,4 +528,5 @@ fn logs(unit: &mut Unit, task: &Task, identifier: Option<&str>) {
             );
         }
     }
+    Ok(())
 }
