@@ -96,6 +96,8 @@ impl Dependency {
 pub struct UnitSet {
     units: Vec<Unit>,
     graph: DiGraph<UnitName, Dependency>,
+    /// Indices into `units`, in start order.
+    start_order: Vec<usize>,
     target: UnitName,
     main: UnitName,
 }
@@ -133,22 +135,9 @@ impl UnitSet {
 
     /// The units in the order systemd starts them (by `After=`/`Before=`).
     pub fn start_order(&self) -> Vec<&UnitName> {
-        let mut order = DiGraph::<(), ()>::with_capacity(self.units.len(), self.graph.edge_count());
-        for _ in &self.units {
-            order.add_node(());
-        }
-        for edge in self.graph.edge_references() {
-            match edge.weight() {
-                Dependency::After => order.add_edge(edge.target(), edge.source(), ()),
-                Dependency::Before => order.add_edge(edge.source(), edge.target(), ()),
-                _ => continue,
-            };
-        }
-        // Translation only adds ordering edges that point forward, so this cannot fail.
-        toposort(&order, None)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|i| &self.graph[i])
+        self.start_order
+            .iter()
+            .map(|&i| &self.units[i].name)
             .collect()
     }
 
@@ -164,21 +153,38 @@ impl UnitSet {
     }
 }
 
-/// A value of the job that the unit model refused.
+/// A job that cannot be translated.
 ///
 /// A [`Job`] straight from validation always translates: validation checks the
 /// same rules (see [`crate::unit::Refusal`]). This error is for a job whose public
 /// fields were changed afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{unit}: {key}=: {source}")]
 #[non_exhaustive]
-pub struct TranslateError {
-    /// The unit being built.
-    pub unit: UnitName,
-    /// The directive whose value was refused.
-    pub key: &'static str,
-    /// The value and why.
-    pub source: UnwritableValue,
+pub enum TranslateError {
+    /// The unit model refused a value.
+    #[error("{unit}: {key}=: {source}")]
+    Unwritable {
+        /// The unit being built.
+        unit: UnitName,
+        /// The directive whose value was refused.
+        key: &'static str,
+        /// The value and why.
+        source: UnwritableValue,
+    },
+    /// A pre-start step waits for a step the task does not have.
+    #[error("{unit}: waits for {step:?}, which is no pre-start step of the task")]
+    UnknownStep {
+        /// The step's unit.
+        unit: UnitName,
+        /// The name in its `after` list.
+        step: String,
+    },
+    /// Pre-start steps wait for each other in a cycle, so there is no start order.
+    #[error("{unit}: pre-start steps wait for each other in a cycle")]
+    Cycle {
+        /// A unit on the cycle.
+        unit: UnitName,
+    },
 }
 
 /// Appends `key=value` to `section` of `unit`, if the value's constructor accepted it.
@@ -188,7 +194,7 @@ fn set(
     key: &'static str,
     value: Result<Value, UnwritableValue>,
 ) -> Result<(), TranslateError> {
-    let value = value.map_err(|source| TranslateError {
+    let value = value.map_err(|source| TranslateError::Unwritable {
         unit: unit.name.clone(),
         key,
         source,
@@ -319,10 +325,16 @@ pub fn translate(job: &Job) -> Result<UnitSet, TranslateError> {
     // Relations; the [Unit] directives are rendered from these edges below.
     for (step, deps) in steps.iter().zip(&task.prestart) {
         for dep in &deps.after {
-            if let Some(d) = task.prestart.iter().position(|s| &s.name == dep) {
-                b.edge(*step, Dependency::Requires, steps[d]);
-                b.edge(*step, Dependency::After, steps[d]);
-            }
+            let d = task
+                .prestart
+                .iter()
+                .position(|s| &s.name == dep)
+                .ok_or_else(|| TranslateError::UnknownStep {
+                    unit: b.units[*step].name.clone(),
+                    step: dep.clone(),
+                })?;
+            b.edge(*step, Dependency::Requires, steps[d]);
+            b.edge(*step, Dependency::After, steps[d]);
         }
     }
     for &step in &steps {
@@ -359,7 +371,7 @@ pub fn translate(job: &Job) -> Result<UnitSet, TranslateError> {
         b.edge(service, Dependency::PartOf, target);
     }
 
-    Ok(b.finish(&names.target, &names.main))
+    b.finish(&names.target, &names.main)
 }
 
 #[derive(Default)]
@@ -387,7 +399,25 @@ impl Builder {
             .add_edge(NodeIndex::new(from), NodeIndex::new(to), dependency);
     }
 
-    fn finish(mut self, target: &UnitName, main: &UnitName) -> UnitSet {
+    fn finish(mut self, target: &UnitName, main: &UnitName) -> Result<UnitSet, TranslateError> {
+        let mut order = DiGraph::<(), ()>::with_capacity(self.units.len(), self.graph.edge_count());
+        for _ in &self.units {
+            order.add_node(());
+        }
+        for edge in self.graph.edge_references() {
+            match edge.weight() {
+                Dependency::After => order.add_edge(edge.target(), edge.source(), ()),
+                Dependency::Before => order.add_edge(edge.source(), edge.target(), ()),
+                _ => continue,
+            };
+        }
+        let start_order = toposort(&order, None)
+            .map_err(|cycle| TranslateError::Cycle {
+                unit: self.units[cycle.node_id().index()].name.clone(),
+            })?
+            .into_iter()
+            .map(NodeIndex::index)
+            .collect();
         for (i, unit) in self.units.iter_mut().enumerate() {
             // Edges come out newest first; reverse to keep insertion order.
             let mut edges: Vec<_> = self
@@ -408,12 +438,13 @@ impl Builder {
                 }
             }
         }
-        UnitSet {
+        Ok(UnitSet {
             units: self.units,
             graph: self.graph,
+            start_order,
             target: target.clone(),
             main: main.clone(),
-        }
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use support::systemd_parse::{exec_argv, read_unit, resolve_specifiers, split_wor
 use twine_spec::escape;
 use twine_spec::spec::*;
 use twine_spec::unit::Refusal;
-use twine_spec::{JobSpec, ProblemKind, translate};
+use twine_spec::{JobSpec, ProblemKind, TranslateError, translate};
 
 /// Pieces that mean something to systemd, a shell, or a unit-file reader.
 const FRAGMENTS: &[&str] = &[
@@ -405,8 +405,56 @@ fn translate_refuses_a_job_changed_after_validation() {
     for (change, key, reason) in cases {
         let mut job = valid.clone();
         change(&mut job);
-        let error = translate(&job).unwrap_err();
-        assert_eq!((error.key, error.source.reason), (key, reason), "{error}");
+        match translate(&job) {
+            Err(TranslateError::Unwritable {
+                key: refused_key,
+                source,
+                ..
+            }) => assert_eq!((refused_key, source.reason), (key, reason)),
+            other => panic!("{key}: {other:?}"),
+        }
     }
     assert!(translate(&valid).is_ok());
+}
+
+/// The same for the relations of pre-start steps: a cycle or an unknown step
+/// is an error, not a unit set without a start order.
+#[test]
+fn translate_refuses_steps_changed_after_validation() {
+    let spec = JobSpec::from_toml(
+        "name = 'x'\nentitlement = 'e'\n[task]\ncommand = ['/bin/true']\n[[task.prestart]]\nname = 'a'\ncommand = ['/bin/true']\n[[task.prestart]]\nname = 'b'\ncommand = ['/bin/true']\n",
+    )
+    .unwrap();
+    let valid = spec.validate().unwrap();
+    let order: Vec<String> = translate(&valid)
+        .unwrap()
+        .start_order()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "x-pre-a.service",
+            "x-pre-b.service",
+            "x.service",
+            "x.target"
+        ]
+    );
+
+    let mut cyclic = valid.clone();
+    cyclic.task.prestart[0].after = vec!["b".to_owned()];
+    assert!(
+        matches!(translate(&cyclic), Err(TranslateError::Cycle { .. })),
+        "{:?}",
+        translate(&cyclic)
+    );
+    let mut unknown = valid;
+    unknown.task.prestart[1].after = vec!["c".to_owned()];
+    match translate(&unknown) {
+        Err(TranslateError::UnknownStep { unit, step }) => {
+            assert_eq!((unit.as_str(), step.as_str()), ("x-pre-b.service", "c"));
+        }
+        other => panic!("{other:?}"),
+    }
 }
