@@ -10,7 +10,7 @@ use crate::job::*;
 use crate::naming::UnitNames;
 use crate::signal::Signal;
 use crate::spec::*;
-use crate::timespan::{Timeout, parse_bytes, parse_span};
+use crate::timespan::{QuantityError, Timeout, parse_bytes, parse_span};
 use crate::unit::{self, Refusal};
 
 /// Longest job, step, sidecar or label name, in bytes.
@@ -139,6 +139,14 @@ fn shown_quantity(q: &Quantity) -> String {
     }
 }
 
+fn malformed(error: QuantityError) -> (ProblemKind, String) {
+    (ProblemKind::Malformed, error.to_string())
+}
+
+fn out_of_range(message: &str) -> (ProblemKind, String) {
+    (ProblemKind::OutOfRange, message.to_owned())
+}
+
 #[derive(Default)]
 struct Checker {
     problems: Vec<Problem>,
@@ -261,14 +269,16 @@ impl Checker {
                 .ok()
                 .and_then(|n| n.checked_mul(1_000_000))
                 .map(Timeout::After)
-                .ok_or("the time span is too large"),
-            Quantity::Integer(_) => Err("must not be negative"),
-            Quantity::Float(x) if x.is_finite() && *x >= 0.0 => {
-                parse_span(&format!("{x}")).map(Timeout::After)
-            }
-            Quantity::Float(_) => Err("must be a finite, non-negative number of seconds"),
+                .ok_or_else(|| malformed(QuantityError::TooLarge)),
+            Quantity::Integer(_) => Err(out_of_range("must not be negative")),
+            Quantity::Float(x) if x.is_finite() && *x >= 0.0 => parse_span(&format!("{x}"))
+                .map(Timeout::After)
+                .map_err(malformed),
+            Quantity::Float(_) => Err(out_of_range(
+                "must be a finite, non-negative number of seconds",
+            )),
             Quantity::Text(t) if t == "infinity" && allow_infinity => Ok(Timeout::Infinity),
-            Quantity::Text(t) => parse_span(t).map(Timeout::After),
+            Quantity::Text(t) => parse_span(t).map(Timeout::After).map_err(malformed),
         };
         match parsed {
             Ok(Timeout::After(0)) if !allow_zero => {
@@ -281,12 +291,7 @@ impl Checker {
                 None
             }
             Ok(t) => Some(t),
-            Err(message) => {
-                let kind = if message.contains("negative") {
-                    ProblemKind::OutOfRange
-                } else {
-                    ProblemKind::Malformed
-                };
+            Err((kind, message)) => {
                 self.report(field, shown_quantity(q), kind, message);
                 None
             }
@@ -296,12 +301,17 @@ impl Checker {
     fn bytes(&mut self, field: &str, value: &Option<Quantity>) -> Option<u64> {
         let q = value.as_ref()?;
         let parsed = match q {
-            Quantity::Integer(n) if *n > 0 => u64::try_from(*n).map_err(|_| "out of range"),
-            Quantity::Integer(_) => Err("must be positive"),
-            Quantity::Float(_) => Err("must be a whole number of bytes or a size such as 512M"),
-            Quantity::Text(t) => parse_bytes(t).and_then(|n| {
+            Quantity::Integer(n) if *n > 0 => {
+                u64::try_from(*n).map_err(|_| malformed(QuantityError::TooLarge))
+            }
+            Quantity::Integer(_) => Err(out_of_range("must be positive")),
+            Quantity::Float(_) => Err((
+                ProblemKind::Malformed,
+                "must be a whole number of bytes or a size such as 512M".to_owned(),
+            )),
+            Quantity::Text(t) => parse_bytes(t).map_err(malformed).and_then(|n| {
                 if n == 0 {
-                    Err("must be positive")
+                    Err(out_of_range("must be positive"))
                 } else {
                     Ok(n)
                 }
@@ -309,12 +319,7 @@ impl Checker {
         };
         match parsed {
             Ok(n) => Some(n),
-            Err(message) => {
-                let kind = if message.contains("positive") {
-                    ProblemKind::OutOfRange
-                } else {
-                    ProblemKind::Malformed
-                };
+            Err((kind, message)) => {
                 self.report(field, shown_quantity(q), kind, message);
                 None
             }
