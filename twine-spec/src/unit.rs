@@ -1,10 +1,14 @@
 //! A systemd unit model and its writer.
 //!
 //! Values are typed: an untrusted string can only enter a unit as
-//! [`Value::text`], [`Value::path`], [`Value::exec`] or [`Value::environment`],
-//! each escaped by the writer for the way systemd reads that directive. The only
-//! verbatim value is [`Value::keyword`], which takes a `&'static str`, so it can
-//! never come from a spec.
+//! [`Value::text`], [`Value::path`], [`Value::exec`] or [`Value::environment`].
+//! Each constructor checks the value against what systemd can read back exactly
+//! (see [`Refusal`]) and refuses it otherwise, and the writer escapes it for the
+//! way systemd reads that directive; so no caller of this module, with or without
+//! validation, can write a unit that means something else. Validation reports the
+//! same rules, through the same functions, with field paths. The only verbatim
+//! strings are [`Value::keyword`], section names and directive keys, which are
+//! `&'static str`: program text, never a spec's.
 //!
 //! No crate fits here: generic INI writers know neither repeated keys nor
 //! systemd's quoting, continuation and specifier rules.
