@@ -160,7 +160,7 @@ fn load_one(path: &Path, text: Option<&str>) -> Result<UnitSet, Problems> {
             .map(|p| format!("{shown}: {p}"))
             .collect::<Vec<_>>()
     })?;
-    Ok(translate(&job))
+    translate(&job).map_err(|e| vec![format!("{shown}: {e}")])
 }
 
 /// All files of all sets; two specs that give the same unit name are an error.
@@ -203,8 +203,7 @@ fn render(specs: &[PathBuf], out: Option<&Path>, transient: bool) -> Result<(), 
     }
     match out {
         Some(dir) => {
-            twine::spec::translate::write_unit_files(dir, &files)
-                .map_err(|e| vec![e.to_string()])?;
+            twine::spec::install::write_unit_files(dir, &files).map_err(|e| vec![e.to_string()])?;
         }
         None => {
             for file in &files {

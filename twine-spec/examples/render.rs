@@ -4,7 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: render SPEC")?;
     let job = twine_spec::JobSpec::from_path(path.as_ref())?.validate()?;
-    for file in twine_spec::translate(&job).files() {
+    for file in twine_spec::translate(&job)?.files() {
         println!("### {}\n{}", file.name, file.contents);
     }
     Ok(())

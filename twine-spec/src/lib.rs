@@ -24,7 +24,7 @@
 //!     grace_period = "20s"
 //! "#)?;
 //! let job = spec.validate()?;
-//! let units = twine_spec::translate(&job);
+//! let units = twine_spec::translate(&job)?;
 //! let main = units.files().into_iter().find(|f| f.name == "web.service").unwrap();
 //! assert!(main.contents.contains(r#"ExecStart="/usr/bin/server" "--port" "8080" "100%% $$HOME""#));
 //! assert!(main.contents.contains("Requires=web-pre-fetch.service"));
@@ -55,8 +55,22 @@
 //! The translation rules, including what a restart does to pre-start steps, are
 //! documented on [`translate`](mod@translate). Quoting follows systemd's rules
 //! exactly; see [`escape`].
+//!
+//! # Features
+//!
+//! Everything above is pure: no file is written and no process is run. The
+//! crate's I/O sits behind the default feature `host`:
+//!
+//! - the `install` module: `write_unit_files` writes a set of unit files into a
+//!   directory, all or none;
+//! - the `verify` module: runs `systemd-analyze verify` on rendered units.
+//!
+//! An integrator who wants the pure core alone depends on the crate with
+//! `default-features = false`.
 
 pub mod escape;
+#[cfg(feature = "host")]
+pub mod install;
 pub mod job;
 mod naming;
 pub mod signal;
@@ -66,10 +80,11 @@ pub mod transient;
 pub mod translate;
 pub mod unit;
 pub mod validate;
+#[cfg(feature = "host")]
 pub mod verify;
 
 pub use job::Job;
 pub use spec::{Format, JobSpec, ParseError};
 pub use transient::{Property, PropertyValue, TransientUnit};
-pub use translate::{UnitFile, UnitSet, translate};
+pub use translate::{TranslateError, UnitFile, UnitSet, translate};
 pub use validate::{Problem, ProblemKind, ValidationErrors};

@@ -48,7 +48,7 @@ use petgraph::visit::EdgeRef;
 
 use crate::job::{Job, KillPolicy, RestartPolicy, Task};
 use crate::naming::UnitNames;
-use crate::unit::{Unit, UnitKind, UnitName, Value, ValueKind};
+use crate::unit::{Unit, UnitKind, UnitName, UnwritableValue, Value};
 
 /// A dependency directive between two units of a job: `from` has `Key=to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +96,8 @@ impl Dependency {
 pub struct UnitSet {
     units: Vec<Unit>,
     graph: DiGraph<UnitName, Dependency>,
+    /// Indices into `units`, in start order.
+    start_order: Vec<usize>,
     target: UnitName,
     main: UnitName,
 }
@@ -133,22 +135,9 @@ impl UnitSet {
 
     /// The units in the order systemd starts them (by `After=`/`Before=`).
     pub fn start_order(&self) -> Vec<&UnitName> {
-        let mut order = DiGraph::<(), ()>::with_capacity(self.units.len(), self.graph.edge_count());
-        for _ in &self.units {
-            order.add_node(());
-        }
-        for edge in self.graph.edge_references() {
-            match edge.weight() {
-                Dependency::After => order.add_edge(edge.target(), edge.source(), ()),
-                Dependency::Before => order.add_edge(edge.source(), edge.target(), ()),
-                _ => continue,
-            };
-        }
-        // Translation only adds ordering edges that point forward, so this cannot fail.
-        toposort(&order, None)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|i| &self.graph[i])
+        self.start_order
+            .iter()
+            .map(|&i| &self.units[i].name)
             .collect()
     }
 
@@ -162,56 +151,70 @@ impl UnitSet {
             })
             .collect()
     }
-
-    /// Writes every unit file into `dir`, or none; see [`write_unit_files`].
-    pub fn write_to(&self, dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, WriteError> {
-        write_unit_files(dir, &self.files())
-    }
 }
 
-/// Writes `files` into `dir`, all or none: each file goes to a temporary name first,
-/// and only when every one is written are they renamed into place. On failure the
-/// temporary files are removed and `dir` is as it was.
-pub fn write_unit_files(
-    dir: &std::path::Path,
-    files: &[UnitFile],
-) -> Result<Vec<std::path::PathBuf>, WriteError> {
-    let mut staged = Vec::with_capacity(files.len());
-    let result = files.iter().try_for_each(|file| {
-        let tmp = dir.join(format!(".{}.twine-tmp", file.name));
-        staged.push(tmp.clone());
-        std::fs::write(&tmp, &file.contents).map_err(|source| WriteError { path: tmp, source })
-    });
-    if let Err(e) = result {
-        for tmp in &staged {
-            let _ = std::fs::remove_file(tmp);
-        }
-        return Err(e);
-    }
-    let mut written = Vec::with_capacity(files.len());
-    for (tmp, file) in staged.iter().zip(files) {
-        let path = dir.join(&file.name);
-        std::fs::rename(tmp, &path).map_err(|source| WriteError {
-            path: path.clone(),
-            source,
-        })?;
-        written.push(path);
-    }
-    Ok(written)
+/// A job that cannot be translated.
+///
+/// A [`Job`] straight from validation always translates: validation checks the
+/// same rules (see [`crate::unit::Refusal`]). This error is for a job whose public
+/// fields were changed afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TranslateError {
+    /// The unit model refused a value.
+    #[error("{unit}: {key}=: {source}")]
+    Unwritable {
+        /// The unit being built.
+        unit: UnitName,
+        /// The directive whose value was refused.
+        key: &'static str,
+        /// The value and why.
+        source: UnwritableValue,
+    },
+    /// A pre-start step waits for a step the task does not have.
+    #[error("{unit}: waits for {step:?}, which is no pre-start step of the task")]
+    UnknownStep {
+        /// The step's unit.
+        unit: UnitName,
+        /// The name in its `after` list.
+        step: String,
+    },
+    /// Pre-start steps wait for each other in a cycle, so there is no start order.
+    #[error("{unit}: pre-start steps wait for each other in a cycle")]
+    Cycle {
+        /// A unit on the cycle.
+        unit: UnitName,
+    },
 }
 
-/// A unit file that could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("writing {}: {source}", path.display())]
-pub struct WriteError {
-    /// The file.
-    pub path: std::path::PathBuf,
-    /// Why.
-    pub source: std::io::Error,
+/// Appends `key=value` to `section` of `unit`, if the value's constructor accepted it.
+fn set(
+    unit: &mut Unit,
+    section: &'static str,
+    key: &'static str,
+    value: Result<Value, UnwritableValue>,
+) -> Result<(), TranslateError> {
+    let value = value.map_err(|source| TranslateError::Unwritable {
+        unit: unit.name.clone(),
+        key,
+        source,
+    })?;
+    unit.set(section, key, value);
+    Ok(())
+}
+
+/// Sets `ExecStart=` to `argv`.
+fn exec_start(unit: &mut Unit, argv: &[String]) -> Result<(), TranslateError> {
+    set(unit, "Service", "ExecStart", Value::exec(argv.to_vec()))
 }
 
 /// Builds the units of `job`.
-pub fn translate(job: &Job) -> UnitSet {
+///
+/// # Errors
+///
+/// A [`TranslateError`] if a value of `job` cannot be written into a unit, which
+/// validation rules out; see [`TranslateError`].
+pub fn translate(job: &Job) -> Result<UnitSet, TranslateError> {
     let task = &job.task;
     let names = UnitNames::new(&job.name, task);
     let mut b = Builder::default();
@@ -220,7 +223,7 @@ pub fn translate(job: &Job) -> UnitSet {
         names.target.clone(),
         UnitKind::Target,
         format!("twine job \"{}\"", job.name),
-    );
+    )?;
     let steps: Vec<usize> = task
         .prestart
         .iter()
@@ -233,23 +236,23 @@ pub fn translate(job: &Job) -> UnitSet {
                     "twine job \"{}\" pre-start step \"{}\"",
                     job.name, step.name
                 ),
-            );
+            )?;
             let svc = &mut b.units[i];
             svc.set("Service", "Type", Value::keyword("oneshot"));
             svc.set("Service", "RemainAfterExit", Value::bool(true));
-            svc.set("Service", "ExecStart", Value::exec(step.command.clone()));
+            exec_start(svc, &step.command)?;
             svc.set("Service", "TimeoutStartSec", Value::timeout(step.timeout));
-            execution(svc, task);
+            execution(svc, task)?;
             kill(svc, &task.kill);
-            logs(svc, task, None);
-            i
+            logs(svc, task, None)?;
+            Ok(i)
         })
-        .collect();
+        .collect::<Result<_, TranslateError>>()?;
     let main = b.unit(
         names.main.clone(),
         UnitKind::Service,
         format!("twine job \"{}\" main command", job.name),
-    );
+    )?;
     let sidecars: Vec<usize> = task
         .sidecars
         .iter()
@@ -259,45 +262,48 @@ pub fn translate(job: &Job) -> UnitSet {
                 name.clone(),
                 UnitKind::Service,
                 format!("twine job \"{}\" sidecar \"{}\"", job.name, sidecar.name),
-            );
+            )?;
             let svc = &mut b.units[i];
             svc.set("Service", "Type", Value::keyword("exec"));
-            svc.set("Service", "ExecStart", Value::exec(sidecar.command.clone()));
-            execution(svc, task);
+            exec_start(svc, &sidecar.command)?;
+            execution(svc, task)?;
             kill(svc, &task.kill);
             restart(svc, &sidecar.restart);
-            logs(svc, task, None);
-            i
+            logs(svc, task, None)?;
+            Ok(i)
         })
-        .collect();
+        .collect::<Result<_, TranslateError>>()?;
     {
         let svc = &mut b.units[main];
         svc.set("Service", "Type", Value::keyword("exec"));
-        svc.set("Service", "ExecStart", Value::exec(task.command.clone()));
-        execution(svc, task);
+        exec_start(svc, &task.command)?;
+        execution(svc, task)?;
         resources(svc, task);
         kill(svc, &task.kill);
         restart(svc, &task.restart);
-        logs(svc, task, task.logs.identifier.as_deref());
+        logs(svc, task, task.logs.identifier.as_deref())?;
     }
-    let health = task.health_check.as_ref().zip(names.health.as_ref()).map(
-        |(check, (service_name, timer_name))| {
+    let health = task
+        .health_check
+        .as_ref()
+        .zip(names.health.as_ref())
+        .map(|(check, (service_name, timer_name))| {
             let service = b.unit(
                 service_name.clone(),
                 UnitKind::Service,
                 format!("twine job \"{}\" health check", job.name),
-            );
+            )?;
             let svc = &mut b.units[service];
             svc.set("Service", "Type", Value::keyword("oneshot"));
-            svc.set("Service", "ExecStart", Value::exec(check.command.clone()));
+            exec_start(svc, &check.command)?;
             svc.set(
                 "Service",
                 "TimeoutStartSec",
                 Value::span(check.timeout_usec),
             );
-            execution(svc, task);
+            execution(svc, task)?;
             kill(svc, &task.kill);
-            logs(svc, task, None);
+            logs(svc, task, None)?;
             svc.set(
                 "Service",
                 "X-Twine-HealthRetries",
@@ -307,22 +313,28 @@ pub fn translate(job: &Job) -> UnitSet {
                 timer_name.clone(),
                 UnitKind::Timer,
                 format!("twine job \"{}\" health check timer", job.name),
-            );
+            )?;
             let tmr = &mut b.units[timer];
             tmr.set("Timer", "OnActiveSec", Value::span(check.start_period_usec));
             tmr.set("Timer", "OnUnitActiveSec", Value::span(check.interval_usec));
             tmr.set("Timer", "AccuracySec", Value::span(100_000));
-            (service, timer)
-        },
-    );
+            Ok((service, timer))
+        })
+        .transpose()?;
 
     // Relations; the [Unit] directives are rendered from these edges below.
     for (step, deps) in steps.iter().zip(&task.prestart) {
         for dep in &deps.after {
-            if let Some(d) = task.prestart.iter().position(|s| &s.name == dep) {
-                b.edge(*step, Dependency::Requires, steps[d]);
-                b.edge(*step, Dependency::After, steps[d]);
-            }
+            let d = task
+                .prestart
+                .iter()
+                .position(|s| &s.name == dep)
+                .ok_or_else(|| TranslateError::UnknownStep {
+                    unit: b.units[*step].name.clone(),
+                    step: dep.clone(),
+                })?;
+            b.edge(*step, Dependency::Requires, steps[d]);
+            b.edge(*step, Dependency::After, steps[d]);
         }
     }
     for &step in &steps {
@@ -369,13 +381,17 @@ struct Builder {
 }
 
 impl Builder {
-    fn unit(&mut self, name: UnitName, kind: UnitKind, description: String) -> usize {
+    fn unit(
+        &mut self,
+        name: UnitName,
+        kind: UnitKind,
+        description: String,
+    ) -> Result<usize, TranslateError> {
         let mut unit = Unit::new(name.clone(), kind);
-        // Names are printable and the description ends in fixed text, so it is a valid text value.
-        unit.set("Unit", "Description", Value(ValueKind::Text(description)));
+        set(&mut unit, "Unit", "Description", Value::text(&description))?;
         self.units.push(unit);
         self.graph.add_node(name);
-        self.units.len() - 1
+        Ok(self.units.len() - 1)
     }
 
     fn edge(&mut self, from: usize, dependency: Dependency, to: usize) {
@@ -383,7 +399,25 @@ impl Builder {
             .add_edge(NodeIndex::new(from), NodeIndex::new(to), dependency);
     }
 
-    fn finish(mut self, target: &UnitName, main: &UnitName) -> UnitSet {
+    fn finish(mut self, target: &UnitName, main: &UnitName) -> Result<UnitSet, TranslateError> {
+        let mut order = DiGraph::<(), ()>::with_capacity(self.units.len(), self.graph.edge_count());
+        for _ in &self.units {
+            order.add_node(());
+        }
+        for edge in self.graph.edge_references() {
+            match edge.weight() {
+                Dependency::After => order.add_edge(edge.target(), edge.source(), ()),
+                Dependency::Before => order.add_edge(edge.source(), edge.target(), ()),
+                _ => continue,
+            };
+        }
+        let start_order = toposort(&order, None)
+            .map_err(|cycle| TranslateError::Cycle {
+                unit: self.units[cycle.node_id().index()].name.clone(),
+            })?
+            .into_iter()
+            .map(NodeIndex::index)
+            .collect();
         for (i, unit) in self.units.iter_mut().enumerate() {
             // Edges come out newest first; reverse to keep insertion order.
             let mut edges: Vec<_> = self
@@ -404,12 +438,13 @@ impl Builder {
                 }
             }
         }
-        UnitSet {
+        Ok(UnitSet {
             units: self.units,
             graph: self.graph,
+            start_order,
             target: target.clone(),
             main: main.clone(),
-        }
+        })
     }
 }
 
@@ -420,23 +455,25 @@ fn insert_unit_directive(unit: &mut Unit, position: usize, key: &'static str, va
         .insert(position, crate::unit::Directive { key, value });
 }
 
-fn execution(unit: &mut Unit, task: &Task) {
+fn execution(unit: &mut Unit, task: &Task) -> Result<(), TranslateError> {
     if let Some(dir) = &task.working_directory {
-        unit.set(
-            "Service",
-            "WorkingDirectory",
-            Value(ValueKind::Text(dir.clone())),
-        );
+        set(unit, "Service", "WorkingDirectory", Value::path(dir))?;
     }
     if let Some(user) = &task.user {
-        unit.set("Service", "User", Value(ValueKind::Text(user.clone())));
+        set(unit, "Service", "User", Value::text(user))?;
     }
     if let Some(group) = &task.group {
-        unit.set("Service", "Group", Value(ValueKind::Text(group.clone())));
+        set(unit, "Service", "Group", Value::text(group))?;
     }
     for (key, value) in &task.environment {
-        unit.set("Service", "Environment", Value::environment(key, value));
+        set(
+            unit,
+            "Service",
+            "Environment",
+            Value::environment(key, value),
+        )?;
     }
+    Ok(())
 }
 
 fn resources(unit: &mut Unit, task: &Task) {
@@ -492,7 +529,7 @@ fn restart(unit: &mut Unit, policy: &RestartPolicy) {
     );
 }
 
-fn logs(unit: &mut Unit, task: &Task, identifier: Option<&str>) {
+fn logs(unit: &mut Unit, task: &Task, identifier: Option<&str>) -> Result<(), TranslateError> {
     unit.set("Service", "StandardOutput", Value::keyword("journal"));
     unit.set("Service", "StandardError", Value::keyword("journal"));
     let identifier = identifier.map_or_else(
@@ -505,11 +542,12 @@ fn logs(unit: &mut Unit, task: &Task, identifier: Option<&str>) {
         },
         str::to_owned,
     );
-    unit.set(
+    set(
+        unit,
         "Service",
         "SyslogIdentifier",
-        Value(ValueKind::Text(identifier)),
-    );
+        Value::text(&identifier),
+    )?;
     match task.logs.rate_limit {
         None => unit.set("Service", "LogRateLimitIntervalSec", Value::span(0)),
         Some((interval, burst)) => {
@@ -521,4 +559,5 @@ fn logs(unit: &mut Unit, task: &Task, identifier: Option<&str>) {
             );
         }
     }
+    Ok(())
 }

@@ -1,10 +1,14 @@
 //! A systemd unit model and its writer.
 //!
 //! Values are typed: an untrusted string can only enter a unit as
-//! [`Value::text`], [`Value::path`], [`Value::exec`] or [`Value::environment`],
-//! each escaped by the writer for the way systemd reads that directive. The only
-//! verbatim value is [`Value::keyword`], which takes a `&'static str`, so it can
-//! never come from a spec.
+//! [`Value::text`], [`Value::path`], [`Value::exec`] or [`Value::environment`].
+//! Each constructor checks the value against what systemd can read back exactly
+//! (see [`Refusal`]) and refuses it otherwise, and the writer escapes it for the
+//! way systemd reads that directive; so no caller of this module, with or without
+//! validation, can write a unit that means something else. Validation reports the
+//! same rules, through the same functions, with field paths. The only verbatim
+//! strings are [`Value::keyword`], section names and directive keys, which are
+//! `&'static str`: program text, never a spec's.
 //!
 //! No crate fits here: generic INI writers know neither repeated keys nor
 //! systemd's quoting, continuation and specifier rules.
@@ -79,14 +83,179 @@ impl fmt::Display for UnitName {
     }
 }
 
-/// A directive value that was refused by [`Value::text`] or [`Value::path`].
+/// A value that a [`Value`] constructor refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} cannot be written into a unit file: {reason}")]
+#[non_exhaustive]
 pub struct UnwritableValue {
-    /// The refused value.
+    /// The refused value: the text, the path, the offending word of a command
+    /// line, or the `NAME=value` of an environment entry.
     pub value: String,
     /// Why systemd could not read it back as written.
-    pub reason: &'static str,
+    pub reason: Refusal,
+}
+
+/// Why a value cannot be written into a unit file.
+///
+/// These are the unit model's invariants. [`Value`]'s constructors check them, and
+/// [validation](crate::validate) reports the same rules (through the same
+/// functions) as problems with their field paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The value is empty where systemd needs one (an empty path).
+    #[error("must not be empty")]
+    Empty,
+    /// A NUL byte, which no unit file can carry.
+    #[error("must not contain NUL bytes")]
+    Nul,
+    /// A control character in a value that systemd reads verbatim.
+    #[error("must not contain control characters")]
+    ControlCharacter,
+    /// Leading or trailing whitespace in a value that systemd reads verbatim: it
+    /// strips it, so `/srv/a ` would become `/srv/a`. Any Unicode whitespace is
+    /// refused, a superset of the ASCII blanks systemd strips.
+    #[error("must not start or end with whitespace (systemd strips it)")]
+    SurroundingWhitespace,
+    /// A trailing backslash, which would join the next line.
+    #[error("must not end with a backslash (systemd would join the next line)")]
+    TrailingBackslash,
+    /// The value is longer than systemd reads.
+    #[error("must be at most {max} bytes, is {len}")]
+    TooLong {
+        /// The limit.
+        max: usize,
+        /// The value's length.
+        len: usize,
+    },
+    /// A path that is not absolute and normalized. This also refuses an executable
+    /// starting with one of systemd's prefixes (`-`, `@`, `+`, `!`, `:`).
+    #[error("must be an absolute, normalized path (no '.', '..', '//' or trailing '/')")]
+    NotAbsolute,
+    /// Quotes, backslashes or `$` in an executable path: systemd 252 refuses the
+    /// first two ("Executable name contains special characters") and reads `$$`
+    /// there literally while expanding it in `argv[0]`, so no spelling is exact.
+    #[error(
+        "an executable path cannot contain quotes, backslashes or $ (systemd refuses or expands them)"
+    )]
+    ExecutableCharacter,
+    /// An empty command line: `ExecStart=` with no value resets the list.
+    #[error("must name an executable (an empty command line resets ExecStart=)")]
+    NoExecutable,
+    /// An environment variable name outside `[A-Za-z_][A-Za-z0-9_]*` or longer
+    /// than 255 bytes.
+    #[error(
+        "variable names are letters, digits and _, not starting with a digit, at most 255 bytes"
+    )]
+    EnvironmentName,
+}
+
+/// Longest path, in bytes (`PATH_MAX` minus the NUL).
+pub const MAX_PATH_LEN: usize = 4095;
+/// Longest command line once quoted, in bytes; systemd reads lines of at most 1 MiB.
+pub const MAX_COMMAND_LINE: usize = 512 * 1024;
+/// Longest environment variable name, in bytes.
+pub const MAX_ENV_NAME: usize = 255;
+
+/// A value systemd reads verbatim apart from `%` specifiers: no NUL, no control
+/// characters, no surrounding whitespace, no trailing backslash.
+pub(crate) fn check_text(text: &str) -> Result<(), Refusal> {
+    if text.contains('\0') {
+        Err(Refusal::Nul)
+    } else if text.chars().any(char::is_control) {
+        Err(Refusal::ControlCharacter)
+    } else if text.trim() != text {
+        Err(Refusal::SurroundingWhitespace)
+    } else if text.ends_with('\\') {
+        Err(Refusal::TrailingBackslash)
+    } else {
+        Ok(())
+    }
+}
+
+/// An absolute, normalized path that is also a valid text value.
+pub(crate) fn check_path(path: &str) -> Result<(), Refusal> {
+    if path.is_empty() {
+        return Err(Refusal::Empty);
+    }
+    check_text(path)?;
+    if path.len() > MAX_PATH_LEN {
+        Err(Refusal::TooLong {
+            max: MAX_PATH_LEN,
+            len: path.len(),
+        })
+    } else if path == "/"
+        || (path.starts_with('/')
+            && path[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
+    {
+        Ok(())
+    } else {
+        Err(Refusal::NotAbsolute)
+    }
+}
+
+/// `argv[0]` of a command line: a path that systemd takes exactly as written.
+fn check_executable(path: &str) -> Result<(), Refusal> {
+    check_path(path)?;
+    if path.contains(['"', '\'', '\\', '$']) {
+        Err(Refusal::ExecutableCharacter)
+    } else {
+        Ok(())
+    }
+}
+
+/// Every refusal of a command line, with the index of the word it concerns
+/// (`None`: the command line as a whole).
+pub(crate) fn check_argv(argv: &[String]) -> Vec<(Option<usize>, Refusal)> {
+    let mut refusals = Vec::new();
+    match argv.first() {
+        None => refusals.push((None, Refusal::NoExecutable)),
+        Some(exe) => {
+            if let Err(refusal) = check_executable(exe) {
+                refusals.push((Some(0), refusal));
+            }
+        }
+    }
+    for (i, arg) in argv.iter().enumerate().skip(1) {
+        if arg.contains('\0') {
+            refusals.push((Some(i), Refusal::Nul));
+        }
+    }
+    let len: usize = argv.iter().map(|w| escape::exec_word(w).len() + 1).sum();
+    if len > MAX_COMMAND_LINE {
+        refusals.push((
+            None,
+            Refusal::TooLong {
+                max: MAX_COMMAND_LINE,
+                len,
+            },
+        ));
+    }
+    refusals
+}
+
+/// The name of an `Environment=` variable.
+pub(crate) fn check_environment_name(name: &str) -> Result<(), Refusal> {
+    let mut bytes = name.bytes();
+    let valid = name.len() <= MAX_ENV_NAME
+        && matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Refusal::EnvironmentName)
+    }
+}
+
+/// The value of an `Environment=` variable: anything but NUL, which is quoted.
+pub(crate) fn check_environment_value(value: &str) -> Result<(), Refusal> {
+    if value.contains('\0') {
+        Err(Refusal::Nul)
+    } else {
+        Ok(())
+    }
 }
 
 /// A typed directive value; see the module docs for the safety argument.
@@ -109,54 +278,72 @@ pub(crate) enum ValueKind {
     Signal(Signal),
 }
 
+fn refused(value: &str) -> impl FnOnce(Refusal) -> UnwritableValue {
+    move |reason| UnwritableValue {
+        value: value.to_owned(),
+        reason,
+    }
+}
+
 impl Value {
     /// A fixed word chosen by the program, written verbatim.
     pub fn keyword(word: &'static str) -> Value {
         Value(ValueKind::Keyword(word))
     }
 
-    /// Free text that systemd reads verbatim apart from `%` specifiers.
+    /// Free text that systemd reads verbatim apart from `%` specifiers
+    /// (`Description=`, `User=`, `SyslogIdentifier=` ...).
     ///
-    /// Refuses control characters, surrounding whitespace (systemd strips it) and a
-    /// trailing backslash (systemd would join the next line).
+    /// # Errors
+    ///
+    /// Refuses NUL and control characters, surrounding whitespace (systemd strips
+    /// it) and a trailing backslash (systemd would join the next line).
     pub fn text(text: &str) -> Result<Value, UnwritableValue> {
-        let reason = if text.chars().any(char::is_control) {
-            Some("control characters cannot be escaped here")
-        } else if text.trim() != text {
-            Some("systemd strips leading and trailing whitespace")
-        } else if text.ends_with('\\') {
-            Some("a trailing backslash would continue the line")
-        } else {
-            None
-        };
-        match reason {
-            Some(reason) => Err(UnwritableValue {
-                value: text.to_owned(),
-                reason,
-            }),
-            None => Ok(Value(ValueKind::Text(text.to_owned()))),
-        }
+        check_text(text).map_err(refused(text))?;
+        Ok(Value(ValueKind::Text(text.to_owned())))
     }
 
-    /// An absolute path, as in `WorkingDirectory=`; the same rules as [`Value::text`].
+    /// An absolute path, as in `WorkingDirectory=`.
+    ///
+    /// # Errors
+    ///
+    /// The refusals of [`Value::text`], and a path that is empty, longer than
+    /// [`MAX_PATH_LEN`], relative, or not normalized (`.`, `..`, `//`, trailing `/`).
     pub fn path(path: &str) -> Result<Value, UnwritableValue> {
-        if !path.starts_with('/') {
-            return Err(UnwritableValue {
-                value: path.to_owned(),
-                reason: "the path must be absolute",
-            });
-        }
-        Value::text(path)
+        check_path(path).map_err(refused(path))?;
+        Ok(Value(ValueKind::Text(path.to_owned())))
     }
 
     /// A command line: `argv[0]` is the absolute executable, the rest its arguments.
-    pub fn exec(argv: Vec<String>) -> Value {
-        Value(ValueKind::Exec(argv))
+    ///
+    /// # Errors
+    ///
+    /// Refuses an empty argv (it would reset `ExecStart=`), an `argv[0]` that
+    /// [`Value::path`] refuses or that holds quotes, backslashes or `$` (so none of
+    /// systemd's prefixes `-@+!:` and no variable can appear there), a NUL in any
+    /// argument, and a line longer than [`MAX_COMMAND_LINE`] once quoted.
+    pub fn exec(argv: Vec<String>) -> Result<Value, UnwritableValue> {
+        if let Some((word, reason)) = check_argv(&argv).into_iter().next() {
+            let value = word.map_or_else(|| argv.join(" "), |i| argv[i].clone());
+            return Err(UnwritableValue { value, reason });
+        }
+        Ok(Value(ValueKind::Exec(argv)))
     }
 
     /// One `NAME=value` item of `Environment=`.
-    pub fn environment(name: &str, value: &str) -> Value {
-        Value(ValueKind::Environment(name.to_owned(), value.to_owned()))
+    ///
+    /// # Errors
+    ///
+    /// Refuses a name outside `[A-Za-z_][A-Za-z0-9_]*` (or longer than
+    /// [`MAX_ENV_NAME`]) and a NUL in the value.
+    pub fn environment(name: &str, value: &str) -> Result<Value, UnwritableValue> {
+        check_environment_name(name)
+            .and_then(|()| check_environment_value(value))
+            .map_err(refused(&format!("{name}={value}")))?;
+        Ok(Value(ValueKind::Environment(
+            name.to_owned(),
+            value.to_owned(),
+        )))
     }
 
     /// A space-separated list of unit names (`Requires=`, `After=` ...).
@@ -346,5 +533,137 @@ impl Unit {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal<T: fmt::Debug>(result: Result<T, UnwritableValue>) -> Refusal {
+        result.expect_err("must be refused").reason
+    }
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    #[test]
+    fn text_refuses_what_systemd_would_not_read_back() {
+        assert_eq!(refusal(Value::text("a\0b")), Refusal::Nul);
+        assert_eq!(refusal(Value::text("a\nb")), Refusal::ControlCharacter);
+        assert_eq!(refusal(Value::text("a\u{7f}")), Refusal::ControlCharacter);
+        for blank in [" a", "a ", "\u{a0}a", "a\u{2003}"] {
+            assert_eq!(
+                refusal(Value::text(blank)),
+                Refusal::SurroundingWhitespace,
+                "{blank:?}"
+            );
+        }
+        assert_eq!(refusal(Value::text("a\\")), Refusal::TrailingBackslash);
+        for fine in ["", "a b", "100% $HOME \"q\" 'a' \\ ;", "ü😀"] {
+            assert!(Value::text(fine).is_ok(), "{fine:?}");
+        }
+    }
+
+    /// Regression (issue 7): `WorkingDirectory=/ ` is read by systemd as `/`.
+    #[test]
+    fn path_refuses_surrounding_whitespace() {
+        for path in ["/ ", " /", "/srv/a ", "/srv/a\t", " /srv/a"] {
+            let refused = refusal(Value::path(path));
+            assert!(
+                matches!(
+                    refused,
+                    Refusal::SurroundingWhitespace | Refusal::ControlCharacter
+                ),
+                "{path:?}: {refused:?}"
+            );
+        }
+        assert!(Value::path("/srv/a b").is_ok());
+    }
+
+    #[test]
+    fn path_refuses_relative_unnormalized_empty_and_long_paths() {
+        assert_eq!(refusal(Value::path("")), Refusal::Empty);
+        for path in ["srv", "./srv", "/srv/", "/srv//a", "/srv/./a", "/srv/../a"] {
+            assert_eq!(refusal(Value::path(path)), Refusal::NotAbsolute, "{path}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_PATH_LEN));
+        assert_eq!(
+            refusal(Value::path(&long)),
+            Refusal::TooLong {
+                max: MAX_PATH_LEN,
+                len: MAX_PATH_LEN + 1
+            }
+        );
+        assert_eq!(refusal(Value::path("/srv/a\\")), Refusal::TrailingBackslash);
+        assert!(Value::path("/").is_ok());
+    }
+
+    /// Regression (issue 7): `Value::exec` accepted an empty argv, which renders
+    /// `ExecStart=` (a reset), and any `argv[0]`.
+    #[test]
+    fn exec_refuses_what_would_change_the_command() {
+        let empty = Value::exec(Vec::new()).expect_err("empty argv");
+        assert_eq!(empty.reason, Refusal::NoExecutable);
+        assert_eq!(empty.value, "");
+        // systemd's prefixes, which would change how the command runs.
+        for exe in [
+            "-/bin/true",
+            "@/bin/true",
+            "+/bin/true",
+            "!/bin/true",
+            "!!/bin/true",
+            ":/bin/true",
+        ] {
+            let refused = Value::exec(argv(&[exe, "x"])).expect_err(exe);
+            assert_eq!(refused.reason, Refusal::NotAbsolute, "{exe}");
+            assert_eq!(refused.value, exe);
+        }
+        for exe in ["/bin/$x", "/bin/${X}", "/bin/a\"b", "/bin/a'b", "/bin/a\\b"] {
+            assert_eq!(
+                refusal(Value::exec(argv(&[exe]))),
+                Refusal::ExecutableCharacter,
+                "{exe}"
+            );
+        }
+        assert_eq!(
+            refusal(Value::exec(argv(&["/bin/true "]))),
+            Refusal::SurroundingWhitespace
+        );
+        assert_eq!(
+            refusal(Value::exec(argv(&["bin/true"]))),
+            Refusal::NotAbsolute
+        );
+        assert_eq!(refusal(Value::exec(argv(&[""]))), Refusal::Empty);
+        let nul = Value::exec(argv(&["/bin/true", "ok", "a\0b"])).expect_err("NUL");
+        assert_eq!((nul.reason, nul.value.as_str()), (Refusal::Nul, "a\0b"));
+        let long = vec!["/bin/true".to_owned(), "a".repeat(MAX_COMMAND_LINE)];
+        assert!(matches!(
+            refusal(Value::exec(long)),
+            Refusal::TooLong {
+                max: MAX_COMMAND_LINE,
+                ..
+            }
+        ));
+        // Arguments may hold anything else: they are quoted.
+        let fine = argv(&["/bin/true", "", "-x", " a ", "$HOME", "%n", "a\\", "\n"]);
+        assert_eq!(Value::exec(fine.clone()).expect("quoted").meaning(), fine);
+    }
+
+    /// Regression (issue 7): `Value::environment` accepted any name.
+    #[test]
+    fn environment_refuses_bad_names_and_nul() {
+        let long = "A".repeat(MAX_ENV_NAME + 1);
+        for name in ["", "1A", "A-B", "A B", "A=B", "Ä", "A\n", long.as_str()] {
+            assert_eq!(
+                refusal(Value::environment(name, "v")),
+                Refusal::EnvironmentName,
+                "{name:?}"
+            );
+        }
+        assert_eq!(refusal(Value::environment("A", "a\0b")), Refusal::Nul);
+        assert!(Value::environment("_A1", " $x %n \n\"").is_ok());
+        assert!(Value::environment(&"A".repeat(MAX_ENV_NAME), "").is_ok());
     }
 }

@@ -6,21 +6,18 @@ use std::fmt;
 use petgraph::algo::tarjan_scc;
 use petgraph::graphmap::DiGraphMap;
 
-use crate::escape;
 use crate::job::*;
 use crate::naming::UnitNames;
 use crate::signal::Signal;
 use crate::spec::*;
-use crate::timespan::{Timeout, parse_bytes, parse_span};
+use crate::timespan::{QuantityError, Timeout, parse_bytes, parse_span};
+use crate::unit::{self, Refusal};
 
 /// Longest job, step, sidecar or label name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 /// Longest unit name systemd accepts (`UNIT_NAME_MAX` minus the NUL).
 pub const MAX_UNIT_NAME_LEN: usize = 255;
-/// Longest path, in bytes (`PATH_MAX` minus the NUL).
-pub const MAX_PATH_LEN: usize = 4095;
-/// Longest command line once quoted, in bytes; systemd reads lines of at most 1 MiB.
-pub const MAX_COMMAND_LINE: usize = 512 * 1024;
+pub use crate::unit::{MAX_COMMAND_LINE, MAX_PATH_LEN};
 /// Most arguments in one command.
 pub const MAX_ARGS: usize = 4096;
 /// Longest environment value, in bytes.
@@ -62,10 +59,32 @@ pub enum ProblemKind {
     UnitName,
     /// Two values contradict each other (`memory_high` above `memory_max`).
     Conflict,
+    /// A value systemd reads verbatim starts or ends with whitespace, which
+    /// systemd would strip (`/srv/a ` would become `/srv/a`).
+    SurroundingWhitespace,
+    /// A value systemd reads verbatim ends with a backslash, which would join the
+    /// next line.
+    TrailingBackslash,
+}
+
+impl From<Refusal> for ProblemKind {
+    fn from(refusal: Refusal) -> ProblemKind {
+        match refusal {
+            Refusal::Empty | Refusal::NoExecutable => ProblemKind::Empty,
+            Refusal::Nul => ProblemKind::Nul,
+            Refusal::ControlCharacter => ProblemKind::ControlCharacter,
+            Refusal::SurroundingWhitespace => ProblemKind::SurroundingWhitespace,
+            Refusal::TrailingBackslash => ProblemKind::TrailingBackslash,
+            Refusal::TooLong { .. } => ProblemKind::TooLong,
+            Refusal::NotAbsolute => ProblemKind::NotAbsolute,
+            Refusal::ExecutableCharacter | Refusal::EnvironmentName => ProblemKind::Malformed,
+        }
+    }
 }
 
 /// One problem: the field path, the offending value and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Problem {
     /// The field path, as `task.prestart[2].command[0]`.
     pub field: String,
@@ -85,6 +104,7 @@ impl fmt::Display for Problem {
 
 /// Every problem found in a spec, in field order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub struct ValidationErrors {
     /// The problems; never empty.
     pub problems: Vec<Problem>,
@@ -119,6 +139,14 @@ fn shown_quantity(q: &Quantity) -> String {
     }
 }
 
+fn malformed(error: QuantityError) -> (ProblemKind, String) {
+    (ProblemKind::Malformed, error.to_string())
+}
+
+fn out_of_range(message: &str) -> (ProblemKind, String) {
+    (ProblemKind::OutOfRange, message.to_owned())
+}
+
 #[derive(Default)]
 struct Checker {
     problems: Vec<Problem>,
@@ -140,7 +168,8 @@ impl Checker {
         });
     }
 
-    /// A printable name: non-empty, bounded, no control characters or surrounding blanks.
+    /// A printable name: non-empty, bounded, and a valid text value of a unit
+    /// (see [`unit::check_text`]).
     fn name(&mut self, field: &str, value: &str, max: usize) -> bool {
         let problem = if value.is_empty() {
             Some((ProblemKind::Empty, "must not be empty".to_owned()))
@@ -162,21 +191,14 @@ impl Checker {
     }
 
     fn printable(&self, value: &str) -> Option<(ProblemKind, String)> {
-        if value.contains('\0') {
-            Some((ProblemKind::Nul, "must not contain NUL bytes".to_owned()))
-        } else if value.chars().any(char::is_control) {
-            Some((
-                ProblemKind::ControlCharacter,
-                "must not contain control characters".to_owned(),
-            ))
-        } else if value.trim() != value {
-            Some((
-                ProblemKind::Malformed,
-                "must not start or end with whitespace".to_owned(),
-            ))
-        } else {
-            None
-        }
+        unit::check_text(value)
+            .err()
+            .map(|refusal| (refusal.into(), refusal.to_string()))
+    }
+
+    /// Reports `refusal` of `value` at `field`.
+    fn refused(&mut self, field: impl Into<String>, value: String, refusal: Refusal) {
+        self.report(field, value, refusal.into(), refusal.to_string());
     }
 
     fn optional_name(&mut self, field: &str, value: &Option<String>, max: usize) -> Option<String> {
@@ -184,56 +206,24 @@ impl Checker {
         self.name(field, value, max).then(|| value.clone())
     }
 
-    /// An absolute, normalized path that can be written into a unit file.
-    fn path(&mut self, field: &str, value: &str) -> bool {
-        let problem = if value.is_empty() {
-            Some((ProblemKind::Empty, "must not be empty".to_owned()))
-        } else if value.contains('\0') {
-            Some((ProblemKind::Nul, "must not contain NUL bytes".to_owned()))
-        } else if value.chars().any(char::is_control) {
-            Some((
-                ProblemKind::ControlCharacter,
-                "must not contain control characters".to_owned(),
-            ))
-        } else if value.len() > MAX_PATH_LEN {
-            Some((
-                ProblemKind::TooLong,
-                format!("must be at most {MAX_PATH_LEN} bytes, is {}", value.len()),
-            ))
-        } else if !is_normalized_absolute(value) {
-            Some((
-                ProblemKind::NotAbsolute,
-                "must be an absolute, normalized path (no '.', '..', '//' or trailing '/')"
-                    .to_owned(),
-            ))
-        } else {
-            None
-        };
-        match problem {
-            Some((kind, message)) => {
-                self.report(field, shown(value), kind, message);
-                false
-            }
-            None => true,
+    /// An absolute, normalized path that can be written into a unit file
+    /// (see [`unit::check_path`]).
+    fn path(&mut self, field: &str, value: &str) {
+        if let Err(refusal) = unit::check_path(value) {
+            self.refused(field, shown(value), refusal);
         }
     }
 
-    fn command(&mut self, field: &str, argv: &[String]) -> bool {
-        let before = self.problems.len();
-        match argv.first() {
-            None => self.report(
-                field,
-                "[]".to_owned(),
-                ProblemKind::Empty,
-                "must name an executable",
-            ),
-            Some(exe) => {
-                // systemd 252 refuses quotes and backslashes in the executable path
-                // ("Executable name contains special characters") and reads `$$` there
-                // literally while expanding it in argv[0]: no spelling of `$` is exact.
-                if self.path(&format!("{field}[0]"), exe) && exe.contains(['"', '\'', '\\', '$']) {
-                    self.report(format!("{field}[0]"), shown(exe), ProblemKind::Malformed, "an executable path cannot contain quotes, backslashes or $ (systemd refuses or expands them)");
+    /// A command line that can be written into a unit file (see
+    /// [`unit::check_argv`]), with at most [`MAX_ARGS`] words.
+    fn command(&mut self, field: &str, argv: &[String]) {
+        for (word, refusal) in unit::check_argv(argv) {
+            match (word, refusal) {
+                (Some(i), _) => self.refused(format!("{field}[{i}]"), shown(&argv[i]), refusal),
+                (None, Refusal::TooLong { len, .. }) => {
+                    self.refused(field, format!("{len} bytes once quoted"), refusal);
                 }
+                (None, _) => self.refused(field, "[]".to_owned(), refusal),
             }
         }
         if argv.len() > MAX_ARGS {
@@ -244,26 +234,6 @@ impl Checker {
                 format!("must have at most {MAX_ARGS} arguments"),
             );
         }
-        for (i, arg) in argv.iter().enumerate().skip(1) {
-            if arg.contains('\0') {
-                self.report(
-                    format!("{field}[{i}]"),
-                    shown(arg),
-                    ProblemKind::Nul,
-                    "must not contain NUL bytes",
-                );
-            }
-        }
-        let quoted: usize = argv.iter().map(|w| escape::exec_word(w).len() + 1).sum();
-        if quoted > MAX_COMMAND_LINE {
-            self.report(
-                field,
-                format!("{quoted} bytes once quoted"),
-                ProblemKind::TooLong,
-                format!("must be at most {MAX_COMMAND_LINE} bytes once quoted"),
-            );
-        }
-        self.problems.len() == before
     }
 
     fn span(
@@ -299,14 +269,16 @@ impl Checker {
                 .ok()
                 .and_then(|n| n.checked_mul(1_000_000))
                 .map(Timeout::After)
-                .ok_or("the time span is too large"),
-            Quantity::Integer(_) => Err("must not be negative"),
-            Quantity::Float(x) if x.is_finite() && *x >= 0.0 => {
-                parse_span(&format!("{x}")).map(Timeout::After)
-            }
-            Quantity::Float(_) => Err("must be a finite, non-negative number of seconds"),
+                .ok_or_else(|| malformed(QuantityError::TooLarge)),
+            Quantity::Integer(_) => Err(out_of_range("must not be negative")),
+            Quantity::Float(x) if x.is_finite() && *x >= 0.0 => parse_span(&format!("{x}"))
+                .map(Timeout::After)
+                .map_err(malformed),
+            Quantity::Float(_) => Err(out_of_range(
+                "must be a finite, non-negative number of seconds",
+            )),
             Quantity::Text(t) if t == "infinity" && allow_infinity => Ok(Timeout::Infinity),
-            Quantity::Text(t) => parse_span(t).map(Timeout::After),
+            Quantity::Text(t) => parse_span(t).map(Timeout::After).map_err(malformed),
         };
         match parsed {
             Ok(Timeout::After(0)) if !allow_zero => {
@@ -319,12 +291,7 @@ impl Checker {
                 None
             }
             Ok(t) => Some(t),
-            Err(message) => {
-                let kind = if message.contains("negative") {
-                    ProblemKind::OutOfRange
-                } else {
-                    ProblemKind::Malformed
-                };
+            Err((kind, message)) => {
                 self.report(field, shown_quantity(q), kind, message);
                 None
             }
@@ -334,12 +301,17 @@ impl Checker {
     fn bytes(&mut self, field: &str, value: &Option<Quantity>) -> Option<u64> {
         let q = value.as_ref()?;
         let parsed = match q {
-            Quantity::Integer(n) if *n > 0 => u64::try_from(*n).map_err(|_| "out of range"),
-            Quantity::Integer(_) => Err("must be positive"),
-            Quantity::Float(_) => Err("must be a whole number of bytes or a size such as 512M"),
-            Quantity::Text(t) => parse_bytes(t).and_then(|n| {
+            Quantity::Integer(n) if *n > 0 => {
+                u64::try_from(*n).map_err(|_| malformed(QuantityError::TooLarge))
+            }
+            Quantity::Integer(_) => Err(out_of_range("must be positive")),
+            Quantity::Float(_) => Err((
+                ProblemKind::Malformed,
+                "must be a whole number of bytes or a size such as 512M".to_owned(),
+            )),
+            Quantity::Text(t) => parse_bytes(t).map_err(malformed).and_then(|n| {
                 if n == 0 {
-                    Err("must be positive")
+                    Err(out_of_range("must be positive"))
                 } else {
                     Ok(n)
                 }
@@ -347,12 +319,7 @@ impl Checker {
         };
         match parsed {
             Ok(n) => Some(n),
-            Err(message) => {
-                let kind = if message.contains("positive") {
-                    ProblemKind::OutOfRange
-                } else {
-                    ProblemKind::Malformed
-                };
+            Err((kind, message)) => {
                 self.report(field, shown_quantity(q), kind, message);
                 None
             }
@@ -376,12 +343,14 @@ impl Checker {
 
     fn signal(&mut self, field: &str, value: &Option<String>, default: Signal) -> Signal {
         let Some(name) = value else { return default };
-        Signal::parse(name).unwrap_or_else(|| {
+        Signal::parse(name).unwrap_or_else(|e| {
             self.report(
                 field,
                 shown(name),
                 ProblemKind::Malformed,
-                "must be a signal that ends a process, such as SIGTERM, SIGINT or SIGRTMIN+3",
+                format!(
+                    "{e}: must be a signal that ends a process, such as SIGTERM, SIGINT or SIGRTMIN+3"
+                ),
             );
             default
         })
@@ -424,21 +393,6 @@ impl Checker {
             interval_usec,
         }
     }
-}
-
-fn is_normalized_absolute(path: &str) -> bool {
-    path == "/"
-        || (path.starts_with('/')
-            && !path.ends_with('\\')
-            && path[1..]
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != ".."))
-}
-
-fn is_env_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn is_user_or_group(name: &str) -> bool {
@@ -563,16 +517,11 @@ fn validate_task(c: &mut Checker, t: &TaskSpec) -> Task {
     }
     for (name, value) in &t.environment {
         let field = format!("task.environment.{name}");
-        if !is_env_name(name) || name.len() > 255 {
-            c.report(&field, shown(name), ProblemKind::Malformed, "variable names are letters, digits and _, not starting with a digit, at most 255 bytes");
+        if let Err(refusal) = unit::check_environment_name(name) {
+            c.refused(&field, shown(name), refusal);
         }
-        if value.contains('\0') {
-            c.report(
-                &field,
-                shown(value),
-                ProblemKind::Nul,
-                "must not contain NUL bytes",
-            );
+        if let Err(refusal) = unit::check_environment_value(value) {
+            c.refused(&field, shown(value), refusal);
         } else if value.len() > MAX_ENV_VALUE {
             c.report(
                 &field,

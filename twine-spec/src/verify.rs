@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::translate::UnitFile;
 
@@ -19,11 +18,27 @@ use crate::translate::UnitFile;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
-    /// `systemd-analyze` could not be run, or the files not written.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done, naming the path or program.
-        context: String,
+    /// The temporary directory for the files could not be created.
+    #[error("creating a temporary directory in {}: {source}", dir.display())]
+    TempDir {
+        /// Where it was to be created.
+        dir: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A unit file could not be written into the temporary directory.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// `systemd-analyze` could not be run.
+    #[error("running {program} (apt: systemd): {source}")]
+    Spawn {
+        /// The program.
+        program: &'static str,
         /// Why it failed.
         source: std::io::Error,
     },
@@ -40,27 +55,27 @@ pub enum VerifyError {
 }
 
 /// Writes `files` into a fresh temporary directory and runs `systemd-analyze verify` on them.
+///
+/// The directory is created by [`tempfile`] with a random name and mode 0700, so
+/// a directory another user made first is never used; it is removed afterwards.
 pub fn verify(files: &[UnitFile]) -> Result<(), VerifyError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "twine-verify-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let io = |context: String| move |source| VerifyError::Io { context, source };
-    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    let result = (|| {
-        let mut paths = Vec::with_capacity(files.len());
-        for file in files {
-            let path = dir.join(&file.name);
-            std::fs::write(&path, &file.contents)
-                .map_err(io(format!("writing {}", path.display())))?;
-            paths.push(path);
-        }
-        verify_paths(&paths)
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let dir = tempfile::Builder::new()
+        .prefix("twine-verify-")
+        .tempdir()
+        .map_err(|source| VerifyError::TempDir {
+            dir: std::env::temp_dir(),
+            source,
+        })?;
+    let mut paths = Vec::with_capacity(files.len());
+    for file in files {
+        let path = dir.path().join(&file.name);
+        std::fs::write(&path, &file.contents).map_err(|source| VerifyError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        paths.push(path);
+    }
+    verify_paths(&paths)
 }
 
 /// Runs `systemd-analyze verify --man=no` on unit files already on disk.
@@ -71,8 +86,8 @@ pub fn verify_paths(paths: &[PathBuf]) -> Result<(), VerifyError> {
         .args(paths)
         .env("SYSTEMD_LOG_COLOR", "0")
         .output()
-        .map_err(|source| VerifyError::Io {
-            context: "running systemd-analyze (apt: systemd)".to_owned(),
+        .map_err(|source| VerifyError::Spawn {
+            program: "systemd-analyze",
             source,
         })?;
     let mut printed = String::from_utf8_lossy(&output.stdout).into_owned();

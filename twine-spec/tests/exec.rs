@@ -58,6 +58,7 @@ fn render(spec: &str) -> Vec<(String, String)> {
         .validate()
         .unwrap_or_else(|e| panic!("spec does not validate: {e}\n{spec}"));
     translate(&job)
+        .expect("a validated job translates")
         .files()
         .into_iter()
         .map(|f| (f.name, f.contents))

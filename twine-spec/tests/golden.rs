@@ -118,7 +118,7 @@ fn run_case(path: &Path) -> Result<(), String> {
         }
         Ok(job) => job,
     };
-    let files = translate(&job).files();
+    let files = translate(&job).expect("a validated job translates").files();
     for check in &checks {
         match check[0].as_str() {
             "assert-units" => {
@@ -194,7 +194,7 @@ fn formats_agree() {
             .expect("parses")
             .validate()
             .expect("valid");
-        translate(&job).files()
+        translate(&job).expect("a validated job translates").files()
     };
     let toml = render("formats.toml");
     assert_eq!(toml, render("formats.json"));

@@ -5,6 +5,10 @@
 //! rendered file, read back by a port of systemd's parser, has exactly the
 //! directives of the unit model with exactly their values, and real systemd
 //! (`systemd-analyze verify`) accepts the set without a word of complaint.
+//!
+//! Each property runs 128 cases; a longer run is
+//! `PROPTEST_CASES=2000 cargo test -p twine-spec --test injection`
+//! (the count that has passed is in docs/BENCHMARKS.md).
 
 mod support;
 
@@ -14,7 +18,8 @@ use proptest::prelude::*;
 use support::systemd_parse::{exec_argv, read_unit, resolve_specifiers, split_words};
 use twine_spec::escape;
 use twine_spec::spec::*;
-use twine_spec::{JobSpec, translate};
+use twine_spec::unit::Refusal;
+use twine_spec::{JobSpec, ProblemKind, TranslateError, translate};
 
 /// Pieces that mean something to systemd, a shell, or a unit-file reader.
 const FRAGMENTS: &[&str] = &[
@@ -166,7 +171,10 @@ fn assert_reads_back(set: &twine_spec::UnitSet) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    // 128 cases by default; `PROPTEST_CASES=N` (and proptest's other variables) override it.
+    #![proptest_config(proptest::test_runner::contextualize_config(
+        ProptestConfig { cases: 128, ..ProptestConfig::default() }
+    ))]
 
     /// Any argv survives quoting: our escaping, read by systemd's rules, gives it back,
     /// and real systemd accepts the unit.
@@ -228,7 +236,7 @@ proptest! {
                 }
             }
             Ok(job) => {
-                let set = translate(&job);
+                let set = translate(&job).map_err(|e| TestCaseError::fail(format!("a validated job must translate: {e}")))?;
                 assert_reads_back(&set)?;
                 // The name may hold '/': the executable then sits in a subdirectory.
                 if let Some(parent) = std::path::Path::new(&exe).parent() {
@@ -250,4 +258,203 @@ fn trailing_backslash_cannot_continue_a_line() {
     let spec = JobSpec::from_toml("name = 'x'\nentitlement = 'e'\n[task]\ncommand = ['/bin/true']\nworking_directory = '/srv/a\\'\n").unwrap();
     let errors = spec.validate().unwrap_err();
     assert_eq!(errors.problems[0].field, "task.working_directory");
+}
+
+/// Regression (issue 7, found by a 2,000-case run of `no_field_injects_anything`):
+/// `working_directory = "/ "` rendered `WorkingDirectory=/ `, which systemd reads
+/// as `/`. Minimal case: name `n%n`, executable named `n;n`.
+#[test]
+fn working_directory_with_trailing_space_is_refused() {
+    // Why it matters: systemd's reader strips the blank.
+    let read = read_unit("[Service]\nWorkingDirectory=/ \n").unwrap();
+    assert_eq!(read[0].value, "/");
+
+    let spec = |dir: &str| {
+        JobSpec::from_toml(&format!(
+            "name = 'n%n'\nentitlement = 'n%n'\n[task]\ncommand = ['/tmp/n;n']\nworking_directory = {}\n",
+            toml::Value::String(dir.to_owned())
+        ))
+        .unwrap()
+    };
+    for dir in ["/ ", " /", "/srv/a ", "/srv\u{a0}"] {
+        let problems = spec(dir).validate().unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "task.working_directory");
+        assert_eq!(problems[0].kind, ProblemKind::SurroundingWhitespace);
+        assert_eq!(problems[0].value, format!("{dir:?}"));
+    }
+    assert!(spec("/srv/a b").validate().is_ok());
+}
+
+/// Every value that systemd reads verbatim (and so trims) refuses surrounding
+/// whitespace, with its field path.
+#[test]
+fn surrounding_whitespace_is_refused_in_every_trimmed_value() {
+    let base = "name = 'web'\nentitlement = 'e'\nlabels = { a = 'b' }\n[task]\ncommand = ['/bin/true']\n[[task.prestart]]\nname = 'p'\ncommand = ['/bin/true']\n[task.logs]\nidentifier = 'id'\n";
+    for (from, to, field) in [
+        ("name = 'web'", "name = 'web '", "name"),
+        ("entitlement = 'e'", "entitlement = ' e'", "entitlement"),
+        ("a = 'b'", "a = 'b '", "labels.a"),
+        (
+            "command = ['/bin/true']\n[[",
+            "command = ['/bin/true ']\n[[",
+            "task.command[0]",
+        ),
+        ("name = 'p'", "name = 'p '", "task.prestart[0].name"),
+        (
+            "command = ['/bin/true']\n[task.logs]",
+            "command = [' /bin/true']\n[task.logs]",
+            "task.prestart[0].command[0]",
+        ),
+        (
+            "identifier = 'id'",
+            "identifier = 'id '",
+            "task.logs.identifier",
+        ),
+    ] {
+        assert!(base.contains(from), "{from}");
+        let spec = JobSpec::from_toml(&base.replacen(from, to, 1)).unwrap();
+        let problems = spec.validate().unwrap_err().problems;
+        assert_eq!(
+            problems
+                .iter()
+                .map(|p| (p.field.as_str(), p.kind))
+                .collect::<Vec<_>>(),
+            [(field, ProblemKind::SurroundingWhitespace)],
+            "{to}"
+        );
+    }
+    assert!(JobSpec::from_toml(base).unwrap().validate().is_ok());
+}
+
+/// Regression (issue 7): SIGURG and SIGWINCH are ignored by default, so a stop
+/// sent with them would do nothing until the grace period ran out.
+#[test]
+fn kill_signals_that_do_not_end_a_process_are_refused() {
+    for signal in ["SIGURG", "SIGWINCH", "SIGSTOP", "CHLD"] {
+        let spec = JobSpec::from_toml(&format!(
+            "name = 'x'\nentitlement = 'e'\n[task]\ncommand = ['/bin/true']\n[task.kill]\nsignal = '{signal}'\nfinal_signal = '{signal}'\n"
+        ))
+        .unwrap();
+        let problems = spec.validate().unwrap_err().problems;
+        let fields: Vec<_> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.kind))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("task.kill.signal", ProblemKind::Malformed),
+                ("task.kill.final_signal", ProblemKind::Malformed)
+            ],
+            "{signal}"
+        );
+        assert!(
+            problems[0].message.contains("does not end a process"),
+            "{}",
+            problems[0]
+        );
+    }
+}
+
+/// A change made to a validated job.
+type Change = fn(&mut twine_spec::Job);
+
+/// A job changed after validation cannot smuggle a value past the unit model:
+/// translation refuses it, naming the unit and the directive.
+#[test]
+fn translate_refuses_a_job_changed_after_validation() {
+    let spec =
+        JobSpec::from_toml("name = 'x'\nentitlement = 'e'\n[task]\ncommand = ['/bin/true']\n")
+            .unwrap();
+    let valid = spec.validate().unwrap();
+    let cases: [(Change, &str, Refusal); 6] = [
+        (
+            |j| j.task.working_directory = Some("/ ".into()),
+            "WorkingDirectory",
+            Refusal::SurroundingWhitespace,
+        ),
+        (
+            |j| j.task.command.clear(),
+            "ExecStart",
+            Refusal::NoExecutable,
+        ),
+        (
+            |j| j.task.command[0] = "-/bin/true".into(),
+            "ExecStart",
+            Refusal::NotAbsolute,
+        ),
+        (
+            |j| {
+                j.task.environment.insert("A\nExecStart".into(), "x".into());
+            },
+            "Environment",
+            Refusal::EnvironmentName,
+        ),
+        (
+            |j| j.task.user = Some("root\nExecStart=/bin/evil".into()),
+            "User",
+            Refusal::ControlCharacter,
+        ),
+        (
+            |j| j.name = "x\n[Service]".into(),
+            "Description",
+            Refusal::ControlCharacter,
+        ),
+    ];
+    for (change, key, reason) in cases {
+        let mut job = valid.clone();
+        change(&mut job);
+        match translate(&job) {
+            Err(TranslateError::Unwritable {
+                key: refused_key,
+                source,
+                ..
+            }) => assert_eq!((refused_key, source.reason), (key, reason)),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    assert!(translate(&valid).is_ok());
+}
+
+/// The same for the relations of pre-start steps: a cycle or an unknown step
+/// is an error, not a unit set without a start order.
+#[test]
+fn translate_refuses_steps_changed_after_validation() {
+    let spec = JobSpec::from_toml(
+        "name = 'x'\nentitlement = 'e'\n[task]\ncommand = ['/bin/true']\n[[task.prestart]]\nname = 'a'\ncommand = ['/bin/true']\n[[task.prestart]]\nname = 'b'\ncommand = ['/bin/true']\n",
+    )
+    .unwrap();
+    let valid = spec.validate().unwrap();
+    let order: Vec<String> = translate(&valid)
+        .unwrap()
+        .start_order()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "x-pre-a.service",
+            "x-pre-b.service",
+            "x.service",
+            "x.target"
+        ]
+    );
+
+    let mut cyclic = valid.clone();
+    cyclic.task.prestart[0].after = vec!["b".to_owned()];
+    assert!(
+        matches!(translate(&cyclic), Err(TranslateError::Cycle { .. })),
+        "{:?}",
+        translate(&cyclic)
+    );
+    let mut unknown = valid;
+    unknown.task.prestart[1].after = vec!["c".to_owned()];
+    match translate(&unknown) {
+        Err(TranslateError::UnknownStep { unit, step }) => {
+            assert_eq!((unit.as_str(), step.as_str()), ("x-pre-b.service", "c"));
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -182,7 +182,7 @@ fn transient_properties_match_unit_files() {
             continue;
         };
         let Ok(job) = spec.validate() else { continue };
-        assert_equivalent(&translate(&job));
+        assert_equivalent(&translate(&job).expect("a validated job translates"));
         checked += 1;
     }
     assert!(checked >= 7, "only {checked} golden specs translated");
@@ -196,7 +196,9 @@ fn exec_start_is_sasb_in_json() {
     .expect("parses")
     .validate()
     .expect("valid");
-    let units = translate(&job).transient();
+    let units = translate(&job)
+        .expect("a validated job translates")
+        .transient();
     let main = units
         .iter()
         .find(|u| u.name == "j.service")

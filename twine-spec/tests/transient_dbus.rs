@@ -22,7 +22,7 @@ fn job(name: &str) -> UnitSet {
         "%n".to_owned(),
         "tab\there\nline".to_owned(),
     ]);
-    translate(&spec.validate().expect("example is valid"))
+    translate(&spec.validate().expect("example is valid")).expect("a validated job translates")
 }
 
 /// The `busctl call` words for one `(name, signature, value)` property.

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let Ok(spec) = JobSpec::parse(text, format) else { return };
     let Ok(job) = spec.validate() else { return };
-    let set = translate(&job);
+    let set = translate(&job).expect("a validated job always translates");
     let _ = set.transient();
     for unit in set.units() {
         let text = unit.render();
