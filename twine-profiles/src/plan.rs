@@ -75,16 +75,18 @@ fn is_hugepage_sysctl(setting: &Setting) -> bool {
 /// The plan that brings a host with `facts` to `profile`: one change per setting whose
 /// current value differs from the wanted one, in application order.
 pub fn plan(facts: &HostFacts, profile: &Profile) -> Plan {
-    let mut changes: Vec<Change> = Vec::new();
+    // Ranked once per change: the rank of a sysctl looks at its name.
+    let mut ranked: Vec<(u8, Change)> = Vec::new();
     for (setting, wanted) in profile.desired() {
         let current = facts.values.get(&setting).cloned().flatten();
         let Some(to) = target(&setting, current.as_deref(), wanted.as_deref()) else {
             continue;
         };
         let effect = effect(&setting, to.as_deref(), facts);
-        changes.push(Change::new(setting, current, to, effect));
+        ranked.push((rank(&setting), Change::new(setting, current, to, effect)));
     }
-    changes.sort_by(|a, b| (rank(&a.setting), &a.setting).cmp(&(rank(&b.setting), &b.setting)));
+    ranked.sort_by(|(ra, a), (rb, b)| (ra, &a.setting).cmp(&(rb, &b.setting)));
+    let changes: Vec<Change> = ranked.into_iter().map(|(_, c)| c).collect();
     let reboot = changes.iter().any(|c| c.effect == Effect::Reboot);
     let drain = reboot
         || (facts.jobs_running && changes.iter().any(|c| c.effect == Effect::LiveRestartJobs));
