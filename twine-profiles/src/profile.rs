@@ -25,7 +25,7 @@ use crate::key::{CmdlineArg, KeyError, SysctlKey, SysfsPath};
 pub(crate) use value::normalise_fields;
 pub use value::{
     CgroupKey, CmdlineValue, Content, Controller, DropIn, Governor, Line, NetworkdFile, NodeId,
-    SysctlValue, ThpDefrag, ThpEnabled,
+    SysctlValue, ThpDefrag, ThpEnabled, ValueError,
 };
 
 /// The formats a profile can be written in.

@@ -55,6 +55,19 @@ fn refuse<E: de::Error>(what: &str, value: &str, why: &str) -> E {
     E::custom(format!("{what} {value:?} {why}"))
 }
 
+/// A refused value: what it was for, the value as given, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} {problem}")]
+#[non_exhaustive]
+pub struct ValueError {
+    /// What the value is (`sysctl value`, `governor`, ...).
+    pub what: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// Why it was refused.
+    pub problem: &'static str,
+}
+
 /// A string-valued newtype, serialised as the string, validated by `$check` on the way in.
 macro_rules! text_value {
     ($(#[$doc:meta])* $name:ident, $what:literal, $check:expr) => {
@@ -64,11 +77,13 @@ macro_rules! text_value {
 
         impl $name {
             /// Validates (and normalises) a value.
-            pub fn new(value: &str) -> Result<Self, String> {
+            pub fn new(value: &str) -> Result<Self, ValueError> {
                 let check: fn(&str) -> Result<String, &'static str> = $check;
-                check(value)
-                    .map(Self)
-                    .map_err(|why| format!("{} {:?} {}", $what, value, why))
+                check(value).map(Self).map_err(|problem| ValueError {
+                    what: $what,
+                    value: value.to_owned(),
+                    problem,
+                })
             }
         }
 
