@@ -95,6 +95,7 @@ fn bad_keys_and_values_name_their_field_and_value() {
         ("[cpu]\ngovernor = \"Perf\"", "cpu.governor", "Perf"),
         ("[cgroup2]\n\"/\" = [\"cpu\", \"IO\"]", "cgroup2./[1]", "IO"),
         ("[cgroup2]\n\"../x\" = [\"cpu\"]", "cgroup2.../x", "../x"),
+        ("[cgroup2]\n\"/a\" = [\"cpu\"]", "cgroup2./a", "/a"),
         ("[hugepages]\ncount_2m = -1", "hugepages.count_2m", "-1"),
         (
             "[hugepages]\nper_node_2m = { \"x\" = 1 }",
@@ -165,7 +166,7 @@ fn duplicate_drop_ins_are_refused() {
 fn values_are_normalised_as_the_host_prints_them() {
     let p = toml(
         "[sysctl]\n\"net.ipv4.ip_local_port_range\" = \"1024\\t 65000\"\n\
-         [cgroup2]\n\"/\" = [\"memory\", \"cpu\", \"cpu\"]\n\"/work.slice\" = []\n\
+         [cgroup2]\n\"/\" = [\"memory\", \"cpu\", \"cpu\"]\n\"work.slice\" = []\n\
          [cmdline]\nnosmt = false\n",
     )
     .unwrap();

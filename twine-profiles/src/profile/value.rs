@@ -304,19 +304,15 @@ impl<'de> Deserialize<'de> for NodeId {
     }
 }
 
-/// A cgroup key: `/` for the root cgroup, else a path relative to the cgroup2 mount (a
-/// leading `/` is allowed), confined like every key.
+/// A cgroup key: `/` for the root cgroup, else a path relative to the cgroup2 mount
+/// (`system.slice`), confined like every key. Only the root is spelled with a leading `/`,
+/// so that no two spellings name the same cgroup.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CgroupKey(CgroupPath);
 
 impl CgroupKey {
     /// Validates a key.
     pub fn new(value: &str) -> Result<Self, KeyError> {
-        let relative = if value == "/" {
-            ""
-        } else {
-            value.strip_prefix('/').unwrap_or(value)
-        };
         if value.is_empty() {
             // The root is spelled "/"; an empty key is a mistake, not the root.
             return Err(KeyError {
@@ -325,7 +321,7 @@ impl CgroupKey {
                 problem: KeyProblem::Empty,
             });
         }
-        CgroupPath::new(relative).map(CgroupKey)
+        CgroupPath::new(if value == "/" { "" } else { value }).map(CgroupKey)
     }
 
     /// The cgroup.
