@@ -353,3 +353,25 @@ fn examples_round_trip_through_toml() {
         assert_eq!(back, p, "{name}");
     }
 }
+
+#[test]
+fn json_and_yaml_errors_name_their_field_too() {
+    let json = Profile::from_str(r#"{"thp": {"enabled": "often"}}"#, Format::Json).unwrap_err();
+    let yaml = Profile::from_str("cpu:\n  governer: performance\n", Format::Yaml).unwrap_err();
+    let trailing = Profile::from_str("{} {}", Format::Json).unwrap_err();
+    for (err, field, value) in [
+        (json, "thp.enabled", "often"),
+        (yaml, "cpu.governer", "governer"),
+        (trailing, ".", "trailing"),
+    ] {
+        match err {
+            ProfileError::Syntax {
+                field: f, message, ..
+            } => {
+                assert_eq!(f, field, "{message}");
+                assert!(message.contains(value), "{message}");
+            }
+            e => panic!("{e}"),
+        }
+    }
+}
