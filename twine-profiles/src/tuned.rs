@@ -19,7 +19,7 @@
 //!   reported as dropped. `[variables] include=FILE` (an external, host-edited file such as
 //!   `/etc/tuned/realtime-variables.conf`) is not read and is reported.
 //!
-//! Not carried: `[main] summary` (a description, not a setting). Units conditional on the
+//! Not carried: `[main] summary` and `description` (descriptions, not settings). Units conditional on the
 //! hardware (`uname_regex`, `cpuinfo_regex`, `devices`, `devices_udev_regex`), disabled units
 //! and options conditional on the current value (`>N`, `<N`) are reported as dropped.
 
@@ -214,7 +214,9 @@ fn load(
             continue;
         }
         let sibling = real.parent().unwrap_or(&real).join(name);
-        if !sibling.join("tuned.conf").is_file() {
+        // a profile name, not a path: nothing outside the sibling directories is read
+        let not_a_name = name.contains('/') || name == "." || name == "..";
+        if not_a_name || !sibling.join("tuned.conf").is_file() {
             stack.pop();
             return Err(TunedError::MissingInclude {
                 path,
@@ -286,7 +288,11 @@ fn expand(value: &str, vars: &BTreeMap<String, String>, depth: u8) -> Result<Str
         }
         match vars.get(name) {
             Some(v) if depth < 8 => out.push_str(&expand(v, vars, depth + 1)?),
-            Some(_) => return Err(format!("the variable {name:?} refers to itself")),
+            Some(_) => {
+                return Err(format!(
+                    "the variable {name:?} is defined in terms of itself (its value is meant to come from an external variables file)"
+                ));
+            }
             None => {
                 return Err(format!(
                     "the variable {name:?} is not defined in the profile"
@@ -392,12 +398,15 @@ fn map_unit(
 ) {
     let section = unit.name.as_str();
     let plugin = unit.get("type").unwrap_or(section);
+    // The unit's own options (type, conditions, priority) are not settings: list only the
+    // plugin options, or the unit itself when it has none.
     let whole_unit = |reason: String| -> Vec<Dropped> {
-        if unit.entries.is_empty() {
-            return vec![drop_it(section, "", "", reason)];
-        }
-        unit.entries
+        let settings: Vec<Dropped> = unit
+            .entries
             .iter()
+            .filter(|e| {
+                !UNIT_OPTIONS.contains(&e.name.as_str()) && !CONDITIONS.contains(&e.name.as_str())
+            })
             .map(|e| {
                 drop_it(
                     section,
@@ -406,11 +415,15 @@ fn map_unit(
                     reason.clone(),
                 )
             })
-            .collect()
+            .collect();
+        if settings.is_empty() {
+            return vec![drop_it(section, "", "", reason)];
+        }
+        settings
     };
     if section == "main" {
         for e in &unit.entries {
-            if e.name != "summary" {
+            if !matches!(e.name.as_str(), "summary" | "description") {
                 dropped.push(drop_it(
                     section,
                     &e.name,
@@ -563,6 +576,13 @@ fn cmdline(
             if remove {
                 if p.cmdline.get(arg) == Some(&val) {
                     p.cmdline.remove(arg);
+                } else {
+                    dropped.push(drop_it(
+                        section,
+                        option,
+                        &word,
+                        "removes an argument no earlier unit added; a twine profile cannot ask for an argument's absence",
+                    ));
                 }
                 continue;
             }

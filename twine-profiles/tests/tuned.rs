@@ -204,3 +204,39 @@ fn every_installed_tuned_profile_imports() {
     }
     eprintln!("imported {} TuneD profiles", dirs.len());
 }
+
+#[test]
+fn what_cannot_be_evaluated_is_reported_not_guessed() {
+    let (t, dropped) = import("unevaluable");
+    // nothing inherited: the include was a function call
+    assert!(t.get("sysctl").is_none());
+    assert!(t.get("thp").is_none(), "the disabled unit is not imported");
+    assert_eq!(str_of(&t, "cmdline", "skew_tick"), Some("1"));
+    assert!(get(&t, "cmdline", "nohz_full").is_none());
+    let reason = |s, o| was_dropped(&dropped, s, o).unwrap_or_else(|| panic!("{s} {o} dropped"));
+    assert!(reason("main", "include").contains("function"));
+    assert!(reason("variables", "include").contains("external variables file"));
+    assert!(reason("vm", "transparent_hugepages").contains("disabled"));
+    assert!(reason("bootloader", "cmdline").contains("absence"));
+    assert!(reason("bootloader", "cmdline_iso").contains("itself"));
+    assert!(reason("rtentsk", "").contains("rtentsk plugin"));
+    assert_eq!(dropped.len(), 6, "{dropped:#?}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// Any tuned.conf gives a profile or a typed error, never a panic, and a written profile
+    /// always has only the schema's keys.
+    #[test]
+    fn any_tuned_conf_imports_or_errs_without_panicking(
+        body in "(\\[(main|sysctl|vm|bootloader|cpu|sysfs|variables|disk)\\]\n|[a-z_./*${}:|<>=+ -]{0,30}\n){0,12}"
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let profile = dir.path().join("p");
+        std::fs::create_dir(&profile).expect("mkdir");
+        std::fs::write(profile.join("tuned.conf"), &body).expect("write");
+        if let Ok(imported) = import_tuned(&profile) {
+            check_schema(&imported.profile_toml);
+        }
+    }
+}
