@@ -14,6 +14,22 @@
 //! differs from the one recorded before the reboot counts as "booted"; otherwise the
 //! reboot is requested again.
 //!
+//! ```
+//! use twine_profiles::change::Plan;
+//! use twine_profiles::flow::{Action, Event, Flow, State};
+//!
+//! let flow = Flow::request("throughput-performance", Plan::default());
+//! assert_eq!(flow.state.action(), Some(Action::Start));
+//! // the plan needs no drain: straight to applying
+//! let flow = flow.step(Event::Start)?;
+//! assert_eq!(flow.state, State::Applying);
+//! let flow = flow.step(Event::Applied { reboot_required: false, boot_id: "b1".into() })?;
+//! let flow = flow.step(Event::Verified { pending: vec![] })?;
+//! assert_eq!(flow.state, State::Done);
+//! assert!(flow.is_finished());
+//! # Ok::<(), twine_profiles::flow::UnexpectedEvent>(())
+//! ```
+//!
 //! Two choices differ from a naive "undrain always": a failed verify and a failed rollback
 //! leave the host drained ([`State::Failed`]), because it is in neither the old nor the new
 //! profile and jobs must not land on it; a refused drain undrains (as kured uncordons after

@@ -6,6 +6,19 @@
 //! units to the twine profile schema (TOML). Everything else is returned in
 //! [`Imported::dropped`] with the reason, never dropped silently.
 //!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let root = tempfile::tempdir()?;
+//! let dir = root.path().join("fast");
+//! std::fs::create_dir(&dir)?;
+//! std::fs::write(dir.join("tuned.conf"), "[sysctl]\nvm.swappiness=10\n[disk]\nreadahead=>4096\n")?;
+//! let imported = twine_profiles::tuned::import_tuned(&dir)?;
+//! assert!(imported.profile_toml.contains("\"vm.swappiness\" = \"10\""));
+//! assert_eq!(imported.dropped[0].section, "disk");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Merge and inheritance, after TuneD (`tuned/profiles/loader.py`, `merger.py`; see
 //! `references/profiles-and-style.md` A1):
 //! - `include=` is a list split on `,`, `;` or whitespace; included profiles load depth-first
