@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use crate::{debian, guest, rootfs};
 
 /// Host packages: nspawn for the host tier, debootstrap for the rootfs, and the guest tier's.
-const HOST_PACKAGES: &[&str] = &["systemd-container", "debootstrap"];
+const HOST_PACKAGES: &[&str] = &["systemd-container", "debootstrap", "tuned"];
 
 /// How one step went.
 enum Outcome {
