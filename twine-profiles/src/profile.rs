@@ -57,6 +57,12 @@ pub enum MissingKeyPolicy {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProfileError {
+    /// The profile could not be written as TOML (a bug in the profile's types).
+    #[error("writing the profile as TOML: {message}")]
+    Serialize {
+        /// What the serialiser said.
+        message: String,
+    },
     /// The file could not be read.
     #[error("{}: {source}", path.display())]
     Read {
@@ -304,12 +310,13 @@ impl Profile {
     }
 
     /// Serialises the profile as TOML in the schema [`Profile::from_str`] reads.
-    pub fn to_toml(&self) -> String {
-        // Every field is a string, integer, bool, table or array of tables with string keys,
-        // all of which TOML holds; failure here would be a bug in this module's types.
-        toml::to_string(self).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "a profile could not be serialised as TOML");
-            String::new()
+    ///
+    /// Every field is a string, integer, bool, table or array of tables with string keys, all
+    /// of which TOML holds, so an error here is a bug in this module's types; it is still an
+    /// error, never an empty profile.
+    pub fn to_toml(&self) -> Result<String, ProfileError> {
+        toml::to_string(self).map_err(|e| ProfileError::Serialize {
+            message: e.to_string(),
         })
     }
 

@@ -338,7 +338,7 @@ proptest! {
     /// `to_toml` writes what `from_str` reads back unchanged.
     #[test]
     fn toml_round_trips(p in arb_profile()) {
-        let text = p.to_toml();
+        let text = p.to_toml().unwrap();
         let back = Profile::from_str(&text, Format::Toml)
             .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         prop_assert_eq!(back, p);
@@ -349,7 +349,7 @@ proptest! {
 fn examples_round_trip_through_toml() {
     for name in ["base", "web", "hugepages"] {
         let p = Profile::load(&examples().join(format!("{name}.toml"))).unwrap();
-        let back = toml(&p.to_toml()).unwrap();
+        let back = toml(&p.to_toml().unwrap()).unwrap();
         assert_eq!(back, p, "{name}");
     }
 }
