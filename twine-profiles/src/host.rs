@@ -150,7 +150,7 @@ impl HostRoot {
                 read_opt(&self.path(Path::new("etc/systemd/network").join(name.as_str())))
             }
             Setting::Cgroup2Controllers { cgroup } => {
-                let path = self.subtree_control(cgroup.as_str())?;
+                let path = self.path(self.subtree_control(cgroup.as_str())?);
                 Ok(read_opt(&path)?.map(|v| sorted_words(&v)))
             }
         }
@@ -226,7 +226,8 @@ impl HostRoot {
         Ok(out)
     }
 
-    /// The `cgroup.subtree_control` file of a cgroup under the cgroup2 mount. The mount is
+    /// The `cgroup.subtree_control` file of a cgroup under the cgroup2 mount, relative to
+    /// the root. The mount is
     /// found in `proc/self/mountinfo` under the root (hybrid hosts have it at
     /// `/sys/fs/cgroup/unified`); a directory root without that file uses `sys/fs/cgroup`.
     pub fn subtree_control(&self, cgroup: &str) -> Result<PathBuf, HostError> {
@@ -239,7 +240,7 @@ impl HostRoot {
             None if self.real => return Err(HostError::NoCgroup2 { path: info }),
             None => PathBuf::from("sys/fs/cgroup"),
         };
-        let mut path = self.path(mount);
+        let mut path = mount;
         if !cgroup.is_empty() {
             path.push(cgroup);
         }
