@@ -24,8 +24,7 @@ fn change(setting: Setting, to: Option<&str>, effect: Effect) -> Change {
 
 /// One change of every kind the fixture has.
 fn full_plan() -> Plan {
-    let mut plan = Plan::default();
-    plan.changes = vec![
+    let mut plan = plan_of(vec![
         change(sysctl("vm.swappiness"), Some("10"), Effect::Live),
         change(sysctl("kernel.printk_ratelimit"), Some("7"), Effect::Live),
         change(
@@ -69,9 +68,25 @@ fn full_plan() -> Plan {
             Effect::Reboot,
         ),
         change(Setting::Hugepages1G, Some("4"), Effect::Reboot),
-    ];
+    ]);
     plan.drain = true;
     plan.reboot = true;
+    plan
+}
+
+/// Applies with the strict policy and plain fixture writes.
+fn apply_strict(f: &FixtureRoot, plan: &Plan) -> Result<apply::ApplyReport, ApplyError> {
+    apply_with(
+        &f.root(),
+        plan,
+        policy(MissingKeys::Fail, false),
+        &mut FixtureWrites::new(),
+    )
+}
+
+fn plan_of(changes: Vec<Change>) -> Plan {
+    let mut plan = Plan::default();
+    plan.changes = changes;
     plan
 }
 
@@ -292,11 +307,10 @@ fn missing_keys_fail_before_any_write_or_are_skipped() {
     let f = FixtureRoot::typical().unwrap();
     let root = f.root();
     let before = f.snapshot().unwrap();
-    let mut plan = Plan::default();
-    plan.changes = vec![
+    let plan = plan_of(vec![
         change(sysctl("vm.swappiness"), Some("10"), Effect::Live),
         change(sysctl("vm.not_on_this_kernel"), Some("1"), Effect::Live),
-    ];
+    ]);
     let err = apply_with(
         &root,
         &plan,
@@ -325,12 +339,11 @@ fn missing_keys_fail_before_any_write_or_are_skipped() {
 
 #[test]
 fn partial_hugepages_error_or_escalate_to_the_command_line() {
-    let mut plan = Plan::default();
-    plan.changes = vec![change(
+    let plan = plan_of(vec![change(
         Setting::Hugepages2M { node: None },
         Some("512"),
         Effect::LiveRestartJobs,
-    )];
+    )]);
     let hp = "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
 
     let f = FixtureRoot::typical().unwrap();
@@ -369,8 +382,11 @@ fn partial_hugepages_error_or_escalate_to_the_command_line() {
 fn read_only_filesystem_is_a_typed_error_with_path_and_value() {
     let f = FixtureRoot::typical().unwrap();
     let before = f.snapshot().unwrap();
-    let mut plan = Plan::default();
-    plan.changes = vec![change(sysctl("vm.swappiness"), Some("10"), Effect::Live)];
+    let plan = plan_of(vec![change(
+        sysctl("vm.swappiness"),
+        Some("10"),
+        Effect::Live,
+    )]);
     // Write 0 is the journal, 1 the journal with the original recorded, 2 the sysctl.
     let mut w = FixtureWrites::new().fail_at(2, FaultPoint::Before, 30);
     let err = apply_with(&f.root(), &plan, policy(MissingKeys::Fail, false), &mut w).unwrap_err();
@@ -429,21 +445,14 @@ fn files_are_not_written_through_symlinks_out_of_the_root() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(f.path().join("etc/systemd")).unwrap();
     std::os::unix::fs::symlink(outside.path(), f.path().join("etc/systemd/network")).unwrap();
-    let mut plan = Plan::default();
-    plan.changes = vec![change(
+    let plan = plan_of(vec![change(
         Setting::Networkd {
             name: FileName::networkd("10-x.network").unwrap(),
         },
         Some("[Match]\nName=eth0\n"),
         Effect::Live,
-    )];
-    let err = apply_with(
-        &f.root(),
-        &plan,
-        policy(MissingKeys::Fail, false),
-        &mut FixtureWrites::new(),
-    )
-    .unwrap_err();
+    )]);
+    let err = apply_strict(&f, &plan).unwrap_err();
     assert!(matches!(err, ApplyError::Unsafe { .. }), "{err}");
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
@@ -452,22 +461,15 @@ fn files_are_not_written_through_symlinks_out_of_the_root() {
 fn values_that_could_inject_are_refused_before_writing() {
     let f = FixtureRoot::typical().unwrap();
     let before = f.snapshot().unwrap();
-    let mut plan = Plan::default();
-    plan.changes = vec![
+    let plan = plan_of(vec![
         change(sysctl("vm.swappiness"), Some("10"), Effect::Live),
         change(
             sysctl("kernel.printk_ratelimit"),
             Some("1\nkernel.x = 1"),
             Effect::Live,
         ),
-    ];
-    let err = apply_with(
-        &f.root(),
-        &plan,
-        policy(MissingKeys::Fail, false),
-        &mut FixtureWrites::new(),
-    )
-    .unwrap_err();
+    ]);
+    let err = apply_strict(&f, &plan).unwrap_err();
     assert!(matches!(err, ApplyError::BadValue { .. }), "{err}");
     same_tree(&f.snapshot().unwrap(), &before, "tree");
 }
