@@ -120,14 +120,32 @@ pub struct RollbackReport {
     pub networkd_reload: bool,
 }
 
-/// Boot-time settings: pending (in the boot config, not in the booted command line) or done.
+/// What [`verify`] found: boot-time settings pending (in the boot config, not yet in the
+/// booted command line) or done, and writes that drifted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct BootStatus {
+pub struct VerifyReport {
     /// Written, awaiting a reboot.
     pub pending: Vec<BootItem>,
     /// In effect.
     pub done: Vec<BootItem>,
+    /// Places twine wrote that no longer hold what it wrote (a reboot resets live sysfs
+    /// writes; someone else may have written them). Planning again re-applies them.
+    pub drifted: Vec<Drift>,
+}
+
+/// A place that no longer holds what twine wrote there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drift {
+    /// The setting (`None`: twine's sysctl.d drop-in or the boot config).
+    pub setting: Option<Setting>,
+    /// The file, under the root.
+    pub path: PathBuf,
+    /// What twine wrote (`None`: it removed the file).
+    pub wanted: Option<String>,
+    /// What it holds now (`None`: absent).
+    pub found: Option<String>,
 }
 
 /// Why an apply, resume, rollback or verify failed. Every variant names the path, and the
@@ -393,15 +411,58 @@ pub fn rollback_with(
 }
 
 /// Which boot-time settings of the journal the booted `proc/cmdline` shows (done) and which
-/// it does not yet (pending). Without a journal, both are empty.
-pub fn verify(root: &HostRoot) -> Result<BootStatus, ApplyError> {
-    match Journal::load(root)? {
-        Some(j) => boot_status(root, &j),
-        None => Ok(BootStatus::default()),
+/// it does not yet (pending), and which finished writes no longer read back (drifted: after
+/// a reboot, the live-only ones). Without a journal, all are empty.
+pub fn verify(root: &HostRoot) -> Result<VerifyReport, ApplyError> {
+    let Some(journal) = Journal::load(root)? else {
+        return Ok(VerifyReport::default());
+    };
+    let mut status = boot_status(root, &journal)?;
+    // The latest finished write to each place is what it should hold.
+    let mut latest: Vec<&journal::Step> = Vec::new();
+    for step in journal.steps.iter().rev().filter(|s| s.done) {
+        if !latest.iter().any(|l| l.op.path() == step.op.path()) {
+            latest.push(step);
+        }
+    }
+    for step in latest.into_iter().rev() {
+        let path = root.path(step.op.path());
+        let raw = host::read_opt(&path)?;
+        let (wanted, found) = match &step.op {
+            Op::Live { value, check, .. } => {
+                let partial = journal.report.partial.iter().any(|p| p.path == path);
+                if *check == Check::Count && partial {
+                    continue;
+                }
+                let found = raw.map(|r| read_as(&path, &r, *check)).transpose()?;
+                (Some(normalised(value, *check)), found)
+            }
+            Op::File { content, .. } => (content.clone(), raw),
+            Op::Controllers { want, .. } => {
+                (Some(want.clone()), raw.map(|r| host::sorted_words(&r)))
+            }
+        };
+        if wanted != found {
+            status.drifted.push(Drift {
+                setting: step.setting.clone(),
+                path,
+                wanted,
+                found,
+            });
+        }
+    }
+    Ok(status)
+}
+
+/// A written value as it reads back when the write took.
+fn normalised(value: &str, check: Check) -> String {
+    match check {
+        Check::Words => host::normalise_words(value),
+        _ => value.trim().to_owned(),
     }
 }
 
-fn boot_status(root: &HostRoot, journal: &Journal) -> Result<BootStatus, ApplyError> {
+fn boot_status(root: &HostRoot, journal: &Journal) -> Result<VerifyReport, ApplyError> {
     let booted = BootConfig::kernel_cmdline("proc/cmdline", &root.booted_cmdline()?);
     // The latest value per setting is the one that counts.
     let mut latest: Vec<&BootItem> = Vec::new();
@@ -410,7 +471,7 @@ fn boot_status(root: &HostRoot, journal: &Journal) -> Result<BootStatus, ApplyEr
             latest.push(item);
         }
     }
-    let mut status = BootStatus::default();
+    let mut status = VerifyReport::default();
     for item in latest.into_iter().rev() {
         if build::boot_value(&booted, &item.setting) == item.value {
             status.done.push(item.clone());
@@ -569,10 +630,7 @@ fn perform(root: &HostRoot, writes: &mut dyn Writes, op: &Op) -> Result<Outcome,
                 .as_deref()
                 .map(|r| read_as(&path, r, *check))
                 .transpose()?;
-            let wanted = match check {
-                Check::Words => host::normalise_words(value),
-                _ => value.trim().to_owned(),
-            };
+            let wanted = normalised(value, *check);
             if got.as_deref() == Some(wanted.as_str()) {
                 return Ok(Outcome::Done);
             }

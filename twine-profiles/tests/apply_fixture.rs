@@ -196,6 +196,22 @@ fn apply_writes_verifies_and_rollback_restores_the_tree() {
     let status = apply::verify(&root).unwrap();
     assert!(status.pending.is_empty());
     assert_eq!(status.done.len(), 2);
+    assert!(status.drifted.is_empty(), "{:?}", status.drifted);
+    // A reboot resets live-only writes: verify names them.
+    f.file(
+        "sys/kernel/mm/transparent_hugepage/enabled",
+        "[always] madvise never\n",
+    )
+    .unwrap();
+    let drifted = apply::verify(&root).unwrap().drifted;
+    assert_eq!(drifted.len(), 1, "{drifted:?}");
+    assert_eq!(drifted[0].wanted.as_deref(), Some("never"));
+    assert_eq!(drifted[0].found.as_deref(), Some("always"));
+    f.file(
+        "sys/kernel/mm/transparent_hugepage/enabled",
+        "always madvise [never]\n",
+    )
+    .unwrap();
     f.file(
         "proc/cmdline",
         &String::from_utf8_lossy(&before[Path::new("proc/cmdline")]),
