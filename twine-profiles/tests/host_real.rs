@@ -11,6 +11,9 @@ use twine_profiles::change::{Change, Effect, Plan, Setting, ThpKnob};
 use twine_profiles::host::HostRoot;
 use twine_profiles::key::{CgroupPath, SysctlKey};
 
+/// The apply test changes a sysctl the facts test reads: they take turns.
+static REAL_HOST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn sysctl(key: &str) -> Setting {
     Setting::Sysctl {
         key: SysctlKey::new(key).unwrap(),
@@ -50,6 +53,7 @@ fn sysctl_n(key: &str) -> String {
 
 #[test]
 fn real_facts_match_sysctl_and_the_kernel_files() {
+    let _turn = REAL_HOST.lock().unwrap_or_else(|e| e.into_inner());
     let root = HostRoot::real();
     let keys = [
         "kernel.printk_ratelimit",
@@ -118,6 +122,7 @@ fn real_apply_and_rollback_of_a_harmless_sysctl_leave_the_host_as_it_was() {
         eprintln!("skipped: {reason}");
         return;
     }
+    let _turn = REAL_HOST.lock().unwrap_or_else(|e| e.into_inner());
     let root = HostRoot::real();
     let journal = Path::new("/var/lib/twine/profiles/state.json");
     assert!(
