@@ -260,6 +260,12 @@ pub enum ApplyError {
         /// `apply` or `rollback`.
         what: &'static str,
     },
+    /// Another apply, resume or rollback holds the journal's lock.
+    #[error("journal {path}: another twine apply or rollback is running")]
+    Busy {
+        /// The locked directory.
+        path: PathBuf,
+    },
     /// There is nothing to resume.
     #[error("journal {path}: no apply to resume")]
     NothingToResume {
@@ -299,6 +305,7 @@ pub fn apply_with(
     policy: ApplyPolicy,
     writes: &mut dyn Writes,
 ) -> Result<ApplyReport, ApplyError> {
+    let _lock = Journal::lock(root)?;
     let mut journal = match Journal::load(root)? {
         Some(j) if j.rolling_back || !j.finished => {
             return Err(ApplyError::Unfinished {
@@ -334,6 +341,7 @@ pub fn resume(root: &HostRoot) -> Result<ApplyReport, ApplyError> {
 /// was in flight (writes are idempotent). A finished apply returns its report again.
 pub fn resume_with(root: &HostRoot, writes: &mut dyn Writes) -> Result<ApplyReport, ApplyError> {
     let path = root.path(JOURNAL);
+    let _lock = Journal::lock(root)?;
     let mut journal =
         Journal::load(root)?.ok_or(ApplyError::NothingToResume { path: path.clone() })?;
     if journal.rolling_back {
@@ -360,6 +368,10 @@ pub fn rollback_with(
     root: &HostRoot,
     writes: &mut dyn Writes,
 ) -> Result<RollbackReport, ApplyError> {
+    if Journal::load(root)?.is_none() {
+        return Ok(RollbackReport::default());
+    }
+    let _lock = Journal::lock(root)?;
     let Some(mut journal) = Journal::load(root)? else {
         return Ok(RollbackReport::default());
     };

@@ -443,6 +443,19 @@ fn two_applies_roll_back_to_the_first_originals() {
 }
 
 #[test]
+fn a_second_apply_at_the_same_time_is_refused() {
+    let f = FixtureRoot::typical().unwrap();
+    let dir = f.path().join("var/lib/twine/profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    let held = std::fs::File::open(&dir).unwrap();
+    held.lock().unwrap();
+    let err = apply_strict(&f, &full_plan()).unwrap_err();
+    assert!(matches!(err, ApplyError::Busy { .. }), "{err}");
+    drop(held);
+    apply_strict(&f, &full_plan()).unwrap();
+}
+
+#[test]
 fn an_unfinished_apply_blocks_a_new_one() {
     let f = FixtureRoot::typical().unwrap();
     let pol = policy(MissingKeys::Fail, false);

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::writes::Writes;
 use super::{ApplyError, ApplyPolicy, ApplyReport, BootItem};
 use crate::change::Setting;
-use crate::host::HostRoot;
+use crate::host::{HostError, HostRoot};
 
 /// The journal's path under a host root.
 pub(crate) const JOURNAL: &str = "var/lib/twine/profiles/state.json";
@@ -141,6 +141,23 @@ impl Journal {
         writes
             .replace_file(&path, &text)
             .map_err(|e| ApplyError::write(&path, "(journal)", e))
+    }
+
+    /// Takes the journal's lock: an exclusive `flock` on its directory (a directory, so that
+    /// no lock file outlives a rollback), released when the returned handle drops.
+    pub(crate) fn lock(root: &HostRoot) -> Result<fs::File, ApplyError> {
+        let path = root.path(JOURNAL);
+        let dir = path.parent().unwrap_or(&path).to_owned();
+        fs::create_dir_all(&dir).map_err(|e| ApplyError::write(&dir, "(directory)", e))?;
+        let handle = fs::File::open(&dir).map_err(|source| HostError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        match handle.try_lock() {
+            Ok(()) => Ok(handle),
+            Err(fs::TryLockError::WouldBlock) => Err(ApplyError::Busy { path: dir }),
+            Err(fs::TryLockError::Error(e)) => Err(ApplyError::write(&dir, "(lock)", e)),
+        }
     }
 
     /// Removes the journal (after a rollback).
