@@ -447,8 +447,11 @@ fn a_second_apply_at_the_same_time_is_refused() {
     let f = FixtureRoot::typical().unwrap();
     let dir = f.path().join("var/lib/twine/profiles");
     std::fs::create_dir_all(&dir).unwrap();
-    let held = std::fs::File::open(&dir).unwrap();
-    held.lock().unwrap();
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::open(&dir).unwrap(),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .unwrap();
     let err = apply_strict(&f, &full_plan()).unwrap_err();
     assert!(matches!(err, ApplyError::Busy { .. }), "{err}");
     drop(held);

@@ -11,6 +11,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::writes::Writes;
@@ -145,7 +147,7 @@ impl Journal {
 
     /// Takes the journal's lock: an exclusive `flock` on its directory (a directory, so that
     /// no lock file outlives a rollback), released when the returned handle drops.
-    pub(crate) fn lock(root: &HostRoot) -> Result<fs::File, ApplyError> {
+    pub(crate) fn lock(root: &HostRoot) -> Result<Flock<fs::File>, ApplyError> {
         let path = root.path(JOURNAL);
         let dir = path.parent().unwrap_or(&path).to_owned();
         fs::create_dir_all(&dir).map_err(|e| ApplyError::write(&dir, "(directory)", e))?;
@@ -153,11 +155,10 @@ impl Journal {
             path: dir.clone(),
             source,
         })?;
-        match handle.try_lock() {
-            Ok(()) => Ok(handle),
-            Err(fs::TryLockError::WouldBlock) => Err(ApplyError::Busy { path: dir }),
-            Err(fs::TryLockError::Error(e)) => Err(ApplyError::write(&dir, "(lock)", e)),
-        }
+        Flock::lock(handle, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+            Errno::EWOULDBLOCK => ApplyError::Busy { path: dir.clone() },
+            e => ApplyError::write(&dir, "(lock)", e.into()),
+        })
     }
 
     /// Removes the journal (after a rollback).
