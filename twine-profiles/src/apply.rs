@@ -13,9 +13,20 @@
 //! - No process is spawned: the report says when `systemctl daemon-reload` or a networkd
 //!   reload is due, and the caller runs it.
 //!
-//! An apply on top of a finished one appends to the journal, so a rollback still returns to
-//! the values from before the first. Directories created for new files stay after a
-//! rollback (empty).
+//! # The journal
+//!
+//! `var/lib/twine/profiles/state.json` (JSON, replaced atomically through [`Writes`], under
+//! an exclusive `flock` on its directory) holds the steps of every apply since the last
+//! rollback, in order; a step is one write (a kernel file, a whole etc file, a cgroup's
+//! controllers). A step's original value is recorded, and the journal saved, before the step
+//! writes; the step is marked done, and the journal saved, after its write was read back. So
+//! at any crash point the journal names every place twine may have changed, with what it held
+//! before: [`resume`] runs from the first step not done (rewriting the one in flight, which is
+//! idempotent), and [`rollback`] writes the recorded originals back newest first, which leaves
+//! each place as it was before twine first touched it; places twine never wrote are never
+//! written. An apply on top of a finished one appends its steps, so a rollback still returns
+//! to the values from before the first. Directories created for new files stay, empty, after
+//! a rollback.
 
 mod build;
 mod journal;

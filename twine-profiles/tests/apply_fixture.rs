@@ -395,6 +395,54 @@ fn partial_hugepages_error_or_escalate_to_the_command_line() {
 }
 
 #[test]
+fn a_partial_node_count_escalates_to_the_per_node_form_in_etc_kernel_cmdline() {
+    let f = FixtureRoot::typical().unwrap();
+    f.file("etc/kernel/cmdline", "root=/dev/sda1 ro\n").unwrap();
+    let plan = plan_of(vec![
+        change(
+            Setting::Hugepages2M { node: Some(0) },
+            Some("300"),
+            Effect::LiveRestartJobs,
+        ),
+        change(
+            Setting::Cmdline {
+                arg: CmdlineArg::new("nohz").unwrap(),
+            },
+            Some(""),
+            Effect::Reboot,
+        ),
+    ]);
+    let mut w = FixtureWrites::new().hugepage_limit(10);
+    let report = apply_with(&f.root(), &plan, policy(MissingKeys::Fail, true), &mut w).unwrap();
+    assert_eq!(report.partial.len(), 1);
+    assert_eq!(
+        read(&f, "etc/kernel/cmdline"),
+        "root=/dev/sda1 ro nohz hugepagesz=2M hugepages=0:300\n"
+    );
+    assert_eq!(read(&f, "etc/default/grub").matches("nohz").count(), 0);
+    f.file(
+        "proc/cmdline",
+        "root=/dev/sda1 ro nohz hugepagesz=2M hugepages=0:300\n",
+    )
+    .unwrap();
+    assert!(apply::verify(&f.root()).unwrap().pending.is_empty());
+}
+
+#[test]
+fn hugepage_arguments_go_through_the_hugepage_settings() {
+    let f = FixtureRoot::typical().unwrap();
+    let plan = plan_of(vec![change(
+        Setting::Cmdline {
+            arg: CmdlineArg::new("hugepages").unwrap(),
+        },
+        Some("4"),
+        Effect::Reboot,
+    )]);
+    let err = apply_strict(&f, &plan).unwrap_err();
+    assert!(matches!(err, ApplyError::BadValue { .. }), "{err}");
+}
+
+#[test]
 fn read_only_filesystem_is_a_typed_error_with_path_and_value() {
     let f = FixtureRoot::typical().unwrap();
     let before = f.snapshot().unwrap();

@@ -13,6 +13,9 @@ use crate::host::{self, BootConfig, HostRoot, HugepageSize};
 pub(crate) const SYSCTL_DROP_IN: &str = "etc/sysctl.d/90-twine.conf";
 const SYSCTL_HEADER: &str = "# Written by twine-profiles; rewritten as a whole on every apply.\n";
 
+/// Command-line arguments twine writes in pairs for the hugepage settings, never alone.
+const HUGEPAGE_ARGS: &[&str] = &["hugepages", "hugepagesz"];
+
 /// The steps of one apply, and what it reports before writing.
 #[derive(Debug, Default)]
 pub(crate) struct Built {
@@ -136,6 +139,13 @@ pub(crate) fn build(
                         },
                     ));
                 }
+            }
+            Setting::Cmdline { arg } if HUGEPAGE_ARGS.contains(&arg.to_string().as_str()) => {
+                return Err(ApplyError::BadValue {
+                    setting: setting.clone(),
+                    value: arg.to_string(),
+                    problem: "is set through the hugepages-2m and hugepages-1g settings",
+                });
             }
             Setting::Hugepages1G | Setting::Cmdline { .. } => {
                 if let Some(v) = to
