@@ -443,26 +443,38 @@ fn hugepage_arguments_go_through_the_hugepage_settings() {
 }
 
 #[test]
-fn read_only_filesystem_is_a_typed_error_with_path_and_value() {
-    let f = FixtureRoot::typical().unwrap();
-    let before = f.snapshot().unwrap();
-    let plan = plan_of(vec![change(
-        sysctl("vm.swappiness"),
-        Some("10"),
-        Effect::Live,
-    )]);
-    // Write 0 is the journal, 1 the journal with the original recorded, 2 the sysctl.
-    let mut w = FixtureWrites::new().fail_at(2, FaultPoint::Before, 30);
-    let err = apply_with(&f.root(), &plan, policy(MissingKeys::Fail, false), &mut w).unwrap_err();
-    assert!(matches!(err, ApplyError::ReadOnly { .. }), "{err}");
-    assert!(err.to_string().starts_with("writing 10 to "), "{err}");
-    assert!(
-        err.to_string()
-            .ends_with("proc/sys/vm/swappiness: read-only file system"),
-        "{err}"
-    );
-    rollback_with(&f.root(), &mut FixtureWrites::new()).unwrap();
-    same_tree(&f.snapshot().unwrap(), &before, "tree");
+fn write_errors_are_typed_and_name_the_path_and_value() {
+    for (errno, want) in [
+        (30, "read-only file system"),
+        (13, "permission denied"),
+        (16, "Device or resource busy (os error 16)"),
+    ] {
+        let f = FixtureRoot::typical().unwrap();
+        let before = f.snapshot().unwrap();
+        let plan = plan_of(vec![change(
+            sysctl("vm.swappiness"),
+            Some("10"),
+            Effect::Live,
+        )]);
+        // Write 0 is the journal, 1 the journal with the original recorded, 2 the sysctl.
+        let mut w = FixtureWrites::new().fail_at(2, FaultPoint::Before, errno);
+        let err =
+            apply_with(&f.root(), &plan, policy(MissingKeys::Fail, false), &mut w).unwrap_err();
+        let kind_ok = match errno {
+            30 => matches!(err, ApplyError::ReadOnly { .. }),
+            13 => matches!(err, ApplyError::Permission { .. }),
+            _ => matches!(err, ApplyError::Write { .. }),
+        };
+        assert!(kind_ok, "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with("writing 10 to "), "{text}");
+        assert!(
+            text.ends_with(&format!("proc/sys/vm/swappiness: {want}")),
+            "{text}"
+        );
+        rollback_with(&f.root(), &mut FixtureWrites::new()).unwrap();
+        same_tree(&f.snapshot().unwrap(), &before, "tree");
+    }
 }
 
 #[test]

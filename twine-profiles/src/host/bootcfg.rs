@@ -272,6 +272,26 @@ mod tests {
         assert_eq!(again.hugepages(HugepageSize::Two), None);
     }
 
+    proptest::proptest! {
+        /// Whatever arguments twine writes into GRUB's file read back the same, and the
+        /// other lines stay as they were.
+        #[test]
+        fn grub_args_round_trip(args in proptest::collection::vec("[A-Za-z0-9_.=,:/-]{1,12}", 0..8)) {
+            let text = "GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX='keep me'\n";
+            let mut cfg = BootConfig::grub(GRUB_DEFAULT, Some(text)).unwrap();
+            for (i, a) in args.iter().enumerate() {
+                cfg.set_arg(&format!("twine{i}"), Some(a));
+            }
+            let out = cfg.render().unwrap();
+            proptest::prop_assert!(out.starts_with("GRUB_TIMEOUT=5\n"));
+            let back = BootConfig::grub(GRUB_DEFAULT, Some(&out)).unwrap();
+            proptest::prop_assert_eq!(back.arg("keep"), Some(String::new()));
+            for (i, a) in args.iter().enumerate() {
+                proptest::prop_assert_eq!(back.arg(&format!("twine{i}")), Some(a.clone()));
+            }
+        }
+    }
+
     #[test]
     fn expansions_are_refused() {
         for bad in [
