@@ -361,7 +361,21 @@ macro_rules! string_conversions {
         }
     )*};
 }
-string_conversions!(SysctlKey, SysfsPath, CgroupPath, CmdlineArg);
+string_conversions!(SysctlKey, SysfsPath, CmdlineArg);
+
+// Not through `Display`: the root cgroup displays as `/`, which `new` refuses as absolute,
+// so a serialised root cgroup must stay `""` to read back.
+impl TryFrom<String> for CgroupPath {
+    type Error = KeyError;
+    fn try_from(value: String) -> Result<Self, KeyError> {
+        Self::new(&value)
+    }
+}
+impl From<CgroupPath> for String {
+    fn from(key: CgroupPath) -> String {
+        key.0
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -383,6 +397,13 @@ mod tests {
         assert!(FileName::drop_in(".conf").is_err());
         assert!(UnitName::new("x.service\n").is_err());
         assert!(CmdlineArg::new("a=b").is_err());
+    }
+
+    #[test]
+    fn the_root_cgroup_survives_a_serde_round_trip() {
+        let root = CgroupPath::new("").unwrap();
+        let json = serde_json::to_string(&root).unwrap();
+        assert_eq!(serde_json::from_str::<CgroupPath>(&json).unwrap(), root);
     }
 
     #[test]

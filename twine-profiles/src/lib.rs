@@ -15,4 +15,6 @@ pub mod host;
 pub mod key;
 pub mod plan;
 pub mod profile;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod tuned;
