@@ -44,6 +44,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::change::Plan;
 
+mod host_applier;
+pub use host_applier::HostApplier;
+
 /// The error type of the caller's hooks ([`Drain`], [`Applier`], [`Reboot`]).
 pub type HookError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -342,7 +345,7 @@ pub trait Reboot {
     fn boot_id(&mut self) -> Result<String, HookError>;
 }
 
-/// What the flow needs from the applier; the integrator implements it with `apply.rs`.
+/// What the flow needs from the applier; [`HostApplier`] implements it with [`crate::apply`].
 pub trait Applier {
     /// Applies `plan`; returns whether a reboot is needed for it to take effect. Must resume
     /// a half-done apply when called again after a crash. `Err`: the flow rolls back.
