@@ -619,7 +619,10 @@ enum Outcome {
     Partial { wanted: u64, got: u64 },
 }
 
-/// Reads what a step is about to change, as it will be restored.
+/// Reads what a step is about to change, as it will be restored: a kernel file's content as
+/// it read (the kernel takes it back, trailing newline and tabs included, and a directory
+/// root gets its bytes back exactly), except a choice file, whose selected word is what
+/// can be written back.
 fn record(root: &HostRoot, op: &Op) -> Result<Recorded, ApplyError> {
     let path = root.path(op.path());
     let raw = host::read_opt(&path)?;
@@ -627,7 +630,19 @@ fn record(root: &HostRoot, op: &Op) -> Result<Recorded, ApplyError> {
         (_, None) => None,
         (Op::File { .. }, Some(v)) => Some(v),
         (Op::Controllers { .. }, Some(v)) => Some(host::sorted_words(&v)),
-        (Op::Live { check, .. }, Some(v)) => Some(read_as(&path, &v, *check)?),
+        (
+            Op::Live {
+                check: Check::Bracketed,
+                ..
+            },
+            Some(v),
+        ) => Some(read_as(&path, &v, Check::Bracketed)?),
+        (Op::Live { check, .. }, Some(v)) => {
+            // Checked now, so that a file twine could not read back is refused before
+            // the write, as before.
+            read_as(&path, &v, *check)?;
+            Some(v)
+        }
     };
     Ok(Recorded { value })
 }

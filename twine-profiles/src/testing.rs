@@ -208,7 +208,12 @@ impl Writes for FixtureWrites {
             } else {
                 value.to_owned()
             };
-            fs::write(path, format!("{new}\n"))
+            // The kernel shows a value with one trailing newline, whether or not the write
+            // had one (`echo 60 >` and a restored `60\n` read back alike).
+            fs::write(
+                path,
+                format!("{}\n", new.strip_suffix('\n').unwrap_or(&new)),
+            )
         })
     }
 
