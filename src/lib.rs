@@ -8,11 +8,14 @@
 //! | `spec` (default) | [`twine_spec`] | job specs translated into systemd units |
 //! | `sched` (default) | [`twine_sched`] | the allocator: entitlements, constraints, bin packing |
 //! | `oomd` (default) | [`twine_oomd`] | Senpai-style memory resizer and oomd-style kill policies |
+//! | `profiles` (default) | [`twine_profiles`] | host profiles planned, applied, verified and rolled back |
 //!
 //! The `twine` binary is the command-line face of the same crates.
 
 #[cfg(feature = "oomd")]
 pub use twine_oomd as oomd;
+#[cfg(feature = "profiles")]
+pub use twine_profiles as profiles;
 #[cfg(feature = "sched")]
 pub use twine_sched as sched;
 #[cfg(feature = "spec")]

@@ -21,6 +21,7 @@ macro_rules! say {
     }};
 }
 mod oomd;
+mod profile;
 
 use twine::spec::{JobSpec, UnitFile, UnitSet, translate, verify};
 
@@ -69,6 +70,12 @@ enum Command {
         #[arg(required = true)]
         specs: Vec<PathBuf>,
     },
+    /// Host profiles: plan, apply, resume, verify and roll back sysctls, hugepages, THP,
+    /// the kernel command line and more, through a host root; import TuneD profiles.
+    Profile {
+        #[command(subcommand)]
+        command: profile::ProfileCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +92,7 @@ fn main() -> ExitCode {
         } => render(&specs, out.as_deref(), transient),
         Command::Check { specs } => check(&specs),
         Command::Oomd { command } => oomd::oomd(command),
+        Command::Profile { command } => profile::profile(command),
         Command::Place(args) => place::place(&args).map(|lines| {
             for line in lines {
                 say!("{line}");
@@ -123,7 +131,13 @@ fn invalid_value(e: clap::Error) -> ExitCode {
     e.exit()
 }
 
-type Problems = Vec<String>;
+/// Error lines, each `path: message`, printed on stderr before exit 1.
+pub(crate) type Problems = Vec<String>;
+
+/// One error line as [`Problems`].
+pub(crate) fn problem(e: impl ToString) -> Problems {
+    vec![e.to_string()]
+}
 
 /// Reads, validates and translates every spec; all problems of all specs, or the unit sets.
 fn load(specs: &[PathBuf]) -> Result<Vec<UnitSet>, Problems> {

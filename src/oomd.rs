@@ -14,7 +14,7 @@ use twine_oomd::senpai::{Action, Mode, SenpaiConfig};
 use twine_oomd::sim::{SimReport, Workload, simulate};
 use twine_oomd::{Cgroup, CgroupError, CgroupRoot, Limit, LimitFile, PressureLine, Resource};
 
-type Problems = Vec<String>;
+use crate::{Problems, problem};
 
 /// Prints one line on stdout; a closed pipe ends the program quietly.
 fn say(line: &str) {
@@ -132,10 +132,6 @@ pub(crate) fn oomd(command: OomdCommand) -> Result<(), Problems> {
         OomdCommand::Status(args) => status(&args),
         OomdCommand::Simulate(args) => simulate_cmd(&args),
     }
-}
-
-fn problem(e: impl ToString) -> Problems {
-    vec![e.to_string()]
 }
 
 /// `--root`, or the mount found in `/proc/self/mountinfo`.

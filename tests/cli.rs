@@ -4,13 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn twine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_twine"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("twine runs")
-}
+mod support;
+use support::twine;
 
 fn have_systemd_analyze() -> bool {
     let have = Command::new("systemd-analyze")

@@ -6,28 +6,15 @@
 use std::fs;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
+
+mod support;
+use support::{stdout, twine};
 
 use serde_json::Value;
 use twine_oomd::fixture::fake_cgroup;
 
 const GIB: u64 = 1 << 30;
-
-fn twine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_twine"))
-        .args(args)
-        .output()
-        .expect("twine runs")
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
 
 #[test]
 fn simulate_json_reports_the_cold_memory_given_back_and_its_stall() {
