@@ -3,6 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use twine_profiles::change::Effect;
+use twine_profiles::host::HostRoot;
+use twine_profiles::plan::plan;
+use twine_profiles::profile::{Format, Profile};
 use twine_profiles::tuned::{Dropped, Imported, TunedError, import_tuned, profile_dirs};
 
 fn fixture(name: &str) -> PathBuf {
@@ -182,20 +186,29 @@ fn broken_chains_are_typed_errors() {
     ));
 }
 
+/// Debian's TuneD profile root, `None` (with a one-line reason on stderr) when tuned is not
+/// installed; under `TWINE_REQUIRE_REALSYS=1` that is a failure instead.
+fn installed_tuned() -> Option<&'static Path> {
+    let root = Path::new("/usr/lib/tuned");
+    if root.is_dir() {
+        return Some(root);
+    }
+    assert!(
+        std::env::var("TWINE_REQUIRE_REALSYS").as_deref() != Ok("1"),
+        "TWINE_REQUIRE_REALSYS=1 but tuned is not installed (no /usr/lib/tuned)"
+    );
+    eprintln!("skipped: tuned is not installed (no /usr/lib/tuned)");
+    None
+}
+
 /// Every profile the installed `tuned` package ships imports, and each written profile has
 /// only the schema's keys. The integrator extends this with the profile model's plan check
 /// over the same `profile_dirs` + `import_tuned` pair.
 #[test]
 fn every_installed_tuned_profile_imports() {
-    let root = Path::new("/usr/lib/tuned");
-    if !root.is_dir() {
-        assert!(
-            std::env::var("TWINE_REQUIRE_REALSYS").as_deref() != Ok("1"),
-            "TWINE_REQUIRE_REALSYS=1 but tuned is not installed (no /usr/lib/tuned)"
-        );
-        eprintln!("skipped: tuned is not installed (no /usr/lib/tuned)");
+    let Some(root) = installed_tuned() else {
         return;
-    }
+    };
     let dirs = profile_dirs(root).expect("lists profiles");
     assert!(dirs.len() > 10, "{dirs:?}");
     for dir in &dirs {
@@ -203,6 +216,43 @@ fn every_installed_tuned_profile_imports() {
         check_schema(&imported.profile_toml);
     }
     eprintln!("imported {} TuneD profiles", dirs.len());
+}
+
+/// Host tier: every profile Debian's `tuned` package ships imports, loads as a twine profile
+/// and gives a valid plan against this host's real facts (`HostRoot::real()`).
+#[test]
+fn every_installed_tuned_profile_plans_against_the_real_host() {
+    let Some(root) = installed_tuned() else {
+        return;
+    };
+    let host = HostRoot::real();
+    let dirs = profile_dirs(root).expect("lists profiles");
+    assert!(dirs.len() > 10, "{dirs:?}");
+    let mut changes = 0;
+    for dir in &dirs {
+        let shown = dir.display();
+        let imported = import_tuned(dir).unwrap_or_else(|e| panic!("{shown}: {e}"));
+        let profile = Profile::from_str(&imported.profile_toml, Format::Toml)
+            .unwrap_or_else(|e| panic!("{shown}: {e}\n{}", imported.profile_toml));
+        let settings: Vec<_> = profile.desired().into_keys().collect();
+        let facts = host
+            .facts(&settings, false)
+            .unwrap_or_else(|e| panic!("{shown}: {e}"));
+        let p = plan(&facts, &profile);
+        // every change is one the profile asked for, and the plan's verdicts follow its effects
+        for c in &p.changes {
+            assert!(settings.contains(&c.setting), "{shown}: {c:?}");
+        }
+        let reboot = p.changes.iter().any(|c| c.effect == Effect::Reboot);
+        assert_eq!(p.reboot, reboot, "{shown}");
+        assert!(!reboot || p.drain, "{shown}");
+        serde_json::to_string(&p.to_json()).unwrap_or_else(|e| panic!("{shown}: {e}"));
+        changes += p.changes.len();
+    }
+    eprintln!(
+        "planned {} TuneD profiles against this host: {changes} changes in all",
+        dirs.len()
+    );
 }
 
 #[test]
