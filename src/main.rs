@@ -65,7 +65,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return invalid_value(e),
+    };
     let result = match cli.command {
         Command::Demo => demo(),
         Command::Render {
@@ -89,6 +92,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A flag value outside its list (`--policy worst-fit`) is a `path: message` error with
+/// exit 1, as every other input error; clap reports the rest (usage, `--help`) itself.
+fn invalid_value(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::InvalidValue
+        && let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+            e.get(ContextKind::InvalidArg),
+            e.get(ContextKind::InvalidValue),
+        )
+    {
+        let flag = arg.split_whitespace().next().unwrap_or(arg);
+        let valid = match e.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(values)) => format!(" (use one of {})", values.join(", ")),
+            _ => String::new(),
+        };
+        eprintln!("{flag}: unknown value {value:?}{valid}");
+        return ExitCode::FAILURE;
+    }
+    e.exit()
 }
 
 type Problems = Vec<String>;

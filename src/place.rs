@@ -1,11 +1,31 @@
 //! `twine place`: offline packing of a trace's pods onto its nodes or identical hosts.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Instant;
 
-use twine::sched::pack::{Hosts, PackPolicy, Packing, pack, pool_gpus};
-use twine::sched::trace::{TraceNode, TracePod, read_nodes, read_pods};
+use clap::builder::PossibleValue;
+use twine::sched::pack::{GpuMode, Hosts, PackPolicy, Packing, Verified, pack, pool_gpus, verify};
+use twine::sched::trace::{TracePod, read_nodes, read_pods};
 use twine::sched::{GpuDemand, Resources};
+
+/// A `--policy` value: any [`PackPolicy`], spelled as [`PackPolicy::name`].
+#[derive(Clone, Copy)]
+pub(crate) struct PolicyArg(PackPolicy);
+
+static POLICIES: LazyLock<Vec<PolicyArg>> =
+    LazyLock::new(|| PackPolicy::all().into_iter().map(PolicyArg).collect());
+
+impl clap::ValueEnum for PolicyArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &POLICIES
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.0.name()))
+    }
+}
 
 /// The arguments of `twine place`.
 #[derive(clap::Args)]
@@ -16,10 +36,10 @@ pub(crate) struct PlaceArgs {
     /// Pods CSV (columns name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,...]).
     #[arg(long)]
     pods: PathBuf,
-    /// Packing policy: twine (default) or a greedy heuristic (first-fit, best-fit,
-    /// dot-product, l2, stranded, most-allocated, nomad-binpack, tetris, spread).
-    #[arg(long, default_value = "twine")]
-    policy: String,
+    /// Packing policy: twine (bin-centric fill and compaction) or a greedy heuristic,
+    /// tasks largest first.
+    #[arg(long, value_enum, default_value = "twine")]
+    policy: PolicyArg,
     /// Pack onto as many identical hosts of this shape as needed: CPU_MILLI,MEMORY_MIB,GPUS[,GPU_MODEL].
     #[arg(long)]
     hosts_shape: Option<String>,
@@ -36,6 +56,10 @@ pub(crate) struct PlaceArgs {
     /// figures computed that way (not a valid placement on real devices).
     #[arg(long)]
     gpu_pool: bool,
+    /// Check every packing with the independent checker (per-host sums recomputed from
+    /// the trace rows and the assignments alone); fail on any violation.
+    #[arg(long)]
+    verify: bool,
 }
 
 fn read<T>(
@@ -82,6 +106,8 @@ struct Run {
     policy: PackPolicy,
     packing: Packing,
     seconds: f64,
+    /// What the independent checker counted, with `--verify`.
+    verified: Option<Verified>,
 }
 
 impl Run {
@@ -104,61 +130,132 @@ impl Run {
             "ratio": (p.ratio() * 10_000.0).round() / 10_000.0,
             "placed": p.placed(),
             "unplaced": pods - p.placed(),
-            "unplaced_reasons": p.unplaced_reasons,
+            "unplaced_reasons": p.unplaced_reasons.iter().map(|(r, n)| (r.to_string(), *n)).collect::<BTreeMap<_, _>>(),
             "placements_per_sec": self.placements_per_sec().round(),
             "seconds": (self.seconds * 1e4).round() / 1e4,
+            "verified": self.verified.map(|v| serde_json::json!({
+                "placed": v.placed,
+                "hosts_used": v.hosts_used,
+            })),
         })
     }
 }
 
-fn run(hosts: &Hosts, pods: &[TracePod], policy: PackPolicy) -> Run {
+fn run(hosts: &Hosts, pods: &[TracePod], policy: PackPolicy) -> Result<Run, Vec<String>> {
     let start = Instant::now();
-    let packing = pack(hosts, pods, policy);
-    Run {
+    let packing = pack(hosts, pods, policy).map_err(|e| vec![format!("{}: {e}", policy.name())])?;
+    Ok(Run {
         policy,
         packing,
         seconds: start.elapsed().as_secs_f64(),
+        verified: None,
+    })
+}
+
+/// The trace as read, before any GPU pooling: what `--verify` checks against.
+struct Trace<'a> {
+    hosts: &'a Hosts,
+    pods: &'a [TracePod],
+    gpus: GpuMode,
+}
+
+impl Trace<'_> {
+    /// Runs the independent checker on `run` and says so on stderr.
+    fn verify(&self, run: &mut Run) -> Result<(), Vec<String>> {
+        let name = run.policy.name();
+        let v = verify(self.hosts, self.pods, &run.packing, self.gpus)
+            .map_err(|e| vec![format!("--verify: {name}: {e}")])?;
+        let gpus = match self.gpus {
+            GpuMode::Pooled => "GPUs pooled per host",
+            _ => "GPUs as devices",
+        };
+        eprintln!(
+            "verify: {name}: {} placements on {} hosts checked independently (per-host sums recomputed from the trace rows, {gpus}): ok",
+            v.placed, v.hosts_used
+        );
+        run.verified = Some(v);
+        Ok(())
     }
 }
 
-fn host_name(hosts: &Hosts, nodes: &[TraceNode], index: usize) -> String {
+/// The name of host `index`: its node's name, or `host-NNNNN` for identical hosts.
+fn host_name(hosts: &Hosts, index: usize) -> Result<String, String> {
     match hosts {
-        Hosts::Listed(_) => nodes
+        Hosts::Listed(nodes) => nodes
             .get(index)
-            .map_or_else(|| format!("node-{index}"), |n| n.name.clone()),
-        _ => format!("host-{index:05}"),
+            .map(|n| n.name.clone())
+            .ok_or_else(|| format!("internal error: no node #{index} among {}", nodes.len())),
+        _ => Ok(format!("host-{index:05}")),
     }
 }
 
-fn write_assignments(
-    path: &Path,
+/// The rows of the assignments file: `pod,host,gpu_devices`, placed pods in input order.
+fn assignment_rows(
     hosts: &Hosts,
-    nodes: &[TraceNode],
     pods: &[TracePod],
     packing: &Packing,
-) -> Result<(), Vec<String>> {
-    use std::fmt::Write as _;
-    let mut out = String::from("pod,host,gpu_devices\n");
+) -> Result<Vec<[String; 3]>, String> {
+    let mut rows = Vec::new();
     for (pod, placement) in pods.iter().zip(&packing.placements) {
         let Some(p) = placement else { continue };
         let devices: Vec<String> = p.gpus.indexes().map(|i| i.to_string()).collect();
-        let _ = writeln!(
-            out,
-            "{},{},{}",
-            pod.name,
-            host_name(hosts, nodes, p.host),
-            devices.join("|")
-        );
+        rows.push([
+            pod.name.clone(),
+            host_name(hosts, p.host)?,
+            devices.join("|"),
+        ]);
     }
-    std::fs::write(path, out).map_err(|e| vec![format!("{}: {e}", path.display())])
+    Ok(rows)
+}
+
+const ASSIGNMENTS_HEADER: [&str; 3] = ["pod", "host", "gpu_devices"];
+
+fn write_assignments(path: &Path, rows: &[[String; 3]]) -> Result<(), Vec<String>> {
+    let failed = |e: csv::Error| vec![format!("{}: {e}", path.display())];
+    let mut out = csv::Writer::from_path(path).map_err(failed)?;
+    out.write_record(ASSIGNMENTS_HEADER).map_err(failed)?;
+    for row in rows {
+        out.write_record(row).map_err(failed)?;
+    }
+    out.flush()
+        .map_err(|e| vec![format!("{}: {e}", path.display())])
+}
+
+/// `--verify` with `--assignments`: the file reads back as exactly the rows written.
+fn read_back(path: &Path, rows: &[[String; 3]]) -> Result<(), Vec<String>> {
+    let failed = |e: &dyn std::fmt::Display| vec![format!("--verify: {}: {e}", path.display())];
+    let mut reader = csv::Reader::from_path(path).map_err(|e| failed(&e))?;
+    let header = reader.headers().map_err(|e| failed(&e))?;
+    if header.iter().ne(ASSIGNMENTS_HEADER) {
+        return Err(failed(&format!("header reads back as {header:?}")));
+    }
+    let mut read = 0;
+    for (record, written) in reader.records().zip(rows) {
+        let record = record.map_err(|e| failed(&e))?;
+        if record.iter().ne(written.iter().map(String::as_str)) {
+            return Err(failed(&format!(
+                "row {} reads back as {record:?}, written {written:?}",
+                read + 2
+            )));
+        }
+        read += 1;
+    }
+    if read != rows.len() {
+        return Err(failed(&format!(
+            "{read} rows read back, {} written",
+            rows.len()
+        )));
+    }
+    eprintln!(
+        "verify: {}: {read} assignments read back as written",
+        path.display()
+    );
+    Ok(())
 }
 
 /// Runs `twine place`; returns the lines to print on stdout.
 pub(crate) fn place(args: &PlaceArgs) -> Result<Vec<String>, Vec<String>> {
-    let policy: PackPolicy = args
-        .policy
-        .parse()
-        .map_err(|e| vec![format!("--policy: {e}")])?;
+    let policy = args.policy.0;
     let nodes = read(&args.nodes, read_nodes)?;
     let pods = read(&args.pods, read_pods)?;
     let hosts = match &args.hosts_shape {
@@ -169,23 +266,44 @@ pub(crate) fn place(args: &PlaceArgs) -> Result<Vec<String>, Vec<String>> {
         .iter()
         .filter(|p| p.demand.gpu != GpuDemand::None)
         .count();
-    let (hosts, pods) = if args.gpu_pool {
-        pool_gpus(&hosts, &pods)
-    } else {
-        (hosts, pods)
+    let trace = Trace {
+        hosts: &hosts,
+        pods: &pods,
+        gpus: if args.gpu_pool {
+            GpuMode::Pooled
+        } else {
+            GpuMode::Devices
+        },
     };
-    let main = run(&hosts, &pods, policy);
-    let others: Vec<Run> = if args.compare {
+    let pooled_input;
+    let (hosts, pods) = if args.gpu_pool {
+        pooled_input = pool_gpus(&hosts, &pods);
+        (&pooled_input.0, pooled_input.1.as_slice())
+    } else {
+        (&hosts, pods.as_slice())
+    };
+    let mut main = run(hosts, pods, policy)?;
+    let mut others: Vec<Run> = if args.compare {
         PackPolicy::all()
             .into_iter()
             .filter(|p| *p != policy)
-            .map(|p| run(&hosts, &pods, p))
-            .collect()
+            .map(|p| run(hosts, pods, p))
+            .collect::<Result<_, _>>()?
     } else {
         Vec::new()
     };
+    if args.verify {
+        for r in std::iter::once(&mut main).chain(&mut others) {
+            trace.verify(r)?;
+        }
+    }
     if let Some(path) = &args.assignments {
-        write_assignments(path, &hosts, &nodes, &pods, &main.packing)?;
+        let rows = assignment_rows(hosts, pods, &main.packing)
+            .map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        write_assignments(path, &rows)?;
+        if args.verify {
+            read_back(path, &rows)?;
+        }
     }
     if args.json {
         let mut object = main.json(pods.len());

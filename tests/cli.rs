@@ -198,6 +198,21 @@ p2,4000,8192,2,1000,T4,BE,Running,0,10,0\n\
 p3,2000,4096,0,0,,BE,Running,0,10,0\n\
 p4,500000,4096,0,0,,BE,Running,0,10,0\n";
 
+/// Runs `twine place` on `NODES` and `pods`, written into `dir`, with `extra` arguments.
+fn place_in(dir: &Path, pods: &str, extra: &[&str]) -> Output {
+    let nodes = write(dir, "nodes.csv", NODES);
+    let pods = write(dir, "pods.csv", pods);
+    let mut args = vec!["place", "--nodes", &nodes, "--pods", &pods];
+    args.extend_from_slice(extra);
+    twine(&args)
+}
+
+/// Runs `twine place` on `NODES` and `PODS` with `extra` arguments.
+fn place(extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    place_in(dir.path(), PODS, extra)
+}
+
 #[test]
 fn place_packs_and_writes_assignments() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,15 +264,7 @@ fn place_packs_and_writes_assignments() {
 
 #[test]
 fn place_on_identical_hosts_compares_every_policy() {
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = write(dir.path(), "nodes.csv", NODES);
-    let pods = write(dir.path(), "pods.csv", PODS);
-    let out = twine(&[
-        "place",
-        "--nodes",
-        &nodes,
-        "--pods",
-        &pods,
+    let out = place(&[
         "--hosts-shape",
         "16000,65536,2",
         "--json",
@@ -306,4 +313,100 @@ fn place_reports_bad_input_by_file_line_and_field() {
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert!(stderr.starts_with(&format!("{flag}: ")), "{stderr}");
     }
+}
+
+#[test]
+fn place_verify_checks_its_own_output_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write(dir.path(), "nodes.csv", NODES);
+    let pods = write(dir.path(), "pods.csv", PODS);
+    for pool in [false, true] {
+        let mut args = vec![
+            "place",
+            "--nodes",
+            &nodes,
+            "--pods",
+            &pods,
+            "--verify",
+            "--json",
+            "--compare",
+        ];
+        if pool {
+            args.push("--gpu-pool");
+        }
+        let out = twine(&args);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(out.status.success(), "{stderr}");
+        let said: Vec<&str> = stderr.lines().collect();
+        assert_eq!(said.len(), 10, "one line per policy: {stderr}");
+        assert!(
+            said.iter().all(|l| l.starts_with("verify: ")
+                && l.contains("checked independently")
+                && l.ends_with(": ok")),
+            "{stderr}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for run in std::iter::once(&json).chain(json["compare"].as_array().unwrap()) {
+            assert_eq!(run["verified"]["placed"], run["placed"], "{run}");
+            assert_eq!(run["verified"]["hosts_used"], run["hosts_used"], "{run}");
+        }
+    }
+    let out = place(&["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["verified"].is_null(), "not asked to verify: {json}");
+    assert!(out.stderr.is_empty());
+}
+
+/// Regression: a pod name with a comma shifted the columns of the assignments file.
+#[test]
+fn place_assignments_quote_names_with_commas() {
+    let dir = tempfile::tempdir().unwrap();
+    let assignments = dir.path().join("a.csv");
+    let out = place_in(
+        dir.path(),
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n\"web,0\",1000,1024,1,1000\n",
+        &["--assignments", assignments.to_str().unwrap(), "--verify"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = csv::Reader::from_path(&assignments).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].len(), 3, "{:?}", rows[0]);
+    assert_eq!(&rows[0][0], "web,0");
+    assert_eq!(&rows[0][2], "0");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("1 assignments read back as written"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn place_help_lists_every_policy() {
+    let out = twine(&["place", "--help"]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    for policy in [
+        "twine",
+        "first-fit",
+        "best-fit",
+        "dot-product",
+        "l2",
+        "stranded",
+        "most-allocated",
+        "nomad-binpack",
+        "tetris",
+        "spread",
+    ] {
+        assert!(help.contains(policy), "{policy} missing from {help}");
+    }
+    let out = place(&["--policy", "worst-fit"]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("twine, first-fit"),
+        "the error names every value, twine included: {stderr}"
+    );
 }

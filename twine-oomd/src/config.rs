@@ -1,7 +1,8 @@
 //! The daemon's TOML config (`twine oomd run --config FILE`).
 //!
 //! ```toml
-//! mode = "reclaim"     # high | reclaim: default for every [[resize]] entry
+//! mode = "reclaim"     # high | reclaim, for every [[resize]] entry; unset: reclaim where
+//!                      # the cgroup has memory.reclaim, else high
 //! interval_s = 6       # default for every [[resize]] entry
 //! dry_run = false      # report kills without carrying them out
 //! pause_s = 15         # no new kill this long after one (oomd's post_action_delay)
@@ -61,6 +62,9 @@ pub struct Resize {
     pub cgroups: Vec<String>,
     /// Controller parameters for matching cgroups.
     pub senpai: SenpaiConfig,
+    /// Whether the entry or the file set `mode`; when neither did, the daemon picks
+    /// `reclaim` where the cgroup has `memory.reclaim`, else `high`.
+    pub mode_given: bool,
     matcher: GlobSet,
 }
 
@@ -85,7 +89,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    mode: Mode,
+    mode: Option<Mode>,
     #[serde(default = "default_interval")]
     interval_s: f64,
     #[serde(default)]
@@ -153,7 +157,9 @@ impl Config {
                     .map_err(|e: toml::de::Error| syntax(format!("cgroups: {}", e.message())))?,
                 None => return Err(syntax("missing field `cgroups`".into())),
             };
-            let mode = toml::Value::try_from(raw.mode).map_err(|e| syntax(e.to_string()))?;
+            let mode_given = raw.mode.is_some() || table.contains_key("mode");
+            let mode = toml::Value::try_from(raw.mode.unwrap_or_default())
+                .map_err(|e| syntax(e.to_string()))?;
             table.entry("mode").or_insert(mode);
             table
                 .entry("interval_s")
@@ -168,6 +174,7 @@ impl Config {
             resize.push(Resize {
                 cgroups,
                 senpai,
+                mode_given,
                 matcher,
             });
         }
@@ -188,6 +195,7 @@ impl Config {
     pub fn set_mode(&mut self, mode: Mode) {
         for r in &mut self.resize {
             r.senpai.mode = mode;
+            r.mode_given = true;
         }
     }
 

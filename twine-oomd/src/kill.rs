@@ -297,6 +297,12 @@ impl KillPolicy {
         self.dry_run = dry_run;
     }
 
+    /// The cgroups the rules watch (paths relative to the cgroup root), in rule order;
+    /// a tick needs samples of these and of their descendants.
+    pub fn watched(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|(rule, _)| rule.cgroup.as_str())
+    }
+
     /// Watched cgroups of the rules that are absent from `tick` (their rules cannot fire);
     /// for the daemon to report.
     pub fn missing_cgroups<'a>(&'a self, tick: &Tick) -> Vec<&'a str> {

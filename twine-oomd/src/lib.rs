@@ -5,7 +5,7 @@
 //! pure step functions over observations, configured by [`config`] and exercised by the
 //! [`sim`]ulator; [`cgroup`] and [`psi`] are the thin I/O shell that reads and writes cgroup2
 //! files under a `cgroup::CgroupRoot` (the real mount, found from `/proc/self/mountinfo`, or
-//! a tempdir fixture); the daemon drives many cgroups.
+//! a tempdir fixture); the [`daemon`] drives many cgroups with them (`twine oomd run`).
 //!
 //! The pure core in a few lines: one controller step per tick, then restore on exit.
 //!
@@ -39,6 +39,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod daemon;
 #[cfg(feature = "test-util")]
 pub mod fixture;
 pub mod kill;
@@ -49,6 +50,7 @@ pub mod sim;
 
 pub use cgroup::{Cgroup, CgroupError, CgroupEvents, CgroupRoot};
 pub use memory::{
-    Limit, LimitFile, MemoryEvents, MemorySnapshot, MemoryStat, SnapshotReader, SwapEvents,
+    Limit, LimitFile, LimitWriter, MemoryEvents, MemorySnapshot, MemoryStat, SnapshotReader,
+    SwapEvents,
 };
 pub use psi::{Pressure, PressureLine, PsiTrigger, Resource, Stall, Trigger, TriggerEvent};

@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::fleet::{Host, HostId, Name};
-use crate::resources::Resources;
+use crate::allocator::Bookkeeping;
+use crate::fleet::{Host, HostId, Name, Names};
+use crate::resources::{MAX_EXTRA, Resources};
 
 /// An entitlement, by the index the allocator gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -18,6 +19,57 @@ pub struct EntitlementId(pub u32);
 impl fmt::Display for EntitlementId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "entitlement {}", self.0)
+    }
+}
+
+/// What of an entitlement's holding is over a quota: the first machine type or
+/// capacity dimension found over it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuotaExcess {
+    /// More hosts of a machine type than a [`Quota::Machines`] allows.
+    Machines {
+        /// The machine type.
+        machine_type: String,
+        /// Hosts of that type the entitlement holds.
+        hosts: u32,
+        /// Hosts of that type the quota allows.
+        limit: u32,
+    },
+    /// More total capacity in one dimension than a [`Quota::Units`] allows.
+    Units {
+        /// The dimension, as an index into [`Resources::dims`] (0 CPU, 1 memory, then
+        /// the extras).
+        dimension: usize,
+        /// Capacity the entitlement's hosts add up to (wider than a host's, so no sum
+        /// overflows).
+        held: u128,
+        /// What the quota allows.
+        limit: u64,
+    },
+}
+
+impl fmt::Display for QuotaExcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuotaExcess::Machines {
+                machine_type,
+                hosts,
+                limit,
+            } => write!(f, "{hosts} hosts of type {machine_type} > {limit}"),
+            QuotaExcess::Units {
+                dimension,
+                held,
+                limit,
+            } => {
+                let name = match dimension {
+                    0 => "cpu_milli".to_owned(),
+                    1 => "memory_mib".to_owned(),
+                    d => format!("extra{}", d - 2),
+                };
+                write!(f, "{name}: {held} held > {limit}")
+            }
+        }
     }
 }
 
@@ -45,6 +97,37 @@ pub(crate) enum ResolvedQuota {
     Units(Resources),
 }
 
+/// Total capacity of a set of hosts, per dimension of [`Resources::dims`], in a type
+/// wide enough that adding up to `u32::MAX` hosts of `u64::MAX` never overflows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CapacitySum([u128; 2 + MAX_EXTRA]);
+
+impl CapacitySum {
+    fn plus(mut self, r: &Resources) -> CapacitySum {
+        for (s, d) in self.0.iter_mut().zip(r.dims()) {
+            *s += u128::from(d);
+        }
+        self
+    }
+
+    fn minus(mut self, r: &Resources) -> Option<CapacitySum> {
+        for (s, d) in self.0.iter_mut().zip(r.dims()) {
+            *s = s.checked_sub(u128::from(d))?;
+        }
+        Some(self)
+    }
+
+    /// The first dimension over `limit`, as `(dimension, held, limit)`.
+    fn over(&self, limit: &Resources) -> Option<(usize, u128, u64)> {
+        self.0
+            .iter()
+            .zip(limit.dims())
+            .enumerate()
+            .find(|(_, (s, l))| **s > u128::from(*l))
+            .map(|(d, (s, l))| (d, *s, l))
+    }
+}
+
 /// An entitlement's live record.
 #[derive(Debug, Clone)]
 pub(crate) struct Entitlement {
@@ -53,8 +136,8 @@ pub(crate) struct Entitlement {
     pub(crate) hosts: BTreeSet<HostId>,
     /// Assigned hosts per machine type.
     pub(crate) per_type: BTreeMap<Name, u32>,
-    /// Sum of assigned hosts' capacity (saturating: only compared against a quota).
-    pub(crate) capacity: Resources,
+    /// Sum of assigned hosts' capacity.
+    pub(crate) capacity: CapacitySum,
 }
 
 impl Entitlement {
@@ -64,7 +147,7 @@ impl Entitlement {
             quota,
             hosts: BTreeSet::new(),
             per_type: BTreeMap::new(),
-            capacity: Resources::default(),
+            capacity: CapacitySum::default(),
         }
     }
 
@@ -84,71 +167,60 @@ impl Entitlement {
     pub(crate) fn admits(&self, host: &Host) -> bool {
         match &self.quota {
             ResolvedQuota::Machines(_) => self.admits_type(host.machine_type),
-            ResolvedQuota::Units(q) => self
-                .capacity
-                .checked_add(&host.capacity)
-                .is_some_and(|sum| sum.fits_in(q)),
+            ResolvedQuota::Units(q) => self.capacity.plus(&host.capacity).over(q).is_none(),
         }
     }
 
     pub(crate) fn add(&mut self, id: HostId, host: &Host) {
         self.hosts.insert(id);
         *self.per_type.entry(host.machine_type).or_insert(0) += 1;
-        self.capacity = saturating_add(&self.capacity, &host.capacity);
+        self.capacity = self.capacity.plus(&host.capacity);
     }
 
-    pub(crate) fn remove(&mut self, id: HostId, host: &Host) {
-        self.hosts.remove(&id);
-        if let Some(n) = self.per_type.get_mut(&host.machine_type) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_type.remove(&host.machine_type);
-            }
+    /// Takes `host` out; an error if the books did not hold it.
+    pub(crate) fn remove(&mut self, id: HostId, host: &Host) -> Result<(), Bookkeeping> {
+        let missing = Bookkeeping::EntitlementMissingHost;
+        let capacity = self.capacity.minus(&host.capacity).ok_or(missing.clone())?;
+        let n = self
+            .per_type
+            .get_mut(&host.machine_type)
+            .ok_or(missing.clone())?;
+        let left = n.checked_sub(1).ok_or(missing.clone())?;
+        if !self.hosts.remove(&id) {
+            return Err(missing);
         }
-        self.capacity = self
-            .capacity
-            .checked_sub(&host.capacity)
-            .unwrap_or_default();
+        *n = left;
+        if left == 0 {
+            self.per_type.remove(&host.machine_type);
+        }
+        self.capacity = capacity;
+        Ok(())
     }
 
-    /// Whether the current assignment is within `quota`; `Err((what, used, limit))` if not.
-    pub(crate) fn within(
-        &self,
-        quota: &ResolvedQuota,
-    ) -> Result<(), (Option<Name>, Resources, Resources)> {
+    /// Whether the current assignment is within `quota`; the first excess if not.
+    pub(crate) fn within(&self, quota: &ResolvedQuota, names: &Names) -> Result<(), QuotaExcess> {
         match quota {
             ResolvedQuota::Machines(q) => {
-                for (t, &used) in &self.per_type {
+                for (t, &hosts) in &self.per_type {
                     let limit = q.get(t).copied().unwrap_or(0);
-                    if used > limit {
-                        return Err((
-                            Some(*t),
-                            Resources::new(u64::from(used), 0),
-                            Resources::new(u64::from(limit), 0),
-                        ));
+                    if hosts > limit {
+                        return Err(QuotaExcess::Machines {
+                            machine_type: names.resolve(*t).to_owned(),
+                            hosts,
+                            limit,
+                        });
                     }
                 }
                 Ok(())
             }
-            ResolvedQuota::Units(q) => {
-                if self.capacity.fits_in(q) {
-                    Ok(())
-                } else {
-                    Err((None, self.capacity, *q))
-                }
-            }
+            ResolvedQuota::Units(q) => match self.capacity.over(q) {
+                None => Ok(()),
+                Some((dimension, held, limit)) => Err(QuotaExcess::Units {
+                    dimension,
+                    held,
+                    limit,
+                }),
+            },
         }
-    }
-}
-
-pub(crate) fn saturating_add(a: &Resources, b: &Resources) -> Resources {
-    let mut extra = a.extra;
-    for (e, x) in extra.iter_mut().zip(b.extra) {
-        *e = e.saturating_add(x);
-    }
-    Resources {
-        cpu_milli: a.cpu_milli.saturating_add(b.cpu_milli),
-        memory_mib: a.memory_mib.saturating_add(b.memory_mib),
-        extra,
     }
 }

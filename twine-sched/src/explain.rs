@@ -9,7 +9,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::fleet::HostId;
+use crate::allocator::{AllocError, Allocator, JobRecord, Placement, class_matches};
+use crate::entitlement::{Entitlement, EntitlementId};
+use crate::fleet::{FaultLevel, Host, HostId, HostState, Name, Owner};
+use crate::index::FreeKey;
+use crate::request::Constraints;
+use crate::resources::{Demand, GpuDevices, MAX_EXTRA, Resources};
 
 /// The first reason a host could not take a task.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,6 +112,166 @@ pub struct ProfileSwitch {
     pub from: String,
     /// The profile the request needs.
     pub to: String,
+}
+
+impl Allocator {
+    /// Why no host takes `demand` (scans the fleet; failure path only).
+    pub(crate) fn explain(&self, p: &Placement<'_>) -> Result<Unplaced, AllocError> {
+        let empty = JobRecord::default();
+        let jr = self.jobs.get(&p.job).unwrap_or(&empty);
+        let e = self.entitlement(p.ent)?;
+        let mut counts: BTreeMap<UnplacedReason, u32> = BTreeMap::new();
+        let mut available = 0u32;
+        for (hid, h) in self.host_records() {
+            match self.first_failure(p, jr, e, hid, h) {
+                Some(r) => *counts.entry(r).or_insert(0) += 1,
+                None => available += 1,
+            }
+        }
+        // Each host is charged once, so this is the fleet size (below `u32::MAX`, as
+        // `add_host` keeps it).
+        let total = counts.values().sum::<u32>() + available;
+        Ok(Unplaced {
+            available,
+            total,
+            counts,
+        })
+    }
+
+    fn first_failure(
+        &self,
+        p: &Placement<'_>,
+        jr: &JobRecord,
+        e: &Entitlement,
+        hid: HostId,
+        h: &Host,
+    ) -> Option<UnplacedReason> {
+        let (ent, cons, demand) = (p.ent, p.cons, &p.demand);
+        let rack = FaultLevel::Rack.index();
+        let attrs_ok = self
+            .attr_sets
+            .resolve(h.attrs.0)
+            .is_some_and(|a| cons.attributes_ok(a));
+        let r = demand.resources;
+        Some(if h.state != HostState::Up {
+            UnplacedReason::NotUp
+        } else if matches!(h.owner, Owner::Entitlement(o) if o != ent) {
+            UnplacedReason::OtherEntitlement
+        } else if !cons.machine_type_ok(h.machine_type) {
+            UnplacedReason::WrongMachineType
+        } else if !cons.gpu_model_ok(h.gpu_model) {
+            UnplacedReason::WrongGpuModel
+        } else if !cons.profile_ok(h.profile) {
+            UnplacedReason::WrongHostProfile
+        } else if !attrs_ok {
+            UnplacedReason::AttributeMismatch
+        } else if h.owner == Owner::FreePool && !e.admits(h) {
+            UnplacedReason::QuotaExhausted
+        } else if cons
+            .prefs
+            .max_per_host
+            .is_some_and(|k| jr.on_host(hid) >= k)
+        {
+            UnplacedReason::MaxPerHost
+        } else if cons
+            .prefs
+            .max_per_rack
+            .is_some_and(|k| jr.in_domain(rack, h.domains[rack]) >= k)
+        {
+            UnplacedReason::MaxPerRack
+        } else if r.cpu_milli > h.free.cpu_milli {
+            UnplacedReason::InsufficientCpu
+        } else if r.memory_mib > h.free.memory_mib {
+            UnplacedReason::InsufficientMemory
+        } else if let Some(i) = (0..MAX_EXTRA).find(|&i| r.extra[i] > h.free.extra[i]) {
+            UnplacedReason::InsufficientResource(self.resource_names.name(i))
+        } else if !h.gpus.fits(demand.gpu) {
+            UnplacedReason::InsufficientGpu
+        } else {
+            return None;
+        })
+    }
+
+    /// Free-pool hosts whose profile differs from the required one but which would take
+    /// the failed demands once switched, packed first-fit, within quota.
+    pub(crate) fn propose_switches(
+        &self,
+        ent: EntitlementId,
+        cons: &Constraints,
+        want: &str,
+        failed: &[Demand],
+    ) -> Result<Vec<ProfileSwitch>, AllocError> {
+        let want_name = self.names.lookup(want);
+        let any_profile = Constraints {
+            profile: None,
+            ..cons.clone()
+        };
+        let mut e = self.entitlement(ent)?.clone();
+        let per_host_limit = cons.prefs.max_per_host.unwrap_or(u32::MAX);
+        // (host, its profile now, room left, tasks planned) of hosts proposed so far.
+        let mut proposed: Vec<(HostId, Name, Room, u32)> = Vec::new();
+        for d in failed {
+            let planned = proposed
+                .iter_mut()
+                .filter(|p| p.3 < per_host_limit)
+                .find_map(|p| p.2.after(d).map(|left| (p, left)));
+            if let Some((p, left)) = planned {
+                p.2 = left;
+                p.3 += 1;
+                continue;
+            }
+            let mut found = None;
+            'search: for class in self.index.up_classes(Owner::FreePool) {
+                let k = &class.key;
+                if k.profile == want_name || !class_matches(&any_profile, k, &self.attr_sets) {
+                    continue;
+                }
+                for key in class.hosts.range(FreeKey::lowest(&d.resources)..) {
+                    let (id, h) = self.indexed_host(key)?;
+                    if !e.admits(h) || proposed.iter().any(|p| p.0 == id) {
+                        continue;
+                    }
+                    let room = Room {
+                        free: h.free,
+                        gpus: h.gpus.clone(),
+                    };
+                    if let Some(left) = room.after(d) {
+                        found = Some((id, h, left));
+                        break 'search;
+                    }
+                }
+            }
+            if let Some((id, h, left)) = found {
+                e.add(id, h);
+                proposed.push((id, h.profile, left, 1));
+            }
+        }
+        Ok(proposed
+            .into_iter()
+            .map(|(host, from, ..)| ProfileSwitch {
+                host,
+                from: self.names.resolve(from).to_owned(),
+                to: want.to_owned(),
+            })
+            .collect())
+    }
+}
+
+/// What a free-pool host has left while switches are planned on paper.
+#[derive(Debug, Clone)]
+struct Room {
+    free: Resources,
+    gpus: GpuDevices,
+}
+
+impl Room {
+    /// The room left after `d`, if it fits.
+    fn after(&self, d: &Demand) -> Option<Room> {
+        let free = self.free.checked_sub(&d.resources)?;
+        let mut gpus = self.gpus.clone();
+        gpus.take(d.gpu)?;
+        Some(Room { free, gpus })
+    }
 }
 
 #[cfg(test)]

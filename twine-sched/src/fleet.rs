@@ -2,11 +2,12 @@
 //! owner and state.
 //!
 //! Strings (machine types, GPU models, host profiles, attribute keys and values, fault
-//! domain paths) are interned once into small [`Name`]s so that a host costs a couple of
+//! domain paths) are interned once into small integer names so that a host costs a couple of
 //! hundred bytes and comparing a host against a requirement is an integer compare: a
 //! region holds a million hosts but only a handful of distinct property values. A host's
-//! attributes are interned as a whole set ([`AttrSetId`]) because hosts share them too.
+//! attributes are interned as a whole set because hosts share them too.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -18,44 +19,88 @@ use crate::resources::{GpuDevices, MAX_EXTRA, Resources};
 
 /// An interned string (machine type, GPU model, profile, attribute, fault domain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Name(pub(crate) u32);
+pub(crate) struct Name(pub(crate) u32);
 
 impl Name {
     /// A name no host carries: what an unknown string in a requirement resolves to.
+    /// [`Interner`] never hands out this id.
     pub(crate) const UNKNOWN: Name = Name(u32::MAX);
+}
+
+/// Values with dense ids `0..max`, each value stored once (strings, attribute sets).
+#[derive(Debug, Clone)]
+pub(crate) struct Interner<K> {
+    ids: BTreeMap<K, u32>,
+    values: Vec<K>,
+    /// Ids stay below this; `u32::MAX` is reserved for [`Name::UNKNOWN`].
+    pub(crate) max: u32,
+}
+
+impl<K> Default for Interner<K> {
+    fn default() -> Self {
+        Interner {
+            ids: BTreeMap::new(),
+            values: Vec::new(),
+            max: u32::MAX,
+        }
+    }
+}
+
+impl<K: Ord + Clone> Interner<K> {
+    /// The id of `value`, adding it if new; `None` once `max` ids are taken.
+    pub(crate) fn intern<Q>(&mut self, value: &Q) -> Option<u32>
+    where
+        K: Borrow<Q> + From<Q::Owned>,
+        Q: Ord + ToOwned + ?Sized,
+    {
+        if let Some(&id) = self.ids.get(value) {
+            return Some(id);
+        }
+        let id = u32::try_from(self.values.len())
+            .ok()
+            .filter(|&id| id < self.max)?;
+        let key = K::from(value.to_owned());
+        self.values.push(key.clone());
+        self.ids.insert(key, id);
+        Some(id)
+    }
+
+    /// The id of `value` if it was interned.
+    pub(crate) fn get<Q>(&self, value: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        self.ids.get(value).copied()
+    }
+
+    /// The value behind `id`.
+    pub(crate) fn resolve(&self, id: u32) -> Option<&K> {
+        self.values.get(usize::try_from(id).ok()?)
+    }
 }
 
 /// The string table behind [`Name`].
 #[derive(Debug, Clone, Default)]
-pub struct Names {
-    ids: BTreeMap<Box<str>, u32>,
-    strings: Vec<Box<str>>,
-}
+pub(crate) struct Names(pub(crate) Interner<Box<str>>);
 
 impl Names {
-    /// The name of `s`, adding it if new.
-    pub(crate) fn intern(&mut self, s: &str) -> Name {
-        if let Some(&id) = self.ids.get(s) {
-            return Name(id);
-        }
-        let id = u32::try_from(self.strings.len()).unwrap_or(u32::MAX - 1);
-        self.strings.push(s.into());
-        self.ids.insert(s.into(), id);
-        Name(id)
+    /// The name of `s`, adding it if new; `None` when the table is full.
+    pub(crate) fn intern(&mut self, s: &str) -> Option<Name> {
+        self.0.intern(s).map(Name)
     }
 
     /// The name of `s` if any host or entitlement mentioned it, else [`Name::UNKNOWN`]
     /// (which matches nothing).
     pub(crate) fn lookup(&self, s: &str) -> Name {
-        self.ids.get(s).map_or(Name::UNKNOWN, |&id| Name(id))
+        self.0.get(s).map_or(Name::UNKNOWN, Name)
     }
 
-    /// The string behind `name` (`"?"` for an unknown name).
-    pub fn resolve(&self, name: Name) -> &str {
-        usize::try_from(name.0)
-            .ok()
-            .and_then(|i| self.strings.get(i))
-            .map_or("?", |s| s)
+    /// The string behind `name`. Every name a host or quota holds came from
+    /// [`Names::intern`] and the table never shrinks, so only [`Name::UNKNOWN`] (a
+    /// requirement's unknown string, never stored on a host) reads as `"?"`.
+    pub(crate) fn resolve(&self, name: Name) -> &str {
+        self.0.resolve(name.0).map_or("?", |s| s)
     }
 }
 
@@ -119,7 +164,7 @@ impl FaultLevel {
         FaultLevel::Rack,
     ];
 
-    pub(crate) fn index(self) -> usize {
+    pub(crate) const fn index(self) -> usize {
         match self {
             FaultLevel::Region => 0,
             FaultLevel::Datacenter => 1,
@@ -152,7 +197,7 @@ pub enum Owner {
 
 /// An interned attribute set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AttrSetId(pub(crate) u32);
+pub(crate) struct AttrSetId(pub(crate) u32);
 
 /// Sorted `(key, value)` pairs.
 pub(crate) type AttrSet = SmallVec<[(Name, Name); 4]>;

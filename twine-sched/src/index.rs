@@ -12,8 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::fleet::{AttrSetId, Host, HostId, HostState, Name, Owner};
-use crate::resources::{GPU_MILLI, GpuDemand};
+use crate::allocator::Bookkeeping;
+use crate::fleet::{AttrSetId, Host, HostId, HostState, Interner, Name, Owner};
+use crate::resources::{GPU_MILLI, GpuDemand, Resources};
 
 /// What makes two hosts interchangeable to a hard requirement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,6 +33,10 @@ pub(crate) struct ClassKey {
 
 impl ClassKey {
     pub(crate) fn of(host: &Host) -> ClassKey {
+        // Both buckets only ever claim too much (a saturated count still passes
+        // `may_fit_gpu`, and the per-host check follows), and neither saturates: a host
+        // has at most 255 devices (`HostSpec::gpus` is a `u8`) and a partial device's
+        // bucket is at most 1 + 999 / 100.
         let partial = host
             .gpus
             .free()
@@ -81,6 +86,17 @@ pub(crate) fn scramble(id: u32, seed: u32) -> u32 {
 }
 
 impl FreeKey {
+    /// The smallest key with room for `demand`'s CPU and memory: where a range
+    /// query for hosts that may take it starts.
+    pub(crate) fn lowest(demand: &Resources) -> FreeKey {
+        FreeKey {
+            cpu: demand.cpu_milli,
+            mem: demand.memory_mib,
+            scramble: 0,
+            host: 0,
+        }
+    }
+
     pub(crate) fn of(id: HostId, host: &Host, seed: u32) -> FreeKey {
         FreeKey {
             cpu: host.free.cpu_milli,
@@ -103,7 +119,8 @@ pub(crate) struct Class {
 pub(crate) struct ClassIndex {
     seed: u32,
     pub(crate) classes: Vec<Class>,
-    by_key: BTreeMap<ClassKey, u32>,
+    /// Class ids by key; ids come in creation order, so an id is a position in `classes`.
+    pub(crate) keys: Interner<ClassKey>,
     /// Up classes per owner, in creation order: the only classes placement looks at.
     up_by_owner: BTreeMap<Owner, Vec<u32>>,
 }
@@ -115,51 +132,64 @@ impl ClassIndex {
             #[allow(clippy::cast_possible_truncation)]
             seed: (seed ^ (seed >> 32)) as u32,
             classes: Vec::new(),
-            by_key: BTreeMap::new(),
+            keys: Interner::default(),
             up_by_owner: BTreeMap::new(),
         }
     }
 
     /// The class for `key`, creating it if new.
-    pub(crate) fn class_for(&mut self, key: ClassKey) -> u32 {
-        if let Some(&c) = self.by_key.get(&key) {
-            return c;
+    pub(crate) fn class_for(&mut self, key: ClassKey) -> Result<u32, Bookkeeping> {
+        let known = self.classes.len();
+        let c = self
+            .keys
+            .intern(&key)
+            .ok_or(Bookkeeping::ClassIdsExhausted)?;
+        if c as usize == known {
+            self.classes.push(Class {
+                key,
+                hosts: BTreeSet::new(),
+            });
+            if key.state == HostState::Up {
+                self.up_by_owner.entry(key.owner).or_default().push(c);
+            }
         }
-        let c = u32::try_from(self.classes.len()).unwrap_or(u32::MAX);
-        self.classes.push(Class {
-            key,
-            hosts: BTreeSet::new(),
-        });
-        self.by_key.insert(key, c);
-        if key.state == HostState::Up {
-            self.up_by_owner.entry(key.owner).or_default().push(c);
-        }
-        c
+        Ok(c)
     }
 
-    /// Up classes of `owner`.
-    pub(crate) fn up_classes(&self, owner: Owner) -> &[u32] {
-        self.up_by_owner.get(&owner).map_or(&[], Vec::as_slice)
+    /// Up classes of `owner`. Every id in `up_by_owner` was pushed by `class_for` next
+    /// to its class, and classes are never removed, so each one resolves.
+    pub(crate) fn up_classes(&self, owner: Owner) -> impl Iterator<Item = &Class> {
+        self.up_by_owner
+            .get(&owner)
+            .into_iter()
+            .flatten()
+            .filter_map(|&c| self.classes.get(c as usize))
     }
 
     /// Puts a host into the class its properties say, at the position its free says.
-    pub(crate) fn insert(&mut self, id: HostId, host: &mut Host) {
-        let c = self.class_for(ClassKey::of(host));
+    pub(crate) fn insert(&mut self, id: HostId, host: &mut Host) -> Result<(), Bookkeeping> {
+        let c = self.class_for(ClassKey::of(host))?;
         host.class = c;
-        if let Some(class) = self.classes.get_mut(c as usize) {
-            class.hosts.insert(FreeKey::of(id, host, self.seed));
-        }
+        let class = self
+            .classes
+            .get_mut(c as usize)
+            .ok_or(Bookkeeping::NotIndexed)?;
+        class.hosts.insert(FreeKey::of(id, host, self.seed));
+        Ok(())
     }
 
     /// Takes a host out of the index; call before changing its free capacity or any
     /// class property, then [`ClassIndex::insert`] again.
-    pub(crate) fn remove(&mut self, id: HostId, host: &Host) {
-        if let Some(class) = self.classes.get_mut(host.class as usize) {
-            class.hosts.remove(&FreeKey::of(id, host, self.seed));
+    pub(crate) fn remove(&mut self, id: HostId, host: &Host) -> Result<(), Bookkeeping> {
+        let class = self.classes.get_mut(host.class as usize);
+        match class.map(|class| class.hosts.remove(&FreeKey::of(id, host, self.seed))) {
+            Some(true) => Ok(()),
+            _ => Err(Bookkeeping::NotIndexed),
         }
     }
 
     /// Recomputes the index from the hosts and compares.
+    #[cfg(feature = "test-util")]
     pub(crate) fn check(&self, hosts: &[Host]) -> Result<(), String> {
         let mut expected: BTreeMap<ClassKey, BTreeSet<FreeKey>> = BTreeMap::new();
         for (i, h) in hosts.iter().enumerate() {
@@ -191,9 +221,10 @@ impl ClassIndex {
                 ));
             }
             if self
-                .by_key
+                .keys
                 .get(&class.key)
-                .map(|&c| &self.classes[c as usize].key)
+                .and_then(|c| self.classes.get(c as usize))
+                .map(|c| &c.key)
                 != Some(&class.key)
             {
                 return Err(format!("class {:?} missing from the key map", class.key));

@@ -41,10 +41,9 @@
 //! | [`fleet`], [`entitlement`], [`request`] | hosts and fault domains, quotas, Twine-shaped requests |
 //! | [`allocator`] | online placement with incremental indexes (the design and its cost are in its docs) |
 //! | [`explain`] | why a task was not placed; host-profile switch proposals |
-//! | [`trace`], [`pack`], [`compact`] | the openb trace CSV, offline packing against the lower bound, twine's packing policy |
+//! | [`trace`], [`pack`] | the openb trace CSV; offline packing against the lower bound with twine's policy and the classic ones, and an independent check of any packing |
 
 pub mod allocator;
-pub mod compact;
 pub mod entitlement;
 pub mod explain;
 pub mod fleet;
@@ -56,9 +55,10 @@ pub mod score;
 pub mod trace;
 
 pub use allocator::{
-    AllocError, Allocation, Allocator, AllocatorConfig, Evacuation, Moved, Placed, Resized,
+    AllocError, Allocation, Allocator, AllocatorConfig, Bookkeeping, Evacuation, Moved, Placed,
+    Resized,
 };
-pub use entitlement::{EntitlementId, Quota};
+pub use entitlement::{EntitlementId, Quota, QuotaExcess};
 pub use explain::{ProfileSwitch, Unplaced, UnplacedReason};
 pub use fleet::{FaultLevel, HostId, HostSpec, HostState, HostView, Owner, ResourceNames};
 pub use request::{AttrPredicate, JobId, Preferences, Request, Requirements, TaskId};

@@ -75,6 +75,30 @@ impl Resources {
     }
 }
 
+/// Dimensions packing and scoring look at: CPU, memory, the extras, GPU milli (as a total).
+pub(crate) const DIMS: usize = 3 + MAX_EXTRA;
+
+/// `resources` in every dimension, with `gpu_milli` last.
+pub(crate) fn dims(resources: &Resources, gpu_milli: u64) -> [u64; DIMS] {
+    let mut d = [0; DIMS];
+    d[..2 + MAX_EXTRA].copy_from_slice(&resources.dims());
+    d[DIMS - 1] = gpu_milli;
+    d
+}
+
+/// `amounts` as fractions of `capacity`, per dimension (0 where there is no capacity).
+pub(crate) fn fractions(amounts: &[u64; DIMS], capacity: &[u64; DIMS]) -> [f64; DIMS] {
+    let mut r = [0.0; DIMS];
+    for k in 0..DIMS {
+        if capacity[k] > 0 {
+            #[allow(clippy::cast_precision_loss)] // ratios of resource amounts; f64 is ample
+            let x = amounts[k] as f64 / capacity[k] as f64;
+            r[k] = x;
+        }
+    }
+    r
+}
+
 /// What a task asks of GPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum GpuDemand {

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::resources::{Demand, MAX_EXTRA, Resources};
+use crate::resources::{DIMS, Demand, Resources, dims, fractions};
 
 /// A host as a scorer sees it.
 #[derive(Debug, Clone, Copy)]
@@ -25,32 +25,20 @@ pub struct HostFit<'a> {
     pub demand: &'a Demand,
 }
 
-const DIMS: usize = 3 + MAX_EXTRA;
-
 /// `(demand, free)` per dimension the host has, each as a fraction of capacity.
 fn normalized(fit: &HostFit<'_>) -> ([f64; DIMS], [f64; DIMS], usize) {
-    let cap = fit.capacity.dims();
-    let free = fit.free.dims();
-    let dem = fit.demand.resources.dims();
+    let cap = dims(fit.capacity, fit.gpu_capacity_milli);
+    let demand = fractions(&dims(&fit.demand.resources, fit.demand.gpu.milli()), &cap);
+    let free = fractions(&dims(fit.free, fit.gpu_free_milli), &cap);
     let mut d = [0.0; DIMS];
     let mut f = [0.0; DIMS];
     let mut n = 0;
-    #[allow(clippy::cast_precision_loss)] // ratios of resource amounts; f64 is ample
-    let mut push = |c: u64, fr: u64, de: u64| {
-        if c > 0 {
-            d[n] = de as f64 / c as f64;
-            f[n] = fr as f64 / c as f64;
-            n += 1;
-        }
-    };
-    for k in 0..2 + MAX_EXTRA {
-        push(cap[k], free[k], dem[k]);
+    // Only the dimensions the host has, so that means and spreads ignore the others.
+    for k in (0..DIMS).filter(|&k| cap[k] > 0) {
+        d[n] = demand[k];
+        f[n] = free[k];
+        n += 1;
     }
-    push(
-        fit.gpu_capacity_milli,
-        fit.gpu_free_milli,
-        fit.demand.gpu.milli(),
-    );
     (d, f, n)
 }
 
@@ -152,12 +140,26 @@ impl fmt::Display for Policy {
     }
 }
 
-/// A policy name that is not one of [`Policy::ALL`].
+/// A policy name that is not one of the known ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown policy {0:?} (use one of first-fit, best-fit, dot-product, l2, stranded, most-allocated, nomad-binpack, tetris, spread)"
-)]
-pub struct UnknownPolicy(pub String);
+#[error("unknown policy {name:?} (use one of {})", known.join(", "))]
+#[non_exhaustive]
+pub struct UnknownPolicy {
+    /// The name given.
+    pub name: String,
+    /// The names that would have been accepted.
+    pub known: Vec<&'static str>,
+}
+
+impl UnknownPolicy {
+    /// `name` is none of `known`.
+    pub fn new(name: &str, known: impl IntoIterator<Item = &'static str>) -> UnknownPolicy {
+        UnknownPolicy {
+            name: name.to_owned(),
+            known: known.into_iter().collect(),
+        }
+    }
+}
 
 impl FromStr for Policy {
     type Err = UnknownPolicy;
@@ -166,7 +168,7 @@ impl FromStr for Policy {
         Policy::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| UnknownPolicy(s.to_owned()))
+            .ok_or_else(|| UnknownPolicy::new(s, Policy::ALL.map(Policy::name)))
     }
 }
 

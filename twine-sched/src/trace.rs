@@ -41,18 +41,77 @@ pub struct TracePod {
 
 /// A row or header of a trace file that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{source_name}:{line}: {field}: {message} (got {value:?})")]
+#[error("{source_name}:{line}: {field}: {problem} (got {value:?})")]
+#[non_exhaustive]
 pub struct TraceError {
     /// The file (or other source) being read.
     pub source_name: String,
     /// 1-based line number (the header is line 1).
     pub line: u64,
-    /// The column.
+    /// The column, as the header names it; `-` for a row that is not valid CSV.
     pub field: String,
     /// The offending value.
     pub value: String,
     /// What is wrong.
-    pub message: String,
+    pub problem: TraceProblem,
+}
+
+/// Which kind of record a trace file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TraceRecord {
+    /// A row of a nodes file.
+    Node,
+    /// A row of a pods file.
+    Pod,
+}
+
+impl std::fmt::Display for TraceRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TraceRecord::Node => "node",
+            TraceRecord::Pod => "pod",
+        })
+    }
+}
+
+/// What is wrong with a trace file, as [`TraceError::problem`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraceProblem {
+    /// Not valid CSV (the CSV reader's own words).
+    #[error("{0}")]
+    Csv(String),
+    /// A required column is not in the header.
+    #[error("required column is missing from the header")]
+    MissingColumn,
+    /// A number column holds something else.
+    #[error("expected a whole number that is not negative")]
+    NotANumber,
+    /// A number above what the column allows.
+    #[error("must be at most {max}")]
+    TooLarge {
+        /// The largest value allowed.
+        max: u64,
+    },
+    /// An empty name.
+    #[error("a {0} needs a name")]
+    NoName(TraceRecord),
+    /// A name used twice in one file.
+    #[error("duplicate {0} name")]
+    DuplicateName(TraceRecord),
+    /// A node with GPUs and an empty model, in a file with a `model` column.
+    #[error("a node with GPUs needs a model")]
+    NoGpuModel,
+    /// `gpu_milli` without `num_gpu`.
+    #[error("a GPU share needs num_gpu = 1")]
+    ShareWithoutGpu,
+    /// `num_gpu` without `gpu_milli`.
+    #[error("a pod with GPUs needs gpu_milli between 1 and 1000")]
+    GpusWithoutMilli,
+    /// A share of a device asked for by a pod with several devices.
+    #[error("only single-GPU pods may ask for a share of a device")]
+    ShareOfSeveral,
 }
 
 struct Table {
@@ -68,7 +127,7 @@ impl Table {
             line,
             field: "-".to_owned(),
             value: String::new(),
-            message,
+            problem: TraceProblem::Csv(message),
         };
         let mut csv = csv::ReaderBuilder::new()
             .has_headers(true)
@@ -110,23 +169,20 @@ impl Table {
     fn required<const N: usize>(&self, names: [&str; N]) -> Result<[usize; N], TraceError> {
         let mut found = [0; N];
         for (slot, name) in found.iter_mut().zip(names) {
-            *slot = self.column(name, true)?.unwrap_or(0);
-        }
-        Ok(found)
-    }
-
-    fn column(&self, name: &str, required: bool) -> Result<Option<usize>, TraceError> {
-        match self.headers.iter().position(|h| h == name) {
-            Some(i) => Ok(Some(i)),
-            None if !required => Ok(None),
-            None => Err(TraceError {
+            *slot = self.column(name).ok_or_else(|| TraceError {
                 source_name: self.source_name.clone(),
                 line: 1,
                 field: name.to_owned(),
                 value: self.headers.join(","),
-                message: "required column is missing from the header".to_owned(),
-            }),
+                problem: TraceProblem::MissingColumn,
+            })?;
         }
+        Ok(found)
+    }
+
+    /// The position of an optional column.
+    fn column(&self, name: &str) -> Option<usize> {
+        self.headers.iter().position(|h| h == name)
     }
 }
 
@@ -138,13 +194,13 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
-    fn error(&self, column: usize, message: impl Into<String>) -> TraceError {
+    fn error(&self, column: usize, problem: TraceProblem) -> TraceError {
         TraceError {
             source_name: self.source_name.to_owned(),
             line: self.line,
             field: self.headers[column].clone(),
             value: self.text(column).to_owned(),
-            message: message.into(),
+            problem,
         }
     }
 
@@ -153,31 +209,38 @@ impl Row<'_> {
         &self,
         column: usize,
         seen: &mut HashSet<String>,
-        what: &str,
+        what: TraceRecord,
     ) -> Result<String, TraceError> {
         let name = self.text(column).to_owned();
         if name.is_empty() {
-            return Err(self.error(column, format!("a {what} needs a name")));
+            return Err(self.error(column, TraceProblem::NoName(what)));
         }
         if !seen.insert(name.clone()) {
-            return Err(self.error(column, format!("duplicate {what} name")));
+            return Err(self.error(column, TraceProblem::DuplicateName(what)));
         }
         Ok(name)
     }
 
     fn text(&self, column: usize) -> &str {
-        self.record.get(column).unwrap_or("").trim()
+        // The reader is not flexible: every record has a cell under every header.
+        self.record.get(column).map_or("", str::trim)
     }
 
     fn number(&self, column: usize, max: u64) -> Result<u64, TraceError> {
         let text = self.text(column);
         let n: u64 = text
             .parse()
-            .map_err(|_| self.error(column, "expected a whole number that is not negative"))?;
+            .map_err(|_| self.error(column, TraceProblem::NotANumber))?;
         if n > max {
-            return Err(self.error(column, format!("must be at most {max}")));
+            return Err(self.error(column, TraceProblem::TooLarge { max }));
         }
         Ok(n)
+    }
+
+    /// A number of at most `max` in a narrower type (`max` fits in it).
+    fn small<T: TryFrom<u64>>(&self, column: usize, max: u64) -> Result<T, TraceError> {
+        T::try_from(self.number(column, max)?)
+            .map_err(|_| self.error(column, TraceProblem::TooLarge { max }))
     }
 
     fn optional_number(&self, column: Option<usize>) -> Result<Option<u64>, TraceError> {
@@ -196,19 +259,18 @@ pub const MAX_AMOUNT: u64 = 1 << 40;
 pub fn read_nodes(source_name: &str, reader: impl Read) -> Result<Vec<TraceNode>, TraceError> {
     let table = Table::read(source_name, reader)?;
     let [sn, cpu, mem, gpu] = table.required(["sn", "cpu_milli", "memory_mib", "gpu"])?;
-    let model = table.column("model", false)?;
+    let model = table.column("model");
     let mut names = HashSet::new();
     let mut nodes = Vec::with_capacity(table.records.len());
     for row in table.rows() {
-        let name = row.unique_name(sn, &mut names, "node")?;
-        let gpus =
-            u8::try_from(row.number(gpu, 64)?).map_err(|_| row.error(gpu, "too many GPUs"))?;
+        let name = row.unique_name(sn, &mut names, TraceRecord::Node)?;
+        let gpus: u8 = row.small(gpu, 64)?;
         let gpu_model = model
             .map(|m| row.text(m))
             .filter(|m| !m.is_empty())
             .map(str::to_owned);
         if gpus > 0 && gpu_model.is_none() && model.is_some() {
-            return Err(row.error(gpu, "a node with GPUs needs a model"));
+            return Err(row.error(gpu, TraceProblem::NoGpuModel));
         }
         nodes.push(TraceNode {
             name,
@@ -225,35 +287,24 @@ pub fn read_pods(source_name: &str, reader: impl Read) -> Result<Vec<TracePod>, 
     let table = Table::read(source_name, reader)?;
     let [name, cpu, mem, num_gpu, gpu_milli] =
         table.required(["name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli"])?;
-    let spec = table.column("gpu_spec", false)?;
-    let created = table.column("creation_time", false)?;
-    let deleted = table.column("deletion_time", false)?;
+    let spec = table.column("gpu_spec");
+    let created = table.column("creation_time");
+    let deleted = table.column("deletion_time");
     let mut names = HashSet::new();
     let mut pods = Vec::with_capacity(table.records.len());
     for row in table.rows() {
-        let pod_name = row.unique_name(name, &mut names, "pod")?;
-        let count = u8::try_from(row.number(num_gpu, 64)?)
-            .map_err(|_| row.error(num_gpu, "too many GPUs"))?;
-        let milli = u16::try_from(row.number(gpu_milli, u64::from(GPU_MILLI))?)
-            .map_err(|_| row.error(gpu_milli, "out of range"))?;
+        let pod_name = row.unique_name(name, &mut names, TraceRecord::Pod)?;
+        let count: u8 = row.small(num_gpu, 64)?;
+        let milli: u16 = row.small(gpu_milli, u64::from(GPU_MILLI))?;
         let gpu = match (count, milli) {
             (0, 0) => GpuDemand::None,
-            (0, _) => return Err(row.error(gpu_milli, "a GPU share needs num_gpu = 1")),
-            (_, 0) => {
-                return Err(row.error(
-                    gpu_milli,
-                    "a pod with GPUs needs gpu_milli between 1 and 1000",
-                ));
-            }
+            (0, _) => return Err(row.error(gpu_milli, TraceProblem::ShareWithoutGpu)),
+            (_, 0) => return Err(row.error(gpu_milli, TraceProblem::GpusWithoutMilli)),
             (n, GPU_MILLI) => GpuDemand::Whole(n),
             (1, m) => GpuDemand::Shared(m),
-            (_, _) => {
-                return Err(row.error(
-                    gpu_milli,
-                    "only single-GPU pods may ask for a share of a device",
-                ));
-            }
+            (_, _) => return Err(row.error(gpu_milli, TraceProblem::ShareOfSeveral)),
         };
+        // No gpu_spec column, or an empty cell: any model will do.
         let gpu_spec = spec
             .map(|s| row.text(s))
             .filter(|s| !s.is_empty())
@@ -332,7 +383,7 @@ mod tests {
             format!("{header}p,1,1,0,0\np,1,1,0,0\n").as_bytes(),
         )
         .unwrap_err();
-        assert_eq!(e.message, "duplicate pod name");
+        assert_eq!(e.problem, TraceProblem::DuplicateName(TraceRecord::Pod));
         let e = read_pods("p.csv", format!("{header}p,1,1,0\n").as_bytes()).unwrap_err();
         assert_eq!(e.line, 2, "{e}");
     }

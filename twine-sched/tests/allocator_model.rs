@@ -1,324 +1,26 @@
-//! The online allocator against its invariants: unit cases for explanations, profile
-//! switches and the entitlement lifecycle, and model-based property tests over random
-//! sequences of allocate, free, resize, host failure, drain and quota changes.
+//! The online allocator against a shadow model the test holds itself: model-based
+//! property tests replay random sequences of allocate, free, resize, host failure, drain,
+//! quota changes and profile switches, and check every step independently. The
+//! case-by-case tests are in `allocator_scenarios.rs`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use twine_sched::{
     AllocError, Allocator, AllocatorConfig, AttrPredicate, Demand, EntitlementId, FaultLevel,
-    GpuDemand, HostId, HostSpec, JobId, Owner, Policy, Preferences, Quota, Request, Requirements,
-    Resized, Resources, TaskId,
+    GpuDemand, GpuGrant, HostId, HostSpec, HostState, JobId, Owner, Policy, Preferences, Quota,
+    Request, Requirements, Resized, Resources, TaskId, Unplaced,
 };
 
-fn demand(cpu: u64, mem: u64) -> Demand {
-    Demand {
-        resources: Resources::new(cpu, mem),
-        gpu: GpuDemand::None,
-    }
-}
-
-fn small(rack: usize) -> HostSpec {
-    HostSpec::new(Resources::new(18_000, 65_536))
-        .machine_type("small")
-        .domain(["r1", "dc1", "p1", &format!("rack{rack}")])
-}
-
-#[test]
-fn unplaced_explanation_counts_each_host_once() {
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let ent = a
-        .add_entitlement("web", Quota::machines([("small", 10), ("big", 10)]))
-        .unwrap();
-    for r in 0..2 {
-        a.add_host(&small(r).machine_type("big")).unwrap();
-    }
-    a.add_host(&small(2).profile("other")).unwrap();
-    for r in 3..5 {
-        a.add_host(&small(r)).unwrap();
-    }
-    let req = Request::new(ent, JobId(1))
-        .require(
-            Requirements::default()
-                .machine_types(["small"])
-                .host_profile("default"),
-        )
-        .allocate(TaskId(1), demand(1_000, 100_000));
-    let out = a.apply(&req).unwrap();
-    assert!(out.placed.is_empty());
-    assert_eq!(
-        out.unplaced[0].1.to_string(),
-        "0/5 hosts: 2 wrong machine type, 2 insufficient memory, 1 wrong host profile"
-    );
-    a.check_invariants().unwrap();
-}
-
-#[test]
-fn profile_switch_is_proposed_then_applied_by_the_caller() {
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let ent = a
-        .add_entitlement("ml", Quota::machines([("small", 2)]))
-        .unwrap();
-    let h0 = a.add_host(&small(0)).unwrap();
-    let h1 = a.add_host(&small(1)).unwrap();
-    let req = Request::new(ent, JobId(7))
-        .require(Requirements::default().host_profile("hugepages"))
-        .allocate(TaskId(1), demand(10_000, 1_000))
-        .allocate(TaskId(2), demand(10_000, 1_000));
-    let out = a.apply(&req).unwrap();
-    assert_eq!(out.unplaced.len(), 2);
-    let switches: Vec<_> = out
-        .profile_switches
-        .iter()
-        .map(|s| (s.host, s.from.as_str(), s.to.as_str()))
-        .collect();
-    // Two 10-core tasks need two 18-core hosts.
-    assert_eq!(
-        switches,
-        vec![(h0, "default", "hugepages"), (h1, "default", "hugepages")]
-    );
-    // The allocator did not switch anything itself.
-    assert_eq!(a.host(h0).unwrap().profile(), "default");
-    for s in &out.profile_switches {
-        a.apply_profile_switch(s.host, &s.to).unwrap();
-    }
-    let out = a.apply(&req).unwrap();
-    assert_eq!(out.placed.len(), 2, "{:?}", out.unplaced);
-    assert_eq!(
-        a.apply_profile_switch(h0, "default"),
-        Err(AllocError::NotInFreePool(h0))
-    );
-    a.check_invariants().unwrap();
-}
-
-#[test]
-fn quota_limits_switch_proposals() {
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let ent = a
-        .add_entitlement("ml", Quota::machines([("small", 1)]))
-        .unwrap();
-    for r in 0..3 {
-        a.add_host(&small(r)).unwrap();
-    }
-    let req = Request::new(ent, JobId(7))
-        .require(Requirements::default().host_profile("hugepages"))
-        .allocate(TaskId(1), demand(10_000, 1_000))
-        .allocate(TaskId(2), demand(10_000, 1_000));
-    let out = a.apply(&req).unwrap();
-    assert_eq!(out.profile_switches.len(), 1);
-}
-
-#[test]
-fn hosts_join_within_quota_and_return_when_empty() {
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let ent = a
-        .add_entitlement("web", Quota::machines([("small", 2)]))
-        .unwrap();
-    for r in 0..4 {
-        a.add_host(&small(r)).unwrap();
-    }
-    let mut req = Request::new(ent, JobId(1));
-    for t in 0..4 {
-        req = req.allocate(TaskId(t), demand(8_000, 1_000));
-    }
-    let out = a.apply(&req).unwrap();
-    // Two hosts of 18 cores take two 8-core tasks each; quota stops a third host.
-    assert_eq!(out.placed.len(), 4);
-    assert_eq!(out.hosts_joined.len(), 2);
-    let out = a
-        .apply(&Request::new(ent, JobId(1)).allocate(TaskId(9), demand(8_000, 1_000)))
-        .unwrap();
-    assert!(
-        out.unplaced[0]
-            .1
-            .to_string()
-            .contains("2 entitlement quota exhausted"),
-        "{}",
-        out.unplaced[0].1
-    );
-    let mut free = Request::new(ent, JobId(1));
-    for t in 0..4 {
-        free = free.free(TaskId(t));
-    }
-    let out = a.apply(&free).unwrap();
-    assert_eq!(out.hosts_released.len(), 2);
-    assert!(a.entitlement_hosts(ent).unwrap().is_empty());
-    a.check_invariants().unwrap();
-}
-
-#[test]
-fn spread_over_racks_and_anti_affinity() {
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let ent = a
-        .add_entitlement("web", Quota::machines([("small", 100)]))
-        .unwrap();
-    for r in 0..4 {
-        for _ in 0..3 {
-            a.add_host(&small(r)).unwrap();
-        }
-    }
-    let mut req =
-        Request::new(ent, JobId(1)).prefer(Preferences::default().spread(FaultLevel::Rack));
-    for t in 0..8 {
-        req = req.allocate(TaskId(t), demand(1_000, 1_000));
-    }
-    let out = a.apply(&req).unwrap();
-    let mut per_rack = [0; 4];
-    for p in &out.placed {
-        let rack = a.host(p.host).unwrap().domain(FaultLevel::Rack).to_owned();
-        per_rack[rack
-            .trim_start_matches("r1/dc1/p1/rack")
-            .parse::<usize>()
-            .unwrap()] += 1;
-    }
-    assert_eq!(per_rack, [2, 2, 2, 2]);
-
-    let mut req = Request::new(ent, JobId(2)).prefer(Preferences::default().max_per_host(1));
-    for t in 100..113 {
-        req = req.allocate(TaskId(t), demand(100, 100));
-    }
-    let out = a.apply(&req).unwrap();
-    let hosts: BTreeSet<HostId> = out.placed.iter().map(|p| p.host).collect();
-    assert_eq!(out.placed.len(), 12);
-    assert_eq!(hosts.len(), 12);
-    assert_eq!(
-        out.unplaced[0].1.to_string(),
-        "0/12 hosts: 12 job at its per-host limit"
-    );
-    a.check_invariants().unwrap();
-}
-
-#[test]
-fn failure_and_drain_move_tasks() {
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let ent = a
-        .add_entitlement("web", Quota::machines([("small", 100)]))
-        .unwrap();
-    for r in 0..3 {
-        a.add_host(&small(r)).unwrap();
-    }
-    let out = a
-        .apply(
-            &Request::new(ent, JobId(1))
-                .allocate(TaskId(1), demand(10_000, 1_000))
-                .allocate(TaskId(2), demand(10_000, 1_000)),
-        )
-        .unwrap();
-    let first = out.placed[0].host;
-    let ev = a.host_down(first).unwrap();
-    assert_eq!(ev.moved.len(), 1);
-    assert_eq!(ev.hosts_released, vec![first]);
-    assert_eq!(a.host(first).unwrap().owner(), Owner::FreePool);
-    a.check_invariants().unwrap();
-    let busy: Vec<HostId> = a.entitlement_hosts(ent).unwrap();
-    assert_eq!(busy.len(), 2);
-    // The one other up host has no room for a second 10-core task: the task stays.
-    let ev = a.drain(busy[0]).unwrap();
-    assert!(ev.moved.is_empty(), "{ev:?}");
-    assert_eq!(ev.unplaced.len(), 1);
-    assert_eq!(a.task(TaskId(2)).unwrap().0, busy[0]);
-    a.check_invariants().unwrap();
-    // The failed host is repaired; draining again moves the task and releases the host.
-    a.host_up(first).unwrap();
-    let ev = a.drain(busy[0]).unwrap();
-    assert_eq!(ev.moved.len(), 1, "{ev:?}");
-    assert_eq!(ev.hosts_released, vec![busy[0]]);
-    a.check_invariants().unwrap();
-    // A failure with nowhere to go removes the task.
-    let ev = a.host_down(busy[1]).unwrap();
-    assert!(ev.unplaced.is_empty() || a.task_count() == 1, "{ev:?}");
-    a.check_invariants().unwrap();
-}
-
-#[test]
-fn resize_in_place_then_move() {
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let ent = a
-        .add_entitlement("web", Quota::machines([("small", 100)]))
-        .unwrap();
-    for r in 0..2 {
-        a.add_host(&small(r)).unwrap();
-    }
-    a.apply(
-        &Request::new(ent, JobId(1))
-            .allocate(TaskId(1), demand(8_000, 1_000))
-            .allocate(TaskId(2), demand(8_000, 1_000)),
-    )
-    .unwrap();
-    assert!(matches!(
-        a.resize(TaskId(1), demand(9_000, 1_000)).unwrap(),
-        Resized::InPlace { .. }
-    ));
-    assert!(matches!(
-        a.resize(TaskId(1), demand(12_000, 1_000)).unwrap(),
-        Resized::Moved(_)
-    ));
-    assert!(matches!(
-        a.resize(TaskId(1), demand(20_000, 1_000)).unwrap(),
-        Resized::Unplaced(_)
-    ));
-    a.check_invariants().unwrap();
-}
-
-#[test]
-fn bad_input_is_a_typed_error() {
-    let mut a = Allocator::new(AllocatorConfig::default());
-    let ent = a
-        .add_entitlement("web", Quota::Units(Resources::new(u64::MAX, u64::MAX)))
-        .unwrap();
-    a.add_host(&HostSpec::new(Resources::new(u64::MAX, u64::MAX)))
-        .unwrap();
-    a.add_host(&HostSpec::new(Resources::new(u64::MAX, u64::MAX)))
-        .unwrap();
-    assert_eq!(
-        a.host_down(HostId(99)).unwrap_err(),
-        AllocError::UnknownHost(HostId(99))
-    );
-    assert_eq!(
-        a.apply(&Request::new(EntitlementId(5), JobId(1)))
-            .unwrap_err(),
-        AllocError::UnknownEntitlement(EntitlementId(5))
-    );
-    assert_eq!(
-        a.apply(&Request::new(ent, JobId(1)).free(TaskId(3)))
-            .unwrap_err(),
-        AllocError::UnknownTask(TaskId(3))
-    );
-    assert_eq!(
-        a.resize(TaskId(3), demand(1, 1)).unwrap_err(),
-        AllocError::UnknownTask(TaskId(3))
-    );
-    let bad_gpu = Demand {
-        resources: Resources::new(1, 1),
-        gpu: GpuDemand::Shared(1000),
-    };
-    assert!(matches!(
-        a.apply(&Request::new(ent, JobId(1)).allocate(TaskId(1), bad_gpu)),
-        Err(AllocError::InvalidGpuDemand { .. })
-    ));
-    // Huge sizes: the unit quota saturates instead of overflowing.
-    let out = a
-        .apply(
-            &Request::new(ent, JobId(1))
-                .allocate(TaskId(1), demand(u64::MAX, u64::MAX))
-                .allocate(TaskId(2), demand(u64::MAX, 1)),
-        )
-        .unwrap();
-    assert_eq!(out.placed.len(), 1);
-    assert_eq!(out.unplaced.len(), 1);
-    assert_eq!(
-        a.apply(&Request::new(ent, JobId(1)).allocate(TaskId(1), demand(1, 1)))
-            .unwrap_err(),
-        AllocError::DuplicateTask(TaskId(1))
-    );
-    assert!(matches!(
-        a.set_quota(ent, Quota::machines([])),
-        Err(AllocError::QuotaBelowUsage { .. })
-    ));
-    a.check_invariants().unwrap();
-}
-
-// ---- model-based property tests ----
+// ---- model-based property tests against a shadow model ----
+//
+// The shadow is held by the test: each task's demand, host, GPU grant and job (whose
+// rules are plain data here), each host's capacity, state and profile. Owners are
+// derived (a host belongs to the entitlement of the tasks on it, else to the pool).
+// After every step the shadow checks by itself that hosts are within capacity (GPUs
+// per device), placed tasks meet their job's hard rules and limits, quotas hold, and
+// that the allocator's public views agree with it. An unplaced task is checked
+// against the shadow too: no eligible host had room at that moment.
 
 #[derive(Debug, Clone)]
 struct HostGen {
@@ -365,7 +67,7 @@ enum Op {
     Down { host: usize },
     Up { host: usize },
     Drain { host: usize },
-    Quota { ent: u32, small: u32, big: u32 },
+    Quota { ent: usize, small: u32, big: u32 },
     Switch { host: usize },
 }
 
@@ -394,63 +96,478 @@ fn op_gen() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|host| Op::Down { host }),
         1 => any::<usize>().prop_map(|host| Op::Up { host }),
         1 => any::<usize>().prop_map(|host| Op::Drain { host }),
-        1 => (0u32..2, 0u32..6, 0u32..6).prop_map(|(ent, small, big)| Op::Quota { ent, small, big }),
+        1 => (0usize..2, 0u32..6, 0u32..6).prop_map(|(ent, small, big)| Op::Quota { ent, small, big }),
         1 => any::<usize>().prop_map(|host| Op::Switch { host }),
     ]
 }
 
-/// Each job has fixed constraints, so every kind of requirement and preference is
-/// exercised; jobs 0, 2, 4 run in entitlement 0, jobs 1, 3 in entitlement 1.
-fn job_request(job: u64, policy: Policy) -> Request {
-    let ent = EntitlementId(u32::try_from(job % 2).expect("valid by construction"));
-    let (req, prefs) = match job {
-        0 => (
-            Requirements::default().machine_types(["small"]),
-            Preferences::default().spread(FaultLevel::Rack),
-        ),
-        1 => (
-            Requirements::default().host_profile("p1"),
-            Preferences::default().max_per_host(1),
-        ),
-        2 => (
-            Requirements::default().gpu_models(["g1"]),
-            Preferences::default().max_per_rack(2),
-        ),
-        3 => (
-            Requirements::default().attribute(AttrPredicate::In(
-                "zone".into(),
-                vec!["x".into(), "nowhere".into()],
-            )),
-            Preferences::default().spread(FaultLevel::PowerDomain),
-        ),
-        _ => (
-            Requirements::default().attribute(AttrPredicate::Exists("zone".into())),
-            Preferences::default(),
-        ),
-    };
-    Request::new(ent, JobId(job))
-        .require(req)
-        .prefer(prefs.policy(policy))
+/// A host attribute rule.
+#[derive(Debug, Clone, Copy)]
+enum Zone {
+    Any,
+    /// `zone` in `["x", "nowhere"]`.
+    InX,
+    /// `zone` present.
+    Exists,
 }
 
-/// Runs `ops`, checking invariants after each step; returns a transcript of outcomes.
-fn run(
-    hosts: &[HostGen],
-    ops: &[Op],
-    policy: Policy,
-    seed: u64,
-) -> Result<Vec<String>, TestCaseError> {
+/// A job's rules as data, from which both its request and the shadow's checks derive.
+#[derive(Debug, Clone, Copy)]
+struct Rules {
+    ent: usize,
+    machine_type: Option<&'static str>,
+    gpu_model: Option<&'static str>,
+    profile: Option<&'static str>,
+    zone: Zone,
+    spread: Option<FaultLevel>,
+    max_per_host: Option<u32>,
+    max_per_rack: Option<u32>,
+}
+
+/// Each job has fixed rules, so every kind of requirement and preference is exercised;
+/// jobs 0, 2, 4 run in entitlement 0, jobs 1, 3 in entitlement 1.
+fn rules(job: u64) -> Rules {
+    let base = Rules {
+        ent: usize::from(job % 2 == 1),
+        machine_type: None,
+        gpu_model: None,
+        profile: None,
+        zone: Zone::Any,
+        spread: None,
+        max_per_host: None,
+        max_per_rack: None,
+    };
+    match job {
+        0 => Rules {
+            machine_type: Some("small"),
+            spread: Some(FaultLevel::Rack),
+            ..base
+        },
+        1 => Rules {
+            profile: Some("p1"),
+            max_per_host: Some(1),
+            ..base
+        },
+        2 => Rules {
+            gpu_model: Some("g1"),
+            max_per_rack: Some(2),
+            ..base
+        },
+        3 => Rules {
+            zone: Zone::InX,
+            spread: Some(FaultLevel::PowerDomain),
+            ..base
+        },
+        _ => Rules {
+            zone: Zone::Exists,
+            ..base
+        },
+    }
+}
+
+fn job_request(job: u64, policy: Policy) -> Request {
+    let r = rules(job);
+    let mut req = Requirements::default();
+    if let Some(t) = r.machine_type {
+        req = req.machine_types([t]);
+    }
+    if let Some(m) = r.gpu_model {
+        req = req.gpu_models([m]);
+    }
+    if let Some(p) = r.profile {
+        req = req.host_profile(p);
+    }
+    req = match r.zone {
+        Zone::Any => req,
+        Zone::InX => req.attribute(AttrPredicate::In(
+            "zone".into(),
+            vec!["x".into(), "nowhere".into()],
+        )),
+        Zone::Exists => req.attribute(AttrPredicate::Exists("zone".into())),
+    };
+    let mut prefs = Preferences::default().policy(policy);
+    if let Some(l) = r.spread {
+        prefs = prefs.spread(l);
+    }
+    if let Some(k) = r.max_per_host {
+        prefs = prefs.max_per_host(k);
+    }
+    if let Some(k) = r.max_per_rack {
+        prefs = prefs.max_per_rack(k);
+    }
+    let ent = EntitlementId(u32::try_from(r.ent).expect("0 or 1"));
+    Request::new(ent, JobId(job)).require(req).prefer(prefs)
+}
+
+/// The quotas of entitlement 0 (machines) and 1 (units), as the test sets them.
+fn quota(ent: usize, small: u32, big: u32) -> Quota {
+    if ent == 0 {
+        Quota::machines([("small", small), ("big", big)])
+    } else {
+        Quota::Units(Resources::new(
+            u64::from(small) * 10_000,
+            u64::from(big) * 20_000,
+        ))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ShadowHost {
+    spec: HostGen,
+    profile: &'static str,
+    state: HostState,
+}
+
+impl ShadowHost {
+    fn capacity(&self) -> Resources {
+        Resources::new(self.spec.cpu, self.spec.mem)
+    }
+    fn machine_type(&self) -> &'static str {
+        if self.spec.big { "big" } else { "small" }
+    }
+    fn gpu_model(&self) -> Option<&'static str> {
+        (self.spec.gpus > 0).then_some(if self.spec.gpu_model { "g1" } else { "g2" })
+    }
+    /// Whether the host meets `r`'s hard requirements other than room.
+    fn meets(&self, r: &Rules) -> bool {
+        r.machine_type.is_none_or(|t| t == self.machine_type())
+            && r.gpu_model.is_none_or(|m| Some(m) == self.gpu_model())
+            && r.profile.is_none_or(|p| p == self.profile)
+            && match r.zone {
+                Zone::Any => true,
+                Zone::InX | Zone::Exists => self.spec.zone,
+            }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ShadowTask {
+    job: u64,
+    demand: Demand,
+    host: usize,
+    grant: GpuGrant,
+}
+
+struct Shadow {
+    ids: Vec<HostId>,
+    hosts: Vec<ShadowHost>,
+    tasks: BTreeMap<TaskId, ShadowTask>,
+    /// `(small, big)` of each entitlement's quota (see [`quota`]).
+    quotas: [(u32, u32); 2],
+}
+
+/// Whether `d` fits on devices with `free` milli each.
+fn fits_gpu(free: &[u32], d: GpuDemand) -> bool {
+    match d {
+        GpuDemand::None => true,
+        GpuDemand::Shared(m) => free.iter().any(|&f| f >= u32::from(m)),
+        GpuDemand::Whole(n) => free.iter().filter(|&&f| f == 1000).count() >= usize::from(n),
+    }
+}
+
+impl Shadow {
+    fn on(&self, h: usize) -> impl Iterator<Item = (&TaskId, &ShadowTask)> {
+        self.tasks.iter().filter(move |(_, t)| t.host == h)
+    }
+
+    /// Free CPU and memory and free milli per GPU device, leaving out `except`.
+    fn free(&self, h: usize, except: Option<TaskId>) -> (u64, u64, Vec<u32>) {
+        let host = &self.hosts[h];
+        let (mut cpu, mut mem) = (host.spec.cpu, host.spec.mem);
+        let mut gpus = vec![1000u32; usize::from(host.spec.gpus)];
+        for (_, t) in self.on(h).filter(|(id, _)| Some(**id) != except) {
+            cpu = cpu.wrapping_sub(t.demand.resources.cpu_milli);
+            mem = mem.wrapping_sub(t.demand.resources.memory_mib);
+            for &(dev, m) in &t.grant.devices {
+                if let Some(g) = gpus.get_mut(usize::from(dev)) {
+                    *g = g.wrapping_sub(u32::from(m));
+                }
+            }
+        }
+        (cpu, mem, gpus)
+    }
+
+    fn owner(&self, h: usize) -> Option<usize> {
+        self.on(h).map(|(_, t)| rules(t.job).ent).next()
+    }
+
+    fn owned(&self, ent: usize) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&h| self.owner(h) == Some(ent))
+            .collect()
+    }
+
+    /// Whether `ent` holding `hosts` stays within the quota `(small, big)`.
+    fn within(&self, ent: usize, hosts: &[usize], (small, big): (u32, u32)) -> bool {
+        if ent == 0 {
+            let count = |t: &str| {
+                hosts
+                    .iter()
+                    .filter(|&&h| self.hosts[h].machine_type() == t)
+                    .count()
+            };
+            count("small") <= small as usize && count("big") <= big as usize
+        } else {
+            let cpu: u64 = hosts.iter().map(|&h| self.hosts[h].spec.cpu).sum();
+            let mem: u64 = hosts.iter().map(|&h| self.hosts[h].spec.mem).sum();
+            cpu <= u64::from(small) * 10_000 && mem <= u64::from(big) * 20_000
+        }
+    }
+
+    fn tasks_of(&self, job: u64, except: Option<TaskId>) -> impl Iterator<Item = &ShadowTask> {
+        self.tasks
+            .iter()
+            .filter(move |(id, t)| t.job == job && Some(**id) != except)
+            .map(|(_, t)| t)
+    }
+
+    /// A host that could take a task of `job` with demand `d` (`moving` is the task
+    /// itself when it is being moved: its own counts do not hold it back).
+    fn eligible(&self, job: u64, d: &Demand, moving: Option<TaskId>) -> Option<usize> {
+        let r = rules(job);
+        (0..self.hosts.len()).find(|&h| {
+            let host = &self.hosts[h];
+            let owner_ok = match self.owner(h) {
+                Some(e) => e == r.ent,
+                None => {
+                    let mut held = self.owned(r.ent);
+                    held.push(h);
+                    self.within(r.ent, &held, self.quotas[r.ent])
+                }
+            };
+            let on_host = self.tasks_of(job, moving).filter(|t| t.host == h).count();
+            let in_rack = self
+                .tasks_of(job, moving)
+                .filter(|t| self.hosts[t.host].spec.rack == host.spec.rack)
+                .count();
+            let (cpu, mem, gpus) = self.free(h, None);
+            host.state == HostState::Up
+                && owner_ok
+                && host.meets(&r)
+                && r.max_per_host.is_none_or(|k| on_host < k as usize)
+                && r.max_per_rack.is_none_or(|k| in_rack < k as usize)
+                && d.resources.cpu_milli <= cpu
+                && d.resources.memory_mib <= mem
+                && fits_gpu(&gpus, d.gpu)
+        })
+    }
+
+    /// An unplaced task must be a true negative.
+    fn check_unplaced(
+        &self,
+        job: u64,
+        d: &Demand,
+        moving: Option<TaskId>,
+        why: &Unplaced,
+    ) -> Result<(), String> {
+        if why.available != 0 {
+            return Err(format!(
+                "unplaced with {} hosts available: {why}",
+                why.available
+            ));
+        }
+        match self.eligible(job, d, moving) {
+            Some(h) => Err(format!(
+                "job {job} demand {d:?} unplaced ({why}) but {} had room",
+                self.ids[h]
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the task could have grown where it is.
+    fn fits_in_place(&self, t: TaskId, d: &Demand) -> bool {
+        let s = &self.tasks[&t];
+        let (cpu, mem, gpus) = self.free(s.host, Some(t));
+        self.hosts[s.host].state == HostState::Up
+            && d.resources.cpu_milli <= cpu
+            && d.resources.memory_mib <= mem
+            && fits_gpu(&gpus, d.gpu)
+    }
+
+    fn place(&mut self, t: TaskId, job: u64, demand: Demand, to: HostId, grant: &GpuGrant) {
+        let host = self.index(to);
+        self.tasks.insert(
+            t,
+            ShadowTask {
+                job,
+                demand,
+                host,
+                grant: grant.clone(),
+            },
+        );
+    }
+
+    fn index(&self, id: HostId) -> usize {
+        self.ids
+            .iter()
+            .position(|&h| h == id)
+            .expect("the allocator names a host it has")
+    }
+
+    fn owners(&self) -> Vec<Option<usize>> {
+        (0..self.hosts.len()).map(|h| self.owner(h)).collect()
+    }
+
+    /// Hosts that joined and left an entitlement between `before` and now must be the
+    /// ones the allocator reported.
+    fn check_moves(
+        &self,
+        before: &[Option<usize>],
+        joined: &[HostId],
+        released: &[HostId],
+    ) -> Result<(), String> {
+        for (h, (was, now)) in before.iter().zip(self.owners()).enumerate() {
+            let id = self.ids[h];
+            let (j, r) = (joined.contains(&id), released.contains(&id));
+            let ok = match (was, now) {
+                (None, Some(_)) => j,
+                (Some(_), None) => r,
+                (None, None) => j == r,
+                (Some(_), Some(_)) => j == r,
+            };
+            if !ok {
+                return Err(format!(
+                    "{id}: owner {was:?} -> {now:?}, reported joined {j}, released {r}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything the shadow knows, checked by itself and against the allocator's views.
+    fn check(&self, a: &Allocator) -> Result<(), String> {
+        for (h, host) in self.hosts.iter().enumerate() {
+            let id = self.ids[h];
+            let mut ents: Vec<usize> = self.on(h).map(|(_, t)| rules(t.job).ent).collect();
+            ents.dedup();
+            if ents.len() > 1 {
+                return Err(format!("{id} runs tasks of entitlements {ents:?}"));
+            }
+            let used_cpu: u64 = self.on(h).map(|(_, t)| t.demand.resources.cpu_milli).sum();
+            let used_mem: u64 = self.on(h).map(|(_, t)| t.demand.resources.memory_mib).sum();
+            if used_cpu > host.spec.cpu || used_mem > host.spec.mem {
+                return Err(format!("{id} over capacity: {used_cpu}m, {used_mem} MiB"));
+            }
+            let mut per_device = vec![0u32; usize::from(host.spec.gpus)];
+            for (t, s) in self.on(h) {
+                let devices: BTreeSet<u8> = s.grant.devices.iter().map(|d| d.0).collect();
+                let shape_ok = devices.len() == s.grant.devices.len()
+                    && match s.demand.gpu {
+                        GpuDemand::Shared(m) => {
+                            s.grant.devices.as_slice() == [(s.grant.devices[0].0, m)]
+                        }
+                        GpuDemand::Whole(n) => {
+                            devices.len() == usize::from(n)
+                                && s.grant.devices.iter().all(|d| d.1 == 1000)
+                        }
+                        GpuDemand::None => s.grant.devices.is_empty(),
+                    };
+                if !shape_ok {
+                    return Err(format!("{t}: grant {:?} for {:?}", s.grant, s.demand.gpu));
+                }
+                for &(dev, m) in &s.grant.devices {
+                    let slot = per_device
+                        .get_mut(usize::from(dev))
+                        .ok_or(format!("{t}: GPU {dev} not on {id}"))?;
+                    *slot += u32::from(m);
+                }
+            }
+            if per_device.iter().any(|&u| u > 1000) {
+                return Err(format!("{id} GPU devices over a whole: {per_device:?}"));
+            }
+            for (t, s) in self.on(h) {
+                let r = rules(s.job);
+                if host.state == HostState::Down || !host.meets(&r) {
+                    return Err(format!("{t} of job {} on {id} ({host:?})", s.job));
+                }
+                let on_host = self.tasks_of(s.job, None).filter(|o| o.host == h).count();
+                let in_rack = self
+                    .tasks_of(s.job, None)
+                    .filter(|o| self.hosts[o.host].spec.rack == host.spec.rack)
+                    .count();
+                if r.max_per_host.is_some_and(|k| on_host > k as usize)
+                    || r.max_per_rack.is_some_and(|k| in_rack > k as usize)
+                {
+                    return Err(format!("job {} over its limits on {id}", s.job));
+                }
+            }
+            // The allocator's view of the host.
+            let v = a.host(id).map_err(|e| e.to_string())?;
+            let (cpu, mem, gpus) = self.free(h, None);
+            let gpu_view: Vec<u32> = v.gpus().free().iter().map(|&f| u32::from(f)).collect();
+            let owner = match self.owner(h) {
+                None => Owner::FreePool,
+                Some(e) => Owner::Entitlement(EntitlementId(u32::try_from(e).expect("0 or 1"))),
+            };
+            let mut tasks: Vec<TaskId> = v.tasks().to_vec();
+            tasks.sort_unstable();
+            let want: Vec<TaskId> = self.on(h).map(|(t, _)| *t).collect();
+            if v.capacity() != host.capacity()
+                || v.free() != Resources::new(cpu, mem)
+                || gpu_view != gpus
+                || v.state() != host.state
+                || v.owner() != owner
+                || v.profile() != host.profile
+                || v.machine_type() != host.machine_type()
+                || tasks != want
+            {
+                return Err(format!(
+                    "{id}: the allocator sees free {:?}, GPUs {gpu_view:?}, {:?}, {:?}, {}, tasks {tasks:?}; \
+                     the shadow free ({cpu}, {mem}), GPUs {gpus:?}, {:?}, {owner:?}, {}, tasks {want:?}",
+                    v.free(),
+                    v.state(),
+                    v.owner(),
+                    v.profile(),
+                    host.state,
+                    host.profile,
+                ));
+            }
+        }
+        for (e, &q) in self.quotas.iter().enumerate() {
+            let owned = self.owned(e);
+            if !self.within(e, &owned, q) {
+                return Err(format!("entitlement {e} over its quota {q:?}: {owned:?}"));
+            }
+            let ent = EntitlementId(u32::try_from(e).expect("0 or 1"));
+            let want: Vec<HostId> = owned.iter().map(|&h| self.ids[h]).collect();
+            let have = a.entitlement_hosts(ent).map_err(|e| e.to_string())?;
+            if have != want {
+                return Err(format!("{ent}: allocator holds {have:?}, shadow {want:?}"));
+            }
+        }
+        for (t, s) in &self.tasks {
+            match a.task(*t) {
+                Ok((h, g)) if h == self.ids[s.host] && *g == s.grant => {}
+                other => return Err(format!("{t}: allocator says {other:?}, shadow {s:?}")),
+            }
+        }
+        if a.task_count() != self.tasks.len() {
+            return Err(format!(
+                "{} tasks placed, shadow {}",
+                a.task_count(),
+                self.tasks.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `ops`, checking the shadow and the allocator's own invariants after each step;
+/// returns a transcript of outcomes.
+fn run(hosts: &[HostGen], ops: &[Op], policy: Policy, seed: u64) -> Result<Vec<String>, String> {
     let mut a = Allocator::new(
         AllocatorConfig::default()
             .with_seed(seed)
             .with_candidates(3),
     );
-    let e0 = a
-        .add_entitlement("e0", Quota::machines([("small", 4), ("big", 3)]))
-        .expect("valid by construction");
-    let e1 = a
-        .add_entitlement("e1", Quota::Units(Resources::new(40_000, 80_000)))
-        .expect("valid by construction");
+    let initial = [(4, 3), (4, 4)];
+    let ents = [
+        a.add_entitlement("e0", quota(0, initial[0].0, initial[0].1))
+            .expect("valid by construction"),
+        a.add_entitlement("e1", quota(1, initial[1].0, initial[1].1))
+            .expect("valid by construction"),
+    ];
     let ids: Vec<HostId> = hosts
         .iter()
         .map(|g| {
@@ -472,62 +589,150 @@ fn run(
             a.add_host(&s).expect("valid by construction")
         })
         .collect();
-    let mut live: Vec<(TaskId, u64)> = Vec::new();
+    let mut shadow = Shadow {
+        ids: ids.clone(),
+        hosts: hosts
+            .iter()
+            .map(|g| ShadowHost {
+                spec: g.clone(),
+                profile: if g.profile { "p1" } else { "p2" },
+                state: HostState::Up,
+            })
+            .collect(),
+        tasks: BTreeMap::new(),
+        quotas: initial,
+    };
+    let fail = |e: AllocError| e.to_string();
     let mut next = 0u64;
     let mut log = Vec::new();
     for op in ops {
+        let before = shadow.owners();
+        let live: Vec<TaskId> = shadow.tasks.keys().copied().collect();
         let line = match op {
             Op::Allocate { job, tasks } => {
                 let mut req = job_request(*job, policy);
                 for d in tasks {
                     req = req.allocate(TaskId(next), *d);
-                    live.push((TaskId(next), *job));
                     next += 1;
                 }
-                let out = a.apply(&req).expect("valid by construction");
+                let out = a.apply(&req).map_err(fail)?;
+                for (t, d) in &req.allocate {
+                    if let Some(p) = out.placed.iter().find(|p| p.task == *t) {
+                        shadow.place(*t, *job, *d, p.host, &p.gpus);
+                    } else if let Some((_, why)) = out.unplaced.iter().find(|u| u.0 == *t) {
+                        shadow.check_unplaced(*job, d, None, why)?;
+                    } else {
+                        return Err(format!("{t} neither placed nor unplaced: {out:?}"));
+                    }
+                }
+                shadow.check_moves(&before, &out.hosts_joined, &out.hosts_released)?;
                 format!("{out:?}")
             }
             Op::Free { pick } if !live.is_empty() => {
-                let (t, job) = live[pick % live.len()];
-                let req = job_request(job, policy).free(t);
-                format!("{:?}", a.apply(&req).expect("valid by construction"))
+                let t = live[pick % live.len()];
+                let job = shadow.tasks[&t].job;
+                let out = a.apply(&job_request(job, policy).free(t)).map_err(fail)?;
+                if out.freed != [t] {
+                    return Err(format!("freed {:?}, not {t}", out.freed));
+                }
+                shadow.tasks.remove(&t);
+                shadow.check_moves(&before, &out.hosts_joined, &out.hosts_released)?;
+                format!("{out:?}")
             }
             Op::Resize { pick, demand } if !live.is_empty() => {
-                let (t, _) = live[pick % live.len()];
-                format!("{:?}", a.resize(t, *demand).expect("valid by construction"))
+                let t = live[pick % live.len()];
+                let s = shadow.tasks[&t].clone();
+                let out = a.resize(t, *demand).map_err(fail)?;
+                match &out {
+                    Resized::InPlace { gpus } => {
+                        shadow.place(t, s.job, *demand, shadow.ids[s.host], gpus);
+                    }
+                    Resized::Moved {
+                        moved,
+                        hosts_joined,
+                        hosts_released,
+                    } => {
+                        if shadow.fits_in_place(t, demand) || moved.from != shadow.ids[s.host] {
+                            return Err(format!("{t} moved though it fit in place: {out:?}"));
+                        }
+                        shadow.place(t, s.job, *demand, moved.to, &moved.gpus);
+                        shadow.check_moves(&before, hosts_joined, hosts_released)?;
+                    }
+                    Resized::Unplaced(why) => {
+                        if shadow.fits_in_place(t, demand) {
+                            return Err(format!("{t} fit in place: {out:?}"));
+                        }
+                        shadow.check_unplaced(s.job, demand, Some(t), why)?;
+                    }
+                    _ => return Err(format!("unknown outcome {out:?}")),
+                }
+                format!("{out:?}")
             }
-            Op::Down { host } => format!(
-                "{:?}",
-                a.host_down(ids[host % ids.len()])
-                    .expect("valid by construction")
-            ),
-            Op::Up { host } => format!("{:?}", a.host_up(ids[host % ids.len()])),
-            Op::Drain { host } => format!(
-                "{:?}",
-                a.drain(ids[host % ids.len()])
-                    .expect("valid by construction")
-            ),
-            Op::Quota { ent, small, big } => {
-                let e = [e0, e1][*ent as usize];
-                let q = if *ent == 0 {
-                    Quota::machines([("small", *small), ("big", *big)])
+            Op::Down { host } | Op::Drain { host } => {
+                let h = host % ids.len();
+                let down = matches!(op, Op::Down { .. });
+                let order = a.host(ids[h]).map_err(fail)?.tasks().to_vec();
+                shadow.hosts[h].state = if down {
+                    HostState::Down
                 } else {
-                    Quota::Units(Resources::new(
-                        u64::from(*small) * 10_000,
-                        u64::from(*big) * 20_000,
-                    ))
+                    HostState::Draining
                 };
-                format!("{:?}", a.set_quota(e, q))
+                let ev = if down {
+                    a.host_down(ids[h])
+                } else {
+                    a.drain(ids[h])
+                }
+                .map_err(fail)?;
+                for t in order {
+                    let s = shadow.tasks[&t].clone();
+                    if let Some(m) = ev.moved.iter().find(|m| m.task == t) {
+                        if m.from != ids[h] {
+                            return Err(format!("{t} moved from {}, not {}", m.from, ids[h]));
+                        }
+                        shadow.place(t, s.job, s.demand, m.to, &m.gpus);
+                    } else if let Some((_, why)) = ev.unplaced.iter().find(|u| u.0 == t) {
+                        shadow.check_unplaced(s.job, &s.demand, Some(t), why)?;
+                        if down {
+                            shadow.tasks.remove(&t);
+                        }
+                    } else {
+                        return Err(format!("{t} neither moved nor unplaced: {ev:?}"));
+                    }
+                }
+                shadow.check_moves(&before, &ev.hosts_joined, &ev.hosts_released)?;
+                format!("{ev:?}")
+            }
+            Op::Up { host } => {
+                let h = host % ids.len();
+                a.host_up(ids[h]).map_err(fail)?;
+                shadow.hosts[h].state = HostState::Up;
+                String::from("up")
+            }
+            Op::Quota { ent, small, big } => {
+                let r = a.set_quota(ents[*ent], quota(*ent, *small, *big));
+                let fits = shadow.within(*ent, &shadow.owned(*ent), (*small, *big));
+                match (&r, fits) {
+                    (Ok(()), true) => shadow.quotas[*ent] = (*small, *big),
+                    (Err(AllocError::QuotaBelowUsage { .. }), false) => {}
+                    _ => return Err(format!("set_quota answered {r:?}; shadow: fits {fits}")),
+                }
+                format!("{r:?}")
             }
             Op::Switch { host } => {
-                format!("{:?}", a.apply_profile_switch(ids[host % ids.len()], "p1"))
+                let h = host % ids.len();
+                let r = a.apply_profile_switch(ids[h], "p1");
+                match (&r, shadow.owner(h)) {
+                    (Ok(()), None) => shadow.hosts[h].profile = "p1",
+                    (Err(AllocError::NotInFreePool(_)), Some(_)) => {}
+                    _ => return Err(format!("profile switch of {} answered {r:?}", ids[h])),
+                }
+                format!("{r:?}")
             }
             _ => String::new(),
         };
-        live.retain(|(t, _)| a.task(*t).is_ok());
-        if let Err(e) = a.check_invariants() {
-            return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
-        }
+        shadow.check(&a).map_err(|e| format!("after {op:?}: {e}"))?;
+        a.check_invariants()
+            .map_err(|e| format!("after {op:?}: {e}"))?;
         log.push(line);
     }
     Ok(log)
@@ -537,17 +742,24 @@ fn policy_gen() -> impl Strategy<Value = Policy> {
     prop::sample::select(Policy::ALL.to_vec())
 }
 
+/// 200 cases, or `PROPTEST_CASES` for a longer run.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").map_or(200, |v| {
+        v.parse().expect("PROPTEST_CASES is a number of cases")
+    })
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
-    fn invariants_hold_after_every_step(
+    fn shadow_model_agrees_after_every_step(
         hosts in prop::collection::vec(host_gen(), 1..12),
         ops in prop::collection::vec(op_gen(), 1..40),
         policy in policy_gen(),
         seed in any::<u64>(),
     ) {
-        run(&hosts, &ops, policy, seed)?;
+        run(&hosts, &ops, policy, seed).map_err(TestCaseError::fail)?;
     }
 
     #[test]
@@ -557,8 +769,8 @@ proptest! {
         policy in policy_gen(),
         seed in any::<u64>(),
     ) {
-        let first = run(&hosts, &ops, policy, seed)?;
-        let second = run(&hosts, &ops, policy, seed)?;
+        let first = run(&hosts, &ops, policy, seed).map_err(TestCaseError::fail)?;
+        let second = run(&hosts, &ops, policy, seed).map_err(TestCaseError::fail)?;
         prop_assert_eq!(first, second);
     }
 }

@@ -1,5 +1,8 @@
 //! Any bytes as a trace file: the readers return rows or a typed error that names
-//! the source, a line and a field; they never panic.
+//! the source, a line and a field; they never panic. `PROPTEST_CASES=N` runs N cases
+//! instead of 512.
+
+mod support;
 
 use proptest::prelude::*;
 use twine_sched::trace::{read_nodes, read_pods};
@@ -33,21 +36,21 @@ fn table(header: &'static str) -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(support::proptest_config(512))]
 
     #[test]
     fn pods_never_panic(text in table("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos")) {
         if let Err(e) = read_pods("p.csv", text.as_bytes()) {
             prop_assert_eq!(&e.source_name, "p.csv");
             prop_assert!(e.line >= 1, "{}", e);
-            prop_assert!(!e.field.is_empty() && !e.message.is_empty(), "{}", e);
+            prop_assert!(!e.field.is_empty() && !e.problem.to_string().is_empty(), "{}", e);
         }
     }
 
     #[test]
     fn nodes_never_panic(text in table("sn,cpu_milli,memory_mib,gpu,model")) {
         if let Err(e) = read_nodes("n.csv", text.as_bytes()) {
-            prop_assert!(e.line >= 1 && !e.message.is_empty(), "{}", e);
+            prop_assert!(e.line >= 1 && !e.problem.to_string().is_empty(), "{}", e);
         }
     }
 

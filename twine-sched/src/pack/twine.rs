@@ -1,35 +1,23 @@
-//! twine's packing policy: bin-centric L2 fill, then compaction.
-//!
-//! The classic heuristics are item-centric: they fix the task order up front
-//! (largest first) and put each task where a score likes it best. On workloads
-//! whose demands are anti-correlated, as in the openb GPU trace (GPU-heavy tasks
-//! with little CPU beside CPU-only tasks), that strands capacity: hosts run out of
-//! GPU devices with CPU still free, and first-fit-decreasing needs 1.19x the lower
-//! bound.
-//!
-//! 1. **Fill** (`fill_bins`): open one host at a time and keep adding the task
-//!    *shape* (tasks are grouped into equivalence classes of identical demand)
-//!    whose normalized demand is closest, in L2, to the host's remaining hole,
-//!    until nothing fits. A fresh host takes a large task first; once its devices
-//!    are spoken for it takes CPU-only tasks; small GPU shares fill device
-//!    fragments. L2 beats the dot product here: the dot product favours large
-//!    tasks, not tasks that match the hole.
-//! 2. **Compact** (`compact`): Borg's cell compaction as local search. Take the
-//!    least-loaded hosts (load weights the bottleneck dimension double) and try to
-//!    empty one by moving its tasks, largest first, to the best-fitting other
-//!    host, or by a one-step swap (evict a task from a host so the moving task fits
-//!    there, and put the evicted task on a third host). A host that empties is
-//!    closed; one that does not is restored exactly. Repeat until no candidate
-//!    empties.
-//!
-//! Measured on the openb trace (8,147 placeable pods, 96-core/384 GiB/8-GPU hosts):
-//! fill alone 921 hosts (1.042x the lower bound of 884), with compaction 902
-//! (1.020x); see docs/BENCHMARKS.md. Deterministic: no clock, no randomness, ties
-//! broken by index.
+//! twine's policy: bin-centric L2 fill, then compaction (the design is in the
+//! docs of [`crate::pack`]).
 
-use crate::pack::{Bin, DIMS, NodeShape, Opener, shape_of, spec_accepts};
-use crate::resources::Demand;
+use super::PackError;
+use super::bins::{Bin, NodeShape, Opener, accepts, best_by_score};
+use crate::resources::{DIMS, Demand};
 use crate::trace::TracePod;
+
+/// Packs the tasks `placeable` into new bins (fill, then compaction); returns the bins
+/// and the tasks no host could take (possible only with a limited node list).
+pub(super) fn pack(
+    pods: &[TracePod],
+    placeable: &[usize],
+    shapes: &[NodeShape],
+    opener: &mut Opener<'_>,
+) -> Result<(Vec<Bin>, Vec<usize>), PackError> {
+    let (mut bins, left_over) = fill_bins(pods, placeable, shapes, opener)?;
+    compact(&mut bins, pods, shapes)?;
+    Ok((bins, left_over))
+}
 
 /// Tasks with the same demand and GPU constraint: placed interchangeably.
 struct Class {
@@ -62,59 +50,54 @@ fn classes(pods: &[TracePod], indexes: &[usize]) -> Vec<Class> {
     classes
 }
 
-fn accepts(bin: &Bin, shapes: &[NodeShape], pod: &TracePod) -> bool {
-    bin.fits(&pod.demand) && spec_accepts(pod, shape_of(shapes, bin))
-}
-
-/// Stage 1. Fills new bins from `opener` with the tasks `indexes`; returns how many
-/// tasks found no bin (possible only with a limited node list).
-pub(crate) fn fill_bins(
+/// Stage 1. Fills new bins from `opener` with the tasks `indexes`; returns the bins and
+/// the tasks no host could take. Ends by itself: every host it opens accepts some
+/// remaining task, so each round places at least one (else an error names the host).
+fn fill_bins(
     pods: &[TracePod],
     indexes: &[usize],
     shapes: &[NodeShape],
     opener: &mut Opener<'_>,
-    bins: &mut Vec<Bin>,
-) -> usize {
+) -> Result<(Vec<Bin>, Vec<usize>), PackError> {
     let mut classes = classes(pods, indexes);
-    let mut left = indexes.len();
-    while left > 0 {
-        let open = opener.open_where(|bin, _| {
+    let mut bins = Vec::new();
+    loop {
+        let waiting = |c: &&Class| !c.left.is_empty();
+        let open = opener.open_where(|bin| {
             classes
                 .iter()
-                .any(|c| !c.left.is_empty() && accepts(bin, shapes, &pods[c.first]))
+                .filter(waiting)
+                .any(|c| accepts(bin, shapes, &pods[c.first]))
         });
         let Some(mut bin) = open else { break };
-        loop {
-            let best = classes
+        while let Some(k) = best_by_score(
+            classes
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| !c.left.is_empty() && accepts(&bin, shapes, &pods[c.first]))
-                .map(|(k, c)| (k, bin.l2_fit(&pods[c.first].demand)))
-                .fold(None, |best: Option<(usize, f64)>, (k, s)| match best {
-                    Some((_, b)) if b >= s => best,
-                    _ => Some((k, s)),
-                });
-            let Some((k, _)) = best else { break };
+                .filter(|(_, c)| waiting(c) && accepts(&bin, shapes, &pods[c.first]))
+                .map(|(k, c)| (k, bin.l2_fit(&pods[c.first].demand))),
+        ) {
+            // `waiting` kept only classes with a task left.
             let Some(i) = classes[k].left.pop() else {
                 break;
             };
-            if !bin.put(i, &pods[i].demand) {
-                classes[k].left.push(i);
-                break;
-            }
-            left -= 1;
+            bin.put(i, &pods[i].demand)?;
+        }
+        if bin.members.is_empty() {
+            return Err(PackError::NoProgress { host: bin.node });
         }
         bins.push(bin);
     }
-    left
+    let left_over = classes.into_iter().flat_map(|c| c.left).collect();
+    Ok((bins, left_over))
 }
 
 /// How many of the least-loaded hosts each compaction round tries to empty.
-pub const COMPACTION_CANDIDATES: usize = 20;
+const COMPACTION_CANDIDATES: usize = 20;
 
 /// Stage 2. Empties the least-loaded bins into the others while that works.
-pub(crate) fn compact(bins: &mut Vec<Bin>, pods: &[TracePod], shapes: &[NodeShape]) {
-    bins.retain(|b| b.tasks > 0);
+fn compact(bins: &mut Vec<Bin>, pods: &[TracePod], shapes: &[NodeShape]) -> Result<(), PackError> {
+    bins.retain(|b| !b.members.is_empty());
     let weights = bottleneck_weights(bins);
     let load = |b: &Bin| {
         b.residual()
@@ -139,14 +122,20 @@ pub(crate) fn compact(bins: &mut Vec<Bin>, pods: &[TracePod], shapes: &[NodeShap
                     .total_cmp(&da.iter().sum::<f64>())
                     .then(a.cmp(&b))
             });
-            let emptied = moving.iter().all(|&i| insert(bins, pods, shapes, i, v));
+            let mut emptied = true;
+            for &i in &moving {
+                if !insert(bins, pods, shapes, i, v)? {
+                    emptied = false;
+                    break;
+                }
+            }
             if emptied {
                 bins.swap_remove(v);
                 continue 'rounds;
             }
             *bins = snapshot;
         }
-        break;
+        return Ok(());
     }
 }
 
@@ -164,9 +153,14 @@ fn bottleneck_weights(bins: &[Bin]) -> [f64; DIMS] {
             }
         }
     }
-    let top = (0..DIMS)
-        .max_by(|&a, &b| used[a].total_cmp(&used[b]))
-        .unwrap_or(0);
+    // The last of equal maxima, as `max_by` would.
+    let top = (0..DIMS).fold(0, |top, k| {
+        if used[k].total_cmp(&used[top]).is_ge() {
+            k
+        } else {
+            top
+        }
+    });
     let mut w = [0.0; DIMS];
     for k in 0..DIMS {
         if present[k] {
@@ -177,21 +171,22 @@ fn bottleneck_weights(bins: &[Bin]) -> [f64; DIMS] {
 }
 
 /// Moves task `i` (already off bin `skip`) onto another bin: the best L2 fit, else a
-/// one-step swap. Returns false, with the bins unchanged, if neither works.
+/// one-step swap. Returns false if neither works (the caller restores the bins).
 fn insert(
     bins: &mut [Bin],
     pods: &[TracePod],
     shapes: &[NodeShape],
     i: usize,
     skip: usize,
-) -> bool {
+) -> Result<bool, PackError> {
     let pod = &pods[i];
     // Take it off `skip` first (it may still be there).
     if let Some(pos) = bins[skip].members.iter().position(|(m, _)| *m == i) {
-        bins[skip].remove_at(pos, pods);
+        bins[skip].remove_at(pos, pods)?;
     }
     if let Some(j) = best_bin(bins, shapes, pod, &[skip]) {
-        return bins[j].put(i, &pod.demand);
+        bins[j].put(i, &pod.demand)?;
+        return Ok(true);
     }
     for g in 0..bins.len() {
         if g == skip {
@@ -202,37 +197,44 @@ fn insert(
             let qd = &pods[q].demand;
             let room = &bins[g].free;
             // Cheap necessary condition before cloning: CPU and memory must suffice once q leaves.
+            let short = |room: u64, freed: u64, need: u64| {
+                u128::from(room) + u128::from(freed) < u128::from(need)
+            };
             if pods[q].demand == pod.demand
-                || room.cpu_milli + qd.resources.cpu_milli < pod.demand.resources.cpu_milli
-                || room.memory_mib + qd.resources.memory_mib < pod.demand.resources.memory_mib
+                || short(
+                    room.cpu_milli,
+                    qd.resources.cpu_milli,
+                    pod.demand.resources.cpu_milli,
+                )
+                || short(
+                    room.memory_mib,
+                    qd.resources.memory_mib,
+                    pod.demand.resources.memory_mib,
+                )
             {
                 continue;
             }
             let mut without = bins[g].clone();
-            without.remove_at(pos, pods);
+            without.remove_at(pos, pods)?;
             if !accepts(&without, shapes, pod) {
                 continue;
             }
-            if let Some(k) = best_bin(bins, shapes, &pods[q], &[skip, g])
-                && without.put(i, &pod.demand)
-                && bins[k].put(q, &pods[q].demand)
-            {
+            if let Some(k) = best_bin(bins, shapes, &pods[q], &[skip, g]) {
+                without.put(i, &pod.demand)?;
+                bins[k].put(q, &pods[q].demand)?;
                 bins[g] = without;
-                return true;
+                return Ok(true);
             }
         }
     }
-    false
+    Ok(false)
 }
 
 fn best_bin(bins: &[Bin], shapes: &[NodeShape], pod: &TracePod, skip: &[usize]) -> Option<usize> {
-    bins.iter()
-        .enumerate()
-        .filter(|(j, b)| !skip.contains(j) && accepts(b, shapes, pod))
-        .map(|(j, b)| (j, b.l2_fit(&pod.demand)))
-        .fold(None, |best: Option<(usize, f64)>, (j, s)| match best {
-            Some((_, b)) if b >= s => best,
-            _ => Some((j, s)),
-        })
-        .map(|(j, _)| j)
+    best_by_score(
+        bins.iter()
+            .enumerate()
+            .filter(|(j, b)| !skip.contains(j) && accepts(b, shapes, pod))
+            .map(|(j, b)| (j, b.l2_fit(&pod.demand))),
+    )
 }
