@@ -471,7 +471,8 @@ fn guest_daemon_successor_restores_memory_high_after_sigkill() {
 /// The guest benchmark (docs/BENCHMARKS.md), not a CI test: Senpai's defaults for 10 minutes
 /// in the mode(s) named by `TWINE_OOMD_BENCH_MODES` (`high`, `reclaim`, or `high,reclaim`,
 /// the default, run side by side in two cgroups: give the guest `--memory 4G`); reports the
-/// share of the cold set given back and the stall it cost. Run by hand, see docs/BENCHMARKS.md.
+/// share of the cold set given back and the stall it cost. `TWINE_OOMD_BENCH_SECS` changes
+/// the 600 s, `TWINE_OOMD_BENCH_MAX_PROBE` the 1 % probe. Run by hand, see docs/BENCHMARKS.md.
 #[test]
 #[ignore = "benchmark: 10+ minutes in the guest; see docs/BENCHMARKS.md"]
 fn bench_cold_memory_given_back() {
@@ -483,6 +484,10 @@ fn bench_cold_memory_given_back() {
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(Duration::from_secs(600), Duration::from_secs);
+    let max_probe = std::env::var("TWINE_OOMD_BENCH_MAX_PROBE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SenpaiConfig::default().max_probe);
     let parent = Cgroup::for_test("twine-bench").unwrap();
     let modes: Vec<Mode> = modes
         .split(',')
@@ -506,7 +511,10 @@ fn bench_cold_memory_given_back() {
             .map(|(mode, name, work)| {
                 let (mode, parent) = (*mode, &parent);
                 s.spawn(move || {
-                    let senpai = SenpaiConfig::default();
+                    let senpai = SenpaiConfig {
+                        max_probe,
+                        ..SenpaiConfig::default()
+                    };
                     let every = Duration::from_secs(30);
                     (mode, resize(parent, name, work, mode, senpai, run, every))
                 })
@@ -517,7 +525,7 @@ fn bench_cold_memory_given_back() {
     let interval = SenpaiConfig::default().interval;
     for (mode, r) in &results {
         eprintln!(
-            "BENCH mode={mode:?} secs={:.0} before_mib={} after_mib={} cold_given_back_mib={} \
+            "BENCH mode={mode:?} max_probe={max_probe} secs={:.0} before_mib={} after_mib={} cold_given_back_mib={} \
              cold_given_back_pct={:.1} stall_ms_per_6s={:.2} late_stall_ms_per_6s={:.2} hot_alive={}",
             r.elapsed.as_secs_f64(),
             mib(r.before),
