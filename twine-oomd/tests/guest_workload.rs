@@ -5,7 +5,6 @@
 mod support;
 
 use std::io;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::workload::{Cgroup, MIB, RunningWorkload, Workload};
@@ -15,11 +14,7 @@ const READY_WITHIN: Duration = Duration::from_secs(300);
 
 /// A parent cgroup for one test, at the root of the guest's cgroup2 mount.
 fn test_parent(name: &str) -> Cgroup {
-    Cgroup::create(
-        Path::new("/sys/fs/cgroup"),
-        &format!("{name}-{}", std::process::id()),
-    )
-    .unwrap()
+    Cgroup::for_test(name).unwrap()
 }
 
 fn mib(bytes: u64) -> u64 {

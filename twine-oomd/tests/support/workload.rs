@@ -18,10 +18,10 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{self, BufReader, Read as _, Write as _};
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -103,15 +103,8 @@ impl Workload {
                     std::process::id()
                 ))
             });
-        let mut command = Command::new(&exe);
+        let mut command = super::child_command(&exe, CHILD_TEST);
         command
-            .args([
-                CHILD_TEST,
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
             .env(ROLE_VAR, self.encode())
             .env(CGROUP_VAR, &cgroup.path)
             .stdin(Stdio::null())
@@ -126,16 +119,7 @@ impl Workload {
                 format!("starting the workload {}: {e}", exe.display()),
             )
         })?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (lines, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = super::lines_of(child.stdout.take().expect("piped stdout"));
         Ok(RunningWorkload {
             child,
             lines: rx,
@@ -248,6 +232,14 @@ impl std::fmt::Display for Cgroup {
 }
 
 impl Cgroup {
+    /// A parent cgroup for one test, `name-PID` at the root of the guest's cgroup2 mount.
+    pub(crate) fn for_test(name: &str) -> io::Result<Self> {
+        Self::create(
+            Path::new("/sys/fs/cgroup"),
+            &format!("{name}-{}", std::process::id()),
+        )
+    }
+
     /// Create `parent/name`, with the memory controller enabled for it (`+memory` in the
     /// parent's `cgroup.subtree_control`).
     pub(crate) fn create(parent: &Path, name: &str) -> io::Result<Self> {
@@ -273,6 +265,25 @@ impl Cgroup {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The `total` of the `some` line of its `memory.pressure`: microseconds during which at
+    /// least one of its tasks stalled on memory, since the cgroup was made.
+    pub(crate) fn some_stall_total_us(&self) -> io::Result<u64> {
+        let text = self.read("memory.pressure")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("some "))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("total=")))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}/memory.pressure has no `some ... total=N` line: {text:?}",
+                        self.path.display()
+                    ),
+                )
+            })
     }
 
     /// The contents of one of its files.
