@@ -65,7 +65,7 @@ struct GuestArgs {
     #[arg(long, default_value_t = 600, env = "TWINE_GUEST_TIMEOUT")]
     timeout: u64,
     /// Guest RAM (QEMU `-m` syntax).
-    #[arg(long, default_value = "2G")]
+    #[arg(long, default_value = guest::GUEST_MEMORY)]
     memory: String,
     /// Extra host directory to share with the guest at the same path (repeatable).
     #[arg(long = "share")]

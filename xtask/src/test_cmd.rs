@@ -91,7 +91,7 @@ pub(crate) fn run(guest_timeout: Duration) -> i32 {
             test_args: Vec::new(),
             guest: guest::GuestOptions {
                 timeout: guest_timeout,
-                memory: "2G".to_owned(),
+                memory: guest::GUEST_MEMORY.to_owned(),
                 shares: Vec::new(),
             },
         })?;

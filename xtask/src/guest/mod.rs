@@ -19,6 +19,12 @@ use anyhow::{Context, Result, bail};
 use crate::{debian, test_binaries};
 use image::Kernel;
 
+/// Guest RAM by default. The resizer's guest tests hold up to 1 GiB of workload at a time on
+/// top of the test binaries; with 2 GiB one run in five hung (docs/GUEST.md: cause not found,
+/// whole-guest memory pressure under emulation is the suspect), so the guest gets 4 GiB of the
+/// host's 24 (QEMU touches only what the guest uses).
+pub(crate) const GUEST_MEMORY: &str = "4G";
+
 /// Host packages the tier needs. `qemu-utils/bookworm` downgrades the backports qemu-utils the
 /// machine image ships, which otherwise Breaks bookworm's qemu-system-common.
 pub(crate) const PACKAGES: &[&str] = &[
