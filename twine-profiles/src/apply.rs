@@ -8,6 +8,9 @@
 //!   `etc/sysctl.d/90-twine.conf`; kernel command-line changes go to the boot config
 //!   (`etc/kernel/cmdline`, else `etc/default/grub`) and stay pending until
 //!   [`verify`] sees them in the booted `proc/cmdline`.
+//! - [`reassert`], after a boot, writes back the live writes the kernel forgot at boot
+//!   (THP, the 2 MiB pool, sysfs attributes, the governor, cgroup2 controllers), so that
+//!   [`verify`] finds them again; sysctls come back from the drop-in, files persist.
 //! - [`resume`] continues an interrupted apply; [`rollback`] restores exactly what the
 //!   journal says twine changed, and clears it.
 //! - No process is spawned: the report says when `systemctl daemon-reload` or a networkd
@@ -32,6 +35,7 @@ mod build;
 mod error;
 mod journal;
 mod readback;
+mod reassert;
 mod report;
 mod restore;
 mod run;
@@ -42,6 +46,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ApplyError;
 pub use readback::{Drift, VerifyReport, verify};
+pub use reassert::{ReassertReport, reassert, reassert_with};
 pub use report::{ApplyReport, BootItem, Partial, RollbackReport};
 pub use restore::{rollback, rollback_with};
 pub use run::{apply, apply_with, resume, resume_with};

@@ -18,8 +18,9 @@ pub struct VerifyReport {
     pub pending: Vec<BootItem>,
     /// In effect.
     pub done: Vec<BootItem>,
-    /// Places twine wrote that no longer hold what it wrote (a reboot resets live sysfs
-    /// writes; someone else may have written them). Planning again re-applies them.
+    /// Places twine wrote that no longer hold what it wrote (a reboot resets live writes to
+    /// THP, the 2 MiB pool, sysfs, the governor and cgroup2 controllers, which
+    /// [`super::reassert`] writes back; someone else may have written them).
     pub drifted: Vec<Drift>,
 }
 
@@ -45,6 +46,20 @@ pub fn verify(root: &HostRoot) -> Result<VerifyReport, ApplyError> {
         return Ok(VerifyReport::default());
     };
     let mut status = boot_status(root, &journal)?;
+    status.drifted = drifts(root, &journal)?
+        .into_iter()
+        .map(|(_, drift)| drift)
+        .collect();
+    Ok(status)
+}
+
+/// Every place whose latest finished write no longer reads back, in journal order, with
+/// that write's step. A 2 MiB count the apply escalated to the boot command line is left
+/// out: the kernel granted it only in part, as the apply reported.
+pub(super) fn drifts<'j>(
+    root: &HostRoot,
+    journal: &'j Journal,
+) -> Result<Vec<(&'j journal::Step, Drift)>, ApplyError> {
     // The latest finished write to each place is what it should hold.
     let mut latest: Vec<&journal::Step> = Vec::new();
     for step in journal.steps.iter().rev().filter(|s| s.done) {
@@ -52,6 +67,7 @@ pub fn verify(root: &HostRoot) -> Result<VerifyReport, ApplyError> {
             latest.push(step);
         }
     }
+    let mut drifts = Vec::new();
     for step in latest.into_iter().rev() {
         let path = root.path(step.op.path());
         let raw = host::read_opt(&path)?;
@@ -70,15 +86,16 @@ pub fn verify(root: &HostRoot) -> Result<VerifyReport, ApplyError> {
             }
         };
         if wanted != found {
-            status.drifted.push(Drift {
+            let drift = Drift {
                 setting: step.setting.clone(),
                 path,
                 wanted,
                 found,
-            });
+            };
+            drifts.push((step, drift));
         }
     }
-    Ok(status)
+    Ok(drifts)
 }
 
 pub(super) fn boot_status(root: &HostRoot, journal: &Journal) -> Result<VerifyReport, ApplyError> {

@@ -19,11 +19,7 @@ pub fn rollback_with(
     root: &HostRoot,
     writes: &mut dyn Writes,
 ) -> Result<RollbackReport, ApplyError> {
-    if Journal::load(root)?.is_none() {
-        return Ok(RollbackReport::default());
-    }
-    let _lock = Journal::lock(root)?;
-    let Some(mut journal) = Journal::load(root)? else {
+    let Some((_lock, mut journal)) = Journal::load_locked(root)? else {
         return Ok(RollbackReport::default());
     };
     let mut report = RollbackReport {

@@ -27,13 +27,10 @@ pub fn apply_with(
 ) -> Result<ApplyReport, ApplyError> {
     let _lock = Journal::lock(root)?;
     let mut journal = match Journal::load(root)? {
-        Some(j) if j.rolling_back || !j.finished => {
-            return Err(ApplyError::Unfinished {
-                path: root.path(JOURNAL),
-                what: if j.rolling_back { "rollback" } else { "apply" },
-            });
+        Some(j) => {
+            j.ensure_finished(root)?;
+            j
         }
-        Some(j) => j,
         None => Journal::new(policy),
     };
     let built = build::build(root, plan, policy)?;
