@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use twine_profiles::apply::{
-    self, ApplyError, ApplyPolicy, MissingKeys, apply_with, resume_with, rollback_with,
+    self, ApplyError, ApplyPolicy, MissingKeys, apply_with, reassert_with, resume_with,
+    rollback_with,
 };
 use twine_profiles::change::{Change, Effect, Plan, Setting, ThpKnob};
 use twine_profiles::key::{CgroupPath, CmdlineArg, FileName, SysctlKey, UnitName};
@@ -564,4 +565,184 @@ fn values_that_could_inject_are_refused_before_writing() {
     let err = apply_strict(&f, &plan).unwrap_err();
     assert!(matches!(err, ApplyError::BadValue { .. }), "{err}");
     same_tree(&f.snapshot().unwrap(), &before, "tree");
+}
+
+/// Live writes of every kind the kernel forgets at boot, and a sysctl, which it does not
+/// (twine's sysctl.d drop-in sets it at boot): part of [`full_plan`].
+fn forgotten_plan() -> Plan {
+    let keep = |s: &Setting| {
+        *s == sysctl("vm.swappiness")
+            || matches!(
+                s,
+                Setting::Hugepages2M { node: None }
+                    | Setting::Thp { .. }
+                    | Setting::CpuGovernor
+                    | Setting::Cgroup2Controllers { .. }
+            )
+    };
+    plan_of(
+        full_plan()
+            .changes
+            .into_iter()
+            .filter(|c| keep(&c.setting))
+            .collect(),
+    )
+}
+
+/// The places of [`forgotten_plan`] a boot resets, in journal order.
+const FORGOTTEN: &[&str] = &[
+    "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+    "sys/kernel/mm/transparent_hugepage/enabled",
+    "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor",
+    "sys/devices/system/cpu/cpu1/cpufreq/scaling_governor",
+    "sys/fs/cgroup/cgroup.subtree_control",
+];
+
+/// A fixture with [`forgotten_plan`] applied under `pol`, its tree before and after.
+fn applied_forgotten(pol: ApplyPolicy) -> (FixtureRoot, Tree, Tree) {
+    let f = FixtureRoot::typical().unwrap();
+    let before = f.snapshot().unwrap();
+    apply_with(&f.root(), &forgotten_plan(), pol, &mut FixtureWrites::new()).unwrap();
+    let applied = f.snapshot().unwrap();
+    (f, before, applied)
+}
+
+/// What a boot does to the fixture: the forgotten places hold their boot defaults (the
+/// fixture's values) again.
+fn boot(f: &FixtureRoot, before: &Tree) {
+    for rel in FORGOTTEN {
+        f.file(rel, &String::from_utf8_lossy(&before[Path::new(rel)]))
+            .unwrap();
+    }
+}
+
+#[test]
+fn reassert_writes_back_what_a_boot_forgot_and_nothing_else() {
+    let (f, before, applied) = applied_forgotten(policy(MissingKeys::Fail, false));
+    let root = f.root();
+    boot(&f, &before);
+    // A sysctl that drifted is not reasserted: at a real boot the drop-in sets it.
+    f.file("proc/sys/vm/swappiness", "60\n").unwrap();
+    assert_eq!(apply::verify(&root).unwrap().drifted.len(), 6);
+
+    let report = reassert_with(&root, &mut FixtureWrites::new()).unwrap();
+    let paths: Vec<_> = report.rewritten.iter().map(|d| d.path.clone()).collect();
+    let want: Vec<_> = FORGOTTEN.iter().map(|rel| root.path(rel)).collect();
+    assert_eq!(paths, want);
+    assert_eq!(report.rewritten[1].wanted.as_deref(), Some("never"));
+    assert_eq!(report.rewritten[1].found.as_deref(), Some("madvise"));
+    assert!(report.partial.is_empty());
+    assert_eq!(read(&f, "proc/sys/vm/swappiness"), "60\n");
+    let drifted = apply::verify(&root).unwrap().drifted;
+    assert_eq!(drifted.len(), 1, "{drifted:?}");
+    assert_eq!(drifted[0].setting, Some(sysctl("vm.swappiness")));
+
+    // The journal's originals are untouched: rollback returns to the fixture.
+    f.file("proc/sys/vm/swappiness", "10\n").unwrap();
+    same_tree(&f.snapshot().unwrap(), &applied, "reasserted");
+    rollback_with(&root, &mut FixtureWrites::new()).unwrap();
+    same_tree(&f.snapshot().unwrap(), &before, "rolled back");
+}
+
+#[test]
+fn reassert_where_nothing_drifted_writes_nothing() {
+    let (f, _, applied) = applied_forgotten(policy(MissingKeys::Fail, false));
+    let mut w = FixtureWrites::new();
+    let report = reassert_with(&f.root(), &mut w).unwrap();
+    assert_eq!(report, apply::ReassertReport::default());
+    assert_eq!(w.count(), 0);
+    same_tree(&f.snapshot().unwrap(), &applied, "nothing drifted");
+
+    // Without a journal there is nothing to reassert, and nothing is created.
+    let bare = FixtureRoot::typical().unwrap();
+    let before = bare.snapshot().unwrap();
+    let mut w = FixtureWrites::new();
+    reassert_with(&bare.root(), &mut w).unwrap();
+    assert_eq!(w.count(), 0);
+    same_tree(&bare.snapshot().unwrap(), &before, "no journal");
+    assert!(!bare.path().join("var").exists());
+}
+
+/// Fails each reassert write in turn, before and after its effect: a typed error naming the
+/// place and value, the journal unchanged, and a retry that finishes the job.
+#[test]
+fn a_fault_at_any_reassert_write_is_typed_and_a_retry_succeeds() {
+    let pol = policy(MissingKeys::Fail, false);
+    let (f, before, _) = applied_forgotten(pol);
+    boot(&f, &before);
+    let mut counter = FixtureWrites::new();
+    reassert_with(&f.root(), &mut counter).unwrap();
+    let total = counter.count();
+    assert_eq!(total, FORGOTTEN.len());
+
+    for point in [FaultPoint::Before, FaultPoint::After] {
+        for (n, place) in FORGOTTEN.iter().enumerate() {
+            let what = format!("write {n} {point:?}");
+            let (f, before, applied) = applied_forgotten(pol);
+            let root = f.root();
+            boot(&f, &before);
+            let journal = read(&f, JOURNAL);
+            let mut faulty = FixtureWrites::new().fail_at(n, point, libc_eio());
+            match reassert_with(&root, &mut faulty) {
+                Err(ApplyError::Write { path, value, .. }) => {
+                    assert_eq!(path, root.path(place), "{what}");
+                    assert!(!value.is_empty(), "{what}");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+            assert_eq!(read(&f, JOURNAL), journal, "{what}: journal changed");
+            reassert_with(&root, &mut FixtureWrites::new()).unwrap();
+            same_tree(&f.snapshot().unwrap(), &applied, &what);
+            rollback_with(&root, &mut FixtureWrites::new()).unwrap();
+            same_tree(
+                &f.snapshot().unwrap(),
+                &before,
+                &format!("{what}, rolled back"),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_partly_granted_pool_on_reassert_follows_the_apply_policy() {
+    let pool = FORGOTTEN[0];
+    // No reboot allowed: a typed error.
+    let (f, before, _) = applied_forgotten(policy(MissingKeys::Fail, false));
+    boot(&f, &before);
+    let err = reassert_with(&f.root(), &mut FixtureWrites::new().hugepage_limit(100));
+    match err {
+        Err(ApplyError::PartialHugepages { path, wanted, got }) => {
+            assert_eq!(path, f.root().path(pool));
+            assert_eq!((wanted, got), (512, 100));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A reboot allowed: reported, nothing escalated, and verify still sees the short pool.
+    let (f, before, _) = applied_forgotten(policy(MissingKeys::Fail, true));
+    boot(&f, &before);
+    let grub = read(&f, "etc/default/grub");
+    let report = reassert_with(&f.root(), &mut FixtureWrites::new().hugepage_limit(100)).unwrap();
+    assert_eq!(report.partial.len(), 1, "{report:?}");
+    assert_eq!(
+        (report.partial[0].wanted, report.partial[0].got),
+        (512, 100)
+    );
+    assert_eq!(report.rewritten.len(), FORGOTTEN.len());
+    assert_eq!(read(&f, "etc/default/grub"), grub);
+    let drifted = apply::verify(&f.root()).unwrap().drifted;
+    assert_eq!(drifted.len(), 1, "{drifted:?}");
+    assert_eq!(drifted[0].path, f.root().path(pool));
+}
+
+#[test]
+fn reassert_refuses_an_unfinished_apply() {
+    let f = FixtureRoot::typical().unwrap();
+    let pol = policy(MissingKeys::Fail, false);
+    let mut faulty = FixtureWrites::new().fail_at(3, FaultPoint::Before, libc_eio());
+    assert!(apply_with(&f.root(), &forgotten_plan(), pol, &mut faulty).is_err());
+    let err = reassert_with(&f.root(), &mut FixtureWrites::new()).unwrap_err();
+    assert!(
+        matches!(err, ApplyError::Unfinished { what: "apply", .. }),
+        "{err:?}"
+    );
 }

@@ -130,6 +130,33 @@ impl Journal {
         Ok(Some(journal))
     }
 
+    /// The journal under `root` and its lock, held while the handle lives; `None`, without
+    /// creating the lock's directory, when there is no journal.
+    pub(crate) fn load_locked(
+        root: &HostRoot,
+    ) -> Result<Option<(Flock<fs::File>, Self)>, ApplyError> {
+        if Self::load(root)?.is_none() {
+            return Ok(None);
+        }
+        let lock = Self::lock(root)?;
+        Ok(Self::load(root)?.map(|journal| (lock, journal)))
+    }
+
+    /// [`ApplyError::Unfinished`] when an apply or a rollback did not finish.
+    pub(crate) fn ensure_finished(&self, root: &HostRoot) -> Result<(), ApplyError> {
+        if self.rolling_back || !self.finished {
+            return Err(ApplyError::Unfinished {
+                path: root.path(JOURNAL),
+                what: if self.rolling_back {
+                    "rollback"
+                } else {
+                    "apply"
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// Saves atomically, through `writes` (a journal write can fail like any other).
     pub(crate) fn save(&self, root: &HostRoot, writes: &mut dyn Writes) -> Result<(), ApplyError> {
         let path = root.path(JOURNAL);

@@ -2,7 +2,9 @@
 //! [`HostRoot`], so that an integrator implements only [`super::Drain`] and
 //! [`super::Reboot`].
 
-use crate::apply::{self, ApplyError, ApplyPolicy, ApplyReport, KernelWrites, Writes};
+use crate::apply::{
+    self, ApplyError, ApplyPolicy, ApplyReport, KernelWrites, ReassertReport, Writes,
+};
 use crate::change::Plan;
 use crate::host::HostRoot;
 
@@ -13,12 +15,16 @@ use super::{Applier, HookError};
 /// - [`Applier::apply`] resumes an apply the journal says did not finish (a crash during
 ///   the flow's `Applying` state) and otherwise applies the plan; it returns whether the
 ///   journal has boot-time settings the booted kernel lacks (`reboot_required`).
-/// - [`Applier::verify`] reports, as `kind key` strings, every boot-time setting still
-///   pending (in the boot config, not in `proc/cmdline`) and every place that no longer
-///   holds what twine wrote (`drifted`: `path`). Live writes the kernel forgets at a reboot
-///   (THP, the 2 MiB pool, sysfs) therefore show up after the reboot as drifted: a plan
-///   that mixes them with command-line changes is re-applied after the boot by planning
-///   again (sysctls persist through twine's sysctl.d drop-in).
+/// - [`Applier::verify`] first writes back, with [`apply::reassert_with`], the journal's live
+///   writes the kernel forgot at a reboot (THP, the 2 MiB pool, sysfs attributes, the
+///   governor, cgroup2 controllers; sysctls come back from twine's sysctl.d drop-in and
+///   files persist), so that a plan mixing them with command-line changes verifies after
+///   the boot. It does so on every verify, not only after a new boot id: reassert is
+///   idempotent (nothing drifted, nothing written), and the flow verifies right after its
+///   own apply, when the journal's values are the ones the host should hold. It then
+///   reports, as `kind key` strings, every boot-time setting still pending (in the boot
+///   config, not in `proc/cmdline`) and every place that still does not hold what twine
+///   wrote (`drifted`: `path`), e.g. a 2 MiB count granted only in part on the rewrite.
 /// - [`Applier::rollback`] restores exactly what the journal recorded.
 #[derive(Debug)]
 pub struct HostApplier<W: Writes = KernelWrites> {
@@ -26,6 +32,7 @@ pub struct HostApplier<W: Writes = KernelWrites> {
     policy: ApplyPolicy,
     writes: W,
     last: Option<ApplyReport>,
+    reasserted: Option<ReassertReport>,
 }
 
 impl HostApplier<KernelWrites> {
@@ -43,6 +50,7 @@ impl<W: Writes> HostApplier<W> {
             policy,
             writes,
             last: None,
+            reasserted: None,
         }
     }
 
@@ -55,6 +63,11 @@ impl<W: Writes> HostApplier<W> {
     /// whether `systemctl daemon-reload` or `networkctl reload` is due).
     pub fn last_report(&self) -> Option<&ApplyReport> {
         self.last.as_ref()
+    }
+
+    /// What the last verify wrote back before verifying, if a verify ran.
+    pub fn last_reassert(&self) -> Option<&ReassertReport> {
+        self.reasserted.as_ref()
     }
 
     /// The writes, e.g. to read a test double's counters.
@@ -77,6 +90,7 @@ impl<W: Writes> Applier for HostApplier<W> {
     }
 
     fn verify(&mut self, _plan: &Plan) -> Result<Vec<String>, HookError> {
+        self.reasserted = Some(apply::reassert_with(&self.root, &mut self.writes)?);
         let report = apply::verify(&self.root)?;
         let mut pending: Vec<String> = report
             .pending
