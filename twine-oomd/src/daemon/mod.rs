@@ -7,7 +7,9 @@
 //! [`MemorySnapshot`](crate::memory::MemorySnapshot) per cgroup through a kept
 //! [`SnapshotReader`], steps each controller, carries out its action
 //! and runs the kill policy once. [`Daemon::restore`] puts back every `memory.high` the daemon
-//! changed; [`Daemon::run`] is the loop around both, stopped by a flag or a duration.
+//! changed; [`Daemon::run`] is the loop around both, stopped by a flag or a duration, and
+//! hands its caller every record and every kill decision (including dry-run ones) as an
+//! [`Output`].
 //!
 //! The tick takes the time as an argument (monotonic, since the daemon's start) and does not
 //! sleep, so tests drive it tick by tick on a fixture tree:
@@ -231,6 +233,19 @@ pub struct Record {
     pub error: Option<String>,
 }
 
+/// What [`Daemon::run`] hands its caller, in order: each tick's records, then that tick's
+/// kill, if any; the restore's records last.
+///
+/// Not `#[non_exhaustive]` on purpose: a new kind of output must make every caller decide
+/// how to show it, not fall silently into a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Output<'a> {
+    /// One cgroup's record of a tick or of the restore.
+    Record(&'a Record),
+    /// A kill the policy decided, carried out or (in a dry run) only reported.
+    Kill(&'a KillRecord),
+}
+
 /// The outcome of one [`Daemon::tick`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TickReport {
@@ -434,13 +449,14 @@ impl Daemon {
     }
 
     /// Ticks every [`Daemon::tick_period`] until `stop` is set or `duration` has passed,
-    /// handing each record to `emit`, then [restores](Daemon::restore) (records included).
-    /// A failed tick also restores before it is returned.
+    /// handing each tick's records and then its kill (dry run or not) to `emit` as
+    /// [`Output`]s, then [restores](Daemon::restore) (records included). A failed tick also
+    /// restores before it is returned.
     pub fn run(
         &mut self,
         stop: &AtomicBool,
         duration: Option<Duration>,
-        mut emit: impl FnMut(&Record),
+        mut emit: impl FnMut(Output<'_>),
     ) -> Result<(), DaemonError> {
         let period = self.tick_period();
         let mut next = Duration::ZERO;
@@ -451,7 +467,12 @@ impl Daemon {
             }
             if now >= next {
                 match self.tick(now) {
-                    Ok(report) => report.records.iter().for_each(&mut emit),
+                    Ok(report) => {
+                        report.records.iter().for_each(|r| emit(Output::Record(r)));
+                        if let Some(kill) = &report.kill {
+                            emit(Output::Kill(kill));
+                        }
+                    }
                     Err(error) => break Err(error),
                 }
                 next = now.saturating_add(period);
@@ -466,7 +487,7 @@ impl Daemon {
         tracing::info!("stopping: restoring memory.high");
         let restored = self.restore();
         for record in restored.iter().flatten() {
-            emit(record);
+            emit(Output::Record(record));
         }
         outcome.and(restored.map(drop))
     }

@@ -39,7 +39,7 @@ impl Daemon {
             swap_total: meminfo.swap_total,
         };
         match policy.evaluate(&tick) {
-            Verdict::Kill(kill) => Some(execute::carry_out(&self.options.root, &kill)),
+            Verdict::Kill(kill) => Some(execute::carry_out(&self.options.root, &kill, now)),
             Verdict::NoVictim { rules } => {
                 tracing::warn!(?rules, "kill rules fired but found no victim");
                 None
