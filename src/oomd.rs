@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use twine_oomd::config::Config;
-use twine_oomd::daemon::{DEFAULT_STATE_FILE, Daemon, Options, Record, Selection};
+use twine_oomd::daemon::{
+    DEFAULT_STATE_FILE, Daemon, KillRecord, Options, Output, Record, Selection,
+};
 use twine_oomd::senpai::{Action, Mode, SenpaiConfig};
 use twine_oomd::sim::{SimReport, Workload, simulate};
 use twine_oomd::{Cgroup, CgroupError, CgroupRoot, Limit, LimitFile, PressureLine, Resource};
@@ -83,7 +85,8 @@ pub(crate) struct RunArgs {
     /// Report kills without carrying them out (resizing still writes).
     #[arg(long)]
     dry_run: bool,
-    /// Print one JSON record per cgroup per tick on stdout (one object per line).
+    /// Print one JSON record per cgroup per tick on stdout (one object per line), and one
+    /// line per kill decision (dry run or not) with "action": "kill".
     #[arg(long)]
     json: bool,
     /// Where the original memory.high values are kept, so that the next run restores them
@@ -245,17 +248,54 @@ fn run(args: &RunArgs) -> Result<(), Problems> {
     tracing::info!(period = ?daemon.tick_period(), "twine oomd running");
     let json = args.json;
     daemon
-        .run(&stop, duration, |record| {
-            if json {
-                match serde_json::to_string(record) {
-                    Ok(line) => say(&line),
-                    Err(e) => tracing::error!(%e, "record not printed"),
-                }
-            } else {
-                say(&record_line(record));
+        .run(&stop, duration, |output| {
+            let line = match (output, json) {
+                (Output::Record(record), true) => serde_json::to_string(record),
+                (Output::Kill(kill), true) => serde_json::to_string(&kill_json(kill)),
+                (Output::Record(record), false) => Ok(record_line(record)),
+                (Output::Kill(kill), false) => Ok(kill_line(kill)),
+            };
+            match line {
+                Ok(line) => say(&line),
+                Err(e) => tracing::error!(%e, "output line not printed"),
             }
         })
         .map_err(problem)
+}
+
+/// A kill decision as a JSON line beside the per-tick records: `cgroup` is the victim and
+/// `action` is `"kill"`, so that scripts can filter both kinds of line by those fields.
+fn kill_json(k: &KillRecord) -> Value {
+    json!({
+        "time_s": k.time_s,
+        "cgroup": k.victim,
+        "action": "kill",
+        "rule": k.rule,
+        "via": k.via,
+        "dry_run": k.dry_run,
+        "hook": k.hook,
+        "error": k.error,
+    })
+}
+
+/// A kill decision as one human-readable line.
+fn kill_line(k: &KillRecord) -> String {
+    let done = match (k.dry_run, k.via) {
+        (true, _) => " (dry run: not killed)".to_owned(),
+        (false, Some(via)) => format!(" via {via}"),
+        (false, None) => String::new(),
+    };
+    let hook = labelled("hook", k.hook.as_deref());
+    let error = labelled("error", k.error.as_deref());
+    format!(
+        "{:>9.3}s {} kill (rule {}){done}{hook}{error}",
+        k.time_s, k.victim, k.rule
+    )
+}
+
+/// ` LABEL: VALUE`, or nothing without a value.
+fn labelled(label: &str, value: Option<&str>) -> String {
+    value.map(|v| format!(" {label}: {v}")).unwrap_or_default()
 }
 
 /// A record as one human-readable line.
@@ -269,11 +309,7 @@ fn record_line(r: &Record) -> String {
         Action::RestoreHigh(b) => format!("restore memory.high={}", limit(b)),
     };
     let cause = r.cause.map(|c| format!(" ({c:?})")).unwrap_or_default();
-    let error = r
-        .error
-        .as_ref()
-        .map(|e| format!(" error: {e}"))
-        .unwrap_or_default();
+    let error = labelled("error", r.error.as_deref());
     format!(
         "{:>9.3}s {} current={} high={} some+={}us {action}{cause}{error}",
         r.time_s,

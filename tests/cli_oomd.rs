@@ -318,3 +318,58 @@ fn status_on_the_real_cgroup2_root() {
         assert!(text.contains("current      absent"), "{text}");
     }
 }
+
+#[test]
+fn a_dry_run_kill_decision_is_printed_as_a_json_line_and_kills_nothing() {
+    let (dir, root) = fixture("max\n");
+    let work = fake_cgroup(&root, "work").unwrap();
+    fs::write(work.join("memory.current"), format!("{}\n", 2 * GIB)).unwrap();
+    let config = dir.path().join("kill.toml");
+    fs::write(
+        &config,
+        "dry_run = true\npause_s = 60\n[[kill]]\nname = \"too-big\"\ncgroup = \"work\"\n\
+         detectors = [{ type = \"memory_above\", bytes = 1048576 }]\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state.json");
+    let args = [
+        "oomd",
+        "run",
+        "--root",
+        root.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--duration",
+        "2",
+        "--json",
+    ];
+    let text = stdout(&twine(&args));
+    let kills: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["action"] == "kill")
+        .collect();
+    assert_eq!(kills.len(), 1, "pause_s = 60: one decision: {text}");
+    let kill = &kills[0];
+    assert_eq!(kill["cgroup"], "work/a", "{kill}");
+    assert_eq!(kill["rule"], "too-big", "{kill}");
+    assert_eq!(kill["dry_run"], true, "{kill}");
+    assert!(kill["via"].is_null() && kill["hook"].is_null(), "{kill}");
+    assert!(kill["time_s"].as_f64().unwrap() < 2.0, "{kill}");
+    for cgroup in [&work, &root.join("work/a")] {
+        assert_eq!(fs::read_to_string(cgroup.join("cgroup.kill")).unwrap(), "");
+    }
+
+    // Without --json: one readable line.
+    let text = stdout(&twine(&args[..args.len() - 1]));
+    let line = text
+        .lines()
+        .find(|l| l.contains(" kill "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("work/a kill (rule too-big) (dry run: not killed)"),
+        "{text}"
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use twine_oomd::CgroupRoot;
 use twine_oomd::config::Config;
-use twine_oomd::daemon::{Daemon, DaemonError, Options, Selection};
+use twine_oomd::daemon::{Daemon, DaemonError, KillRecord, Options, Output, Record, Selection};
 use twine_oomd::fixture::fake_cgroup;
 use twine_oomd::senpai::{Action, Cause, Mode};
 
@@ -405,15 +405,37 @@ fn the_kill_policy_runs_the_hook_then_writes_cgroup_kill_and_pauses() {
     );
 }
 
-#[test]
-fn a_dry_run_decides_and_writes_nothing_and_a_slow_hook_is_killed() {
-    let tree = Tree::new();
+/// A `--dry-run` daemon on [`KILL`] over `work.slice/big` (returned) in `tree`.
+fn dry_run_kill_daemon(tree: &Tree) -> (PathBuf, Daemon) {
     tree.cgroup("work.slice", 3 * GIB);
     let big = tree.cgroup("work.slice/big", 2 * GIB);
     let config = Config::from_toml(&kill_config("/dev/null")).unwrap();
     let mut options = tree.options(Selection::Config(Box::new(config)), None);
     options.dry_run = true;
-    let mut daemon = Daemon::new(options).unwrap();
+    (big, Daemon::new(options).unwrap())
+}
+
+/// `Daemon::run` for `millis`: the records and the kills it handed over.
+fn run_for(daemon: &mut Daemon, millis: u64) -> (Vec<Record>, Vec<KillRecord>) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut records, mut kills) = (Vec::new(), Vec::new());
+    daemon
+        .run(
+            &stop,
+            Some(Duration::from_millis(millis)),
+            |output| match output {
+                Output::Record(r) => records.push(r.clone()),
+                Output::Kill(k) => kills.push(k.clone()),
+            },
+        )
+        .unwrap();
+    (records, kills)
+}
+
+#[test]
+fn a_dry_run_decides_and_writes_nothing_and_a_slow_hook_is_killed() {
+    let tree = Tree::new();
+    let (big, mut daemon) = dry_run_kill_daemon(&tree);
     let kill = daemon.tick(secs(0)).unwrap().kill.unwrap();
     assert!(kill.dry_run && kill.via.is_none() && kill.hook.is_none());
     assert_eq!(read(&big.join("cgroup.kill")), "");
@@ -436,22 +458,35 @@ fn run_stops_on_the_flag_or_the_duration_and_restores() {
     let mut options = tree.options(Selection::Cgroups(vec!["a".into()]), Some(Mode::High));
     options.interval = Some(Duration::from_millis(20));
     let mut daemon = Daemon::new(options).unwrap();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let mut records = Vec::new();
-    daemon
-        .run(&stop, Some(Duration::from_millis(300)), |r| {
-            records.push(r.clone())
-        })
-        .unwrap();
+    let (records, kills) = run_for(&mut daemon, 300);
+    assert!(kills.is_empty(), "{kills:?}");
     assert!(records.len() >= 3, "{records:?}");
     let last = records.last().unwrap();
     assert_eq!(last.action, Action::RestoreHigh(None), "{last:?}");
     assert_eq!(read(&a.join("memory.high")), "max");
     // A set flag stops before the first tick.
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stop = std::sync::atomic::AtomicBool::new(true);
     let mut count = 0;
     daemon.run(&stop, None, |_| count += 1).unwrap();
     assert_eq!(count, 0);
+}
+
+#[test]
+fn run_hands_a_dry_run_kill_decision_to_its_caller() {
+    let tree = Tree::new();
+    let (big, mut daemon) = dry_run_kill_daemon(&tree);
+    let (records, kills) = run_for(&mut daemon, 300);
+    assert!(records.is_empty(), "no [[resize]]: {records:?}");
+    // pause_s = 60: one decision in the run.
+    assert_eq!(kills.len(), 1, "{kills:?}");
+    let kill = &kills[0];
+    assert_eq!(
+        (kill.victim.as_str(), kill.rule.as_str(), kill.dry_run),
+        ("work.slice/big", "too-big", true)
+    );
+    assert!(kill.via.is_none() && kill.error.is_none(), "{kill:?}");
+    assert!(kill.time_s < 0.3, "{kill:?}");
+    assert_eq!(read(&big.join("cgroup.kill")), "");
 }
 
 #[test]

@@ -19,6 +19,8 @@ const SIGKILL_ROUNDS: usize = 20;
 /// A kill the policy decided, and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KillRecord {
+    /// Seconds since the daemon started (monotonic): the tick that decided the kill.
+    pub time_s: f64,
     /// The rule that fired.
     pub rule: String,
     /// The victim, relative to the root.
@@ -35,8 +37,9 @@ pub struct KillRecord {
 }
 
 /// Runs the hook and kills, unless the decision is a dry run (then only logs).
-pub(crate) fn carry_out(root: &CgroupRoot, decision: &Kill) -> KillRecord {
+pub(crate) fn carry_out(root: &CgroupRoot, decision: &Kill, now: Duration) -> KillRecord {
     let mut record = KillRecord {
+        time_s: now.as_secs_f64(),
         rule: decision.rule.clone(),
         victim: decision.kill.path.clone(),
         dry_run: decision.dry_run,

@@ -3,7 +3,8 @@
 //!
 //! The process is this test binary run again on its ignored entry
 //! `support::daemon::daemon_child`, with the [`DaemonSpec`] as JSON in `TWINE_OOMD_DAEMON`. It
-//! prints `twine-daemon: started` once the daemon is built, one line per record, and
+//! prints `twine-daemon: started` once the daemon is built, one line per record
+//! (`twine-daemon: record JSON`) and per kill decision (`twine-daemon: kill JSON`), and
 //! `twine-daemon: stopped` after a clean stop. Dropping the [`DaemonProcess`] guard SIGKILLs it.
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -21,7 +22,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use twine_oomd::CgroupRoot;
 use twine_oomd::config::Config;
-use twine_oomd::daemon::{Daemon, Options, Selection};
+use twine_oomd::daemon::{Daemon, Options, Output, Selection};
 use twine_oomd::senpai::{Mode, SenpaiConfig};
 
 const SPEC_VAR: &str = "TWINE_OOMD_DAEMON";
@@ -232,9 +233,15 @@ fn daemon_child() {
     };
     say(STARTED);
     daemon
-        .run(&stop, None, |record| {
-            let json = serde_json::to_string(record).unwrap_or_else(|e| e.to_string());
-            say(&format!("twine-daemon: record {json}"));
+        .run(&stop, None, |output| match output {
+            Output::Record(record) => {
+                let json = serde_json::to_string(record).unwrap_or_else(|e| e.to_string());
+                say(&format!("twine-daemon: record {json}"));
+            }
+            Output::Kill(kill) => {
+                let json = serde_json::to_string(kill).unwrap_or_else(|e| e.to_string());
+                say(&format!("twine-daemon: kill {json}"));
+            }
         })
         .unwrap_or_else(|e| panic!("Daemon::run: {e}"));
     say(STOPPED);

@@ -4,10 +4,12 @@
 //! A [`Daemon`] is built from [`Options`] (which cgroups, which mode, where the cgroup root,
 //! `/proc` and the state file are). Each [`Daemon::tick`] re-resolves the selection (new
 //! cgroups join, vanished ones leave, both with a log line), reads one
-//! [`MemorySnapshot`] per cgroup through a kept
+//! [`MemorySnapshot`](crate::memory::MemorySnapshot) per cgroup through a kept
 //! [`SnapshotReader`], steps each controller, carries out its action
 //! and runs the kill policy once. [`Daemon::restore`] puts back every `memory.high` the daemon
-//! changed; [`Daemon::run`] is the loop around both, stopped by a flag or a duration.
+//! changed; [`Daemon::run`] is the loop around both, stopped by a flag or a duration, and
+//! hands its caller every record and every kill decision (including dry-run ones) as an
+//! [`Output`].
 //!
 //! The tick takes the time as an argument (monotonic, since the daemon's start) and does not
 //! sleep, so tests drive it tick by tick on a fixture tree:
@@ -73,12 +75,23 @@
 //! - Garbage in a cgroup file: an error in that cgroup's record for that tick.
 //!
 //! `--dry-run` concerns kills only (as in oomd): the resizer still writes.
+//!
+//! # Layout
+//! This file holds the public calls and types and the daemon's state; `select` resolves the
+//! selection against the tree, `tick` is one cgroup's tick and the batch of `memory.high`
+//! writes, `policy` runs the kill policy and `execute` carries out its decision,
+//! `state_file` keeps the originals, and `host` reads the page size, the fd limit and
+//! `meminfo`.
 
 mod execute;
+mod host;
+mod policy;
+mod select;
 mod state_file;
+mod tick;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -86,15 +99,15 @@ use serde::Serialize;
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupRoot};
 use crate::config::{Config, ConfigError};
-use crate::kill::{CgroupSample, KillPolicy, Tick, Verdict};
-use crate::memory::{Limit, LimitFile, LimitWriter, MemorySnapshot, SnapshotReader};
-use crate::psi::Resource;
-use crate::senpai::{
-    Action, Cause, MemoryStat, Mode, Observation, SenpaiConfig, SenpaiState, step,
-};
+use crate::kill::KillPolicy;
+use crate::memory::{Limit, LimitFile, LimitWriter, SnapshotReader};
+use crate::senpai::{Action, Cause, Mode, SenpaiConfig, SenpaiState};
 
 pub use execute::KillRecord;
+pub use host::raise_fd_limit;
+use host::{page_size, read_meminfo};
 use state_file::Originals;
+use tick::{TickContext, tick_one};
 
 /// Where the daemon keeps the original `memory.high` values unless told otherwise.
 pub const DEFAULT_STATE_FILE: &str = "/run/twine-oomd/state.json";
@@ -220,6 +233,19 @@ pub struct Record {
     pub error: Option<String>,
 }
 
+/// What [`Daemon::run`] hands its caller, in order: each tick's records, then that tick's
+/// kill, if any; the restore's records last.
+///
+/// Not `#[non_exhaustive]` on purpose: a new kind of output must make every caller decide
+/// how to show it, not fall silently into a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Output<'a> {
+    /// One cgroup's record of a tick or of the restore.
+    Record(&'a Record),
+    /// A kill the policy decided, carried out or (in a dry run) only reported.
+    Kill(&'a KillRecord),
+}
+
 /// The outcome of one [`Daemon::tick`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TickReport {
@@ -252,26 +278,6 @@ impl Watched {
             self.state = after;
         }
     }
-}
-
-/// A cgroup joining: the cgroup, its parameters, and whether the mode was given.
-type Join = (Cgroup, SenpaiConfig, bool);
-
-/// A `memory.high` write decided in a tick, carried out after every cgroup has stepped.
-#[derive(Debug)]
-struct HighWrite {
-    cgroup: Cgroup,
-    bytes: u64,
-    /// The controller state before the step, for when the write fails.
-    before: SenpaiState,
-}
-
-/// `MemTotal`, `SwapTotal` and `SwapFree`, bytes.
-#[derive(Debug, Clone, Copy, Default)]
-struct Meminfo {
-    mem_total: u64,
-    swap_total: u64,
-    swap_free: u64,
 }
 
 /// The daemon over many cgroups.
@@ -443,13 +449,14 @@ impl Daemon {
     }
 
     /// Ticks every [`Daemon::tick_period`] until `stop` is set or `duration` has passed,
-    /// handing each record to `emit`, then [restores](Daemon::restore) (records included).
-    /// A failed tick also restores before it is returned.
+    /// handing each tick's records and then its kill (dry run or not) to `emit` as
+    /// [`Output`]s, then [restores](Daemon::restore) (records included). A failed tick also
+    /// restores before it is returned.
     pub fn run(
         &mut self,
         stop: &AtomicBool,
         duration: Option<Duration>,
-        mut emit: impl FnMut(&Record),
+        mut emit: impl FnMut(Output<'_>),
     ) -> Result<(), DaemonError> {
         let period = self.tick_period();
         let mut next = Duration::ZERO;
@@ -460,7 +467,12 @@ impl Daemon {
             }
             if now >= next {
                 match self.tick(now) {
-                    Ok(report) => report.records.iter().for_each(&mut emit),
+                    Ok(report) => {
+                        report.records.iter().for_each(|r| emit(Output::Record(r)));
+                        if let Some(kill) = &report.kill {
+                            emit(Output::Kill(kill));
+                        }
+                    }
                     Err(error) => break Err(error),
                 }
                 next = now.saturating_add(period);
@@ -475,158 +487,9 @@ impl Daemon {
         tracing::info!("stopping: restoring memory.high");
         let restored = self.restore();
         for record in restored.iter().flatten() {
-            emit(record);
+            emit(Output::Record(record));
         }
         outcome.and(restored.map(drop))
-    }
-
-    /// Carries out this tick's `memory.high` writes, all queued at once on the writer
-    /// thread, and settles each controller with the outcome.
-    fn write_highs(&mut self, writes: Vec<(usize, String, HighWrite)>, records: &mut [Record]) {
-        if writes.is_empty() {
-            return;
-        }
-        let jobs: Vec<_> = writes
-            .iter()
-            .map(|(_, _, w)| (&w.cgroup, LimitFile::High, Limit::Bytes(w.bytes)))
-            .collect();
-        let results = self.writer.write_all(&jobs, self.options.write_timeout);
-        for ((index, rel, write), result) in writes.into_iter().zip(results) {
-            let Some(watched) = self.watched.get_mut(&rel) else {
-                continue;
-            };
-            let error = match result {
-                Ok(()) => continue,
-                Err(error @ CgroupError::TimedOut { .. }) => {
-                    // It may land later: the next read of memory.high tells which state holds.
-                    let after = std::mem::replace(&mut watched.state, write.before);
-                    watched.pending = Some((after, write.bytes));
-                    error.to_string()
-                }
-                Err(error) => {
-                    // Undone, so that it does not look like an external edit next tick
-                    // (which would make the daemon's own value the original).
-                    watched.state = write.before;
-                    format!("{error}; the step is undone")
-                }
-            };
-            tracing::warn!(cgroup = %rel, %error, "memory.high write failed");
-            if let Some(record) = records.get_mut(index) {
-                record.error = Some(error);
-            }
-        }
-    }
-
-    /// Brings the sized set in line with the selection.
-    fn resolve(&mut self, now: Duration, records: &mut Vec<Record>) {
-        let wanted = match self.wanted() {
-            Ok(wanted) => wanted,
-            Err(error) => {
-                tracing::warn!(%error, "could not list the selected cgroups; keeping the last set");
-                return;
-            }
-        };
-        let left: Vec<String> = self
-            .watched
-            .keys()
-            .filter(|rel| !wanted.contains_key(*rel))
-            .cloned()
-            .collect();
-        for rel in left {
-            tracing::info!(cgroup = %rel, "cgroup left the selection (gone or no longer matched)");
-            self.leave(&rel);
-        }
-        self.failed.retain(|rel| wanted.contains_key(rel));
-        for (rel, join) in wanted {
-            let Some((cgroup, mut senpai, mode_given)) = join else {
-                continue; // sized already
-            };
-            if !mode_given {
-                senpai.mode = if cgroup.path().join("memory.reclaim").exists() {
-                    Mode::Reclaim
-                } else {
-                    Mode::High
-                };
-            }
-            match SnapshotReader::new(&cgroup) {
-                Ok(reader) => {
-                    tracing::info!(cgroup = %rel, mode = ?senpai.mode, "cgroup joined");
-                    self.failed.remove(&rel);
-                    if senpai.mode == Mode::Reclaim
-                        && let Some(original) = self.originals.get(&rel)
-                    {
-                        // A killed high-mode predecessor lowered it; reclaim mode must not
-                        // run under that throttle.
-                        let mut record = empty_record(now, &rel, Mode::Reclaim);
-                        record.action = Action::RestoreHigh(original);
-                        let result =
-                            restore_high(&mut self.writer, &cgroup, original, &self.options);
-                        self.finish_restore(&rel, &mut record, result);
-                        if let Err(error) = self.originals.save() {
-                            record.error = Some(error.to_string());
-                        }
-                        records.push(record);
-                    }
-                    let swap_max_zero =
-                        matches!(cgroup.limit(LimitFile::SwapMax), Ok(Limit::Bytes(0)));
-                    let watched = Watched {
-                        cgroup,
-                        reader,
-                        senpai,
-                        state: SenpaiState::default(),
-                        swap_max_zero,
-                        last_total: None,
-                        pending: None,
-                    };
-                    self.watched.insert(rel, watched);
-                }
-                Err(error) => {
-                    if self.failed.insert(rel.clone()) {
-                        tracing::warn!(cgroup = %rel, %error, "cannot watch cgroup; retrying each tick");
-                    }
-                    let mut record = empty_record(now, &rel, senpai.mode);
-                    record.error = Some(error.to_string());
-                    records.push(record);
-                }
-            }
-        }
-    }
-
-    /// The selected cgroups now; for those not sized yet, the cgroup, its parameters and
-    /// whether the mode was given.
-    fn wanted(&self) -> Result<BTreeMap<String, Option<Join>>, CgroupError> {
-        let mut wanted = BTreeMap::new();
-        match &self.options.selection {
-            Selection::Cgroups(paths) => {
-                for rel in paths {
-                    if let Some(watched) = self.watched.get(rel) {
-                        if watched.cgroup.path().is_dir() {
-                            wanted.insert(rel.clone(), None);
-                        }
-                        continue;
-                    }
-                    let cgroup = self.options.root.cgroup(rel)?;
-                    if cgroup.path().is_dir() {
-                        let mode_given = self.options.mode.is_some();
-                        let join = (cgroup, self.options.senpai.clone(), mode_given);
-                        wanted.insert(rel.clone(), Some(join));
-                    }
-                }
-            }
-            Selection::Config(config) => {
-                for cgroup in descendants(&self.options.root.top()) {
-                    let Some(rel) = cgroup.relative().to_str().map(str::to_owned) else {
-                        continue;
-                    };
-                    if let Some(resize) = config.resize_for(&rel) {
-                        let join = (!self.watched.contains_key(&rel))
-                            .then(|| (cgroup, resize.senpai.clone(), resize.mode_given));
-                        wanted.insert(rel, join);
-                    }
-                }
-            }
-        }
-        Ok(wanted)
     }
 
     /// Stops sizing `rel`, which is gone (the selection is fixed, so a cgroup leaves it only
@@ -658,80 +521,6 @@ impl Daemon {
             }
         }
     }
-
-    /// Runs the kill policy on a fresh sample of its watched cgroups and their descendants.
-    fn kill(&mut self, now: Duration, meminfo: &Meminfo) -> Option<KillRecord> {
-        let policy = self.policy.as_mut()?;
-        let mut cgroups = Vec::new();
-        let mut seen = BTreeSet::new();
-        for watched in policy.watched() {
-            let Ok(top) = self.options.root.cgroup(watched) else {
-                continue;
-            };
-            for cgroup in std::iter::once(top.clone()).chain(descendants(&top)) {
-                let Some(path) = cgroup.relative().to_str() else {
-                    continue;
-                };
-                if seen.insert(path.to_owned())
-                    && let Some(sample) = sample(&cgroup, path)
-                {
-                    cgroups.push(sample);
-                }
-            }
-        }
-        let tick = Tick {
-            now,
-            cgroups,
-            swap_free: meminfo.swap_free,
-            swap_total: meminfo.swap_total,
-        };
-        match policy.evaluate(&tick) {
-            Verdict::Kill(kill) => Some(execute::carry_out(&self.options.root, &kill)),
-            Verdict::NoVictim { rules } => {
-                tracing::warn!(?rules, "kill rules fired but found no victim");
-                None
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Every cgroup below `top` (not `top` itself), parents first; a directory that vanishes
-/// while listed is skipped.
-fn descendants(top: &Cgroup) -> Vec<Cgroup> {
-    let mut out = Vec::new();
-    let mut stack = vec![top.clone()];
-    while let Some(cgroup) = stack.pop() {
-        match cgroup.children() {
-            Ok(children) => {
-                for child in children.into_iter().rev() {
-                    out.push(child.clone());
-                    stack.push(child);
-                }
-            }
-            Err(error) => tracing::debug!(%error, "skipping a cgroup that could not be listed"),
-        }
-    }
-    out
-}
-
-/// A kill-policy sample of `cgroup`; `None` (logged) if it cannot be read.
-fn sample(cgroup: &Cgroup, path: &str) -> Option<CgroupSample> {
-    let read = || -> Result<CgroupSample, CgroupError> {
-        let current = cgroup.memory_current()?;
-        let full = cgroup.pressure(Resource::Memory)?.full;
-        let (a10, a60, a300) = full.map_or((0.0, 0.0, 0.0), |f| (f.avg10, f.avg60, f.avg300));
-        Ok(CgroupSample {
-            path: path.to_owned(),
-            current,
-            full_avg10: f64::from(a10),
-            full_avg60: f64::from(a60),
-            full_avg300: f64::from(a300),
-        })
-    };
-    read()
-        .inspect_err(|error| tracing::debug!(%error, "kill policy: cgroup not sampled"))
-        .ok()
 }
 
 /// A record with nothing read and nothing done.
@@ -768,207 +557,4 @@ fn restore_high(
 ) -> Result<(), CgroupError> {
     let limit = original.map_or(Limit::Max, Limit::Bytes);
     writer.write(cgroup, LimitFile::High, limit, options.write_timeout)
-}
-
-/// What the controller sees in a snapshot.
-fn observe(snap: &MemorySnapshot, at: &TickContext<'_>, swap_max_zero: bool) -> Observation {
-    let (meminfo, page_size) = (at.meminfo, at.page_size);
-    let some = &snap.pressure.some;
-    Observation {
-        now: at.now,
-        current: snap.current,
-        high: limit_bytes(snap.high),
-        max: limit_bytes(snap.max),
-        min: limit_bytes(snap.min).unwrap_or(u64::MAX),
-        mem_total: Some(meminfo.mem_total),
-        some_total_us: some.total_us,
-        some_avg10: f64::from(some.avg10),
-        some_avg60: f64::from(some.avg60),
-        stat: MemoryStat {
-            active_file: snap.active_file,
-            inactive_file: snap.inactive_file,
-            active_anon: snap.active_anon,
-            inactive_anon: snap.inactive_anon,
-        },
-        swap_free: meminfo.swap_free,
-        swap_usable: meminfo.swap_total > 0 && !swap_max_zero,
-        page_size,
-    }
-}
-
-/// What every cgroup's tick shares.
-struct TickContext<'a> {
-    now: Duration,
-    meminfo: &'a Meminfo,
-    page_size: u64,
-}
-
-/// One cgroup's tick: read, step, act. `Err` only when nothing could be read.
-fn tick_one(
-    rel: &str,
-    w: &mut Watched,
-    at: &TickContext<'_>,
-    options: &Options,
-    originals: &mut Originals,
-) -> Result<(Record, Option<HighWrite>), CgroupError> {
-    let snap = w.reader.read()?;
-    w.settle(snap.high);
-    let now = at.now;
-    let obs = observe(&snap, at, w.swap_max_zero);
-    let mut record = empty_record(now, rel, w.senpai.mode);
-    record.current = Some(snap.current);
-    record.high = Some(snap.high);
-    record.some_total_us = Some(obs.some_total_us);
-    record.some_delta_us = w
-        .last_total
-        .map(|last| obs.some_total_us.saturating_sub(last));
-    record.some_avg10 = Some(snap.pressure.some.avg10);
-    w.last_total = Some(obs.some_total_us);
-    let (next, decision) = step(&w.state, &obs, &w.senpai);
-    let before = std::mem::replace(&mut w.state, next);
-    let decision = match decision {
-        Ok(decision) => decision,
-        Err(error) => {
-            tracing::warn!(cgroup = %rel, %error, "observation skipped");
-            record.error = Some(error.to_string());
-            return Ok((record, None));
-        }
-    };
-    record.cause = Some(decision.cause);
-    record.action = decision.action;
-    let mut write = None;
-    let done = match decision.action {
-        Action::SetHigh(bytes) => {
-            persist_original(rel, &w.state, decision.cause, originals).map(|()| {
-                write = Some(HighWrite {
-                    cgroup: w.cgroup.clone(),
-                    bytes,
-                    before: before.clone(),
-                });
-            })
-        }
-        Action::Reclaim(bytes) => reclaim(&w.cgroup, bytes, options.reclaim_retries),
-        Action::None | Action::RestoreHigh(_) => Ok(()),
-    };
-    if let Err(error) = done {
-        tracing::warn!(cgroup = %rel, action = ?decision.action, %error, "action failed");
-        record.error = Some(error);
-        if matches!(decision.action, Action::SetHigh(_)) {
-            w.state = before; // nothing written: as if the step had not happened
-        }
-    } else if decision.action != Action::None {
-        tracing::debug!(cgroup = %rel, action = ?decision.action, cause = ?decision.cause, "acted");
-    }
-    Ok((record, write))
-}
-
-/// Records the original `memory.high` in the state file before the first write: on
-/// [`Cause::Init`] a predecessor's original wins; on [`Cause::ExternalEdit`] the edited
-/// value is the new original.
-fn persist_original(
-    rel: &str,
-    state: &SenpaiState,
-    cause: Cause,
-    originals: &mut Originals,
-) -> Result<(), String> {
-    let Some(original) = state.original() else {
-        return Ok(());
-    };
-    let changed = match cause {
-        Cause::ExternalEdit => originals.insert(rel, original),
-        _ if originals.get(rel).is_none() => originals.insert(rel, original),
-        _ => false,
-    };
-    if changed {
-        originals
-            .save()
-            .map_err(|e| format!("{e}; memory.high left alone"))?;
-    }
-    Ok(())
-}
-
-/// Writes `memory.reclaim`, trying again up to `retries` times when the kernel reclaimed
-/// less than asked (EAGAIN, EBUSY).
-fn reclaim(cgroup: &Cgroup, bytes: u64, retries: u32) -> Result<(), String> {
-    let mut attempt = 0;
-    loop {
-        match cgroup.reclaim(bytes) {
-            Err(CgroupError::ReclaimShort { .. }) if attempt < retries => {
-                attempt += 1;
-                tracing::debug!(cgroup = %cgroup.path().display(), attempt, "memory.reclaim short; retrying");
-            }
-            other => return other.map_err(|e| e.to_string()),
-        }
-    }
-}
-
-/// The kernel's page size.
-fn page_size() -> Result<u64, DaemonError> {
-    use nix::unistd::{SysconfVar, sysconf};
-    let what = "sysconf(_SC_PAGESIZE)";
-    match sysconf(SysconfVar::PAGE_SIZE) {
-        Ok(Some(n)) => u64::try_from(n).map_err(|_| DaemonError::System {
-            what,
-            source: nix::errno::Errno::EINVAL,
-        }),
-        Ok(None) => Err(DaemonError::System {
-            what,
-            source: nix::errno::Errno::EINVAL,
-        }),
-        Err(source) => Err(DaemonError::System { what, source }),
-    }
-}
-
-/// Raises this process's `RLIMIT_NOFILE` soft limit to the hard limit (a sized cgroup
-/// keeps seven files open) and returns the new soft limit.
-pub fn raise_fd_limit() -> Result<u64, DaemonError> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) =
-        getrlimit(Resource::RLIMIT_NOFILE).map_err(|source| DaemonError::System {
-            what: "getrlimit(RLIMIT_NOFILE)",
-            source,
-        })?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(|source| DaemonError::System {
-            what: "setrlimit(RLIMIT_NOFILE)",
-            source,
-        })?;
-    }
-    Ok(hard)
-}
-
-/// `MemTotal`, `SwapTotal` and `SwapFree` of the `meminfo` file at `path`.
-fn read_meminfo(path: &Path) -> Result<Meminfo, DaemonError> {
-    let bad = |reason: String| DaemonError::Meminfo {
-        path: path.to_owned(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let mut found = [None; 3];
-    for line in text.lines() {
-        let Some((key, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let slot = match key {
-            "MemTotal" => 0,
-            "SwapTotal" => 1,
-            "SwapFree" => 2,
-            _ => continue,
-        };
-        let kib: u64 = rest
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("cannot parse {line:?}: expected `KEY: N kB`")))?;
-        found[slot] = Some(kib.saturating_mul(1024));
-    }
-    match found {
-        [Some(mem_total), Some(swap_total), Some(swap_free)] => Ok(Meminfo {
-            mem_total,
-            swap_total,
-            swap_free,
-        }),
-        _ => Err(bad("MemTotal, SwapTotal or SwapFree is missing".into())),
-    }
 }
