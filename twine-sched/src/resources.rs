@@ -223,6 +223,23 @@ impl GpuDevices {
         Some(grant)
     }
 
+    /// Returns a grant taken from these devices, checked: the first device of the grant
+    /// that is not on this host or would hold more than [`GPU_MILLI`] free is an error,
+    /// and then nothing changed. A grant holds each device once (a share is one device,
+    /// whole devices are distinct), so each device can be checked on its own.
+    pub(crate) fn give_back(&mut self, grant: &GpuGrant) -> Result<(), u8> {
+        let bad = grant.devices.iter().find(|&&(i, m)| {
+            self.free
+                .get(usize::from(i))
+                .is_none_or(|&f| u32::from(f) + u32::from(m) > u32::from(GPU_MILLI))
+        });
+        if let Some(&(device, _)) = bad {
+            return Err(device);
+        }
+        self.give(grant);
+        Ok(())
+    }
+
     /// Returns a grant taken from these devices.
     pub fn give(&mut self, grant: &GpuGrant) {
         for &(i, m) in &grant.devices {

@@ -11,7 +11,7 @@ use super::{AllocError, Allocator, Bookkeeping, Placement};
 use crate::entitlement::EntitlementId;
 use crate::fleet::{Host, HostId, HostState, Name, Owner};
 use crate::request::{Constraints, JobId, TaskId};
-use crate::resources::{Demand, GPU_MILLI, GpuGrant, Resources};
+use crate::resources::{Demand, GpuGrant, Resources};
 
 /// A placed task.
 #[derive(Debug, Clone)]
@@ -79,18 +79,9 @@ impl Host {
             .checked_add(held)
             .filter(|f| f.fits_in(&self.capacity))
             .ok_or(Bookkeeping::FreeAboveCapacity)?;
-        // A grant holds each device once (a share is one device, whole devices are
-        // distinct), so each device can be checked on its own.
-        let devices = self.gpus.free();
-        let fits = grant.devices.iter().all(|&(i, m)| {
-            devices
-                .get(usize::from(i))
-                .is_some_and(|&f| f + m <= GPU_MILLI)
-        });
-        if !fits {
-            return Err(Bookkeeping::GpuGrantMismatch);
-        }
-        self.gpus.give(grant);
+        self.gpus
+            .give_back(grant)
+            .map_err(|_| Bookkeeping::GpuGrantMismatch)?;
         self.free = free;
         Ok(())
     }

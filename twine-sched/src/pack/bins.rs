@@ -84,21 +84,15 @@ impl Bin {
                 host: self.node,
                 pod: index,
             })?;
-        let devices = self.gpus.free();
-        if let Some(&(device, _)) = grant.devices.iter().find(|&&(d, m)| {
-            devices
-                .get(usize::from(d))
-                .is_none_or(|&f| u32::from(f) + u32::from(m) > u32::from(GPU_MILLI))
-        }) {
-            return Err(PackError::GiveBackGpu {
+        self.gpus
+            .give_back(grant)
+            .map_err(|device| PackError::GiveBackGpu {
                 host: self.node,
                 pod: index,
                 device,
-            });
-        }
-        let (_, grant) = self.members.swap_remove(position);
+            })?;
+        self.members.swap_remove(position);
         self.free = free;
-        self.gpus.give(&grant);
         Ok(index)
     }
 
