@@ -442,8 +442,13 @@ impl Allocator {
             .hosts
             .get(rec.host.0 as usize)
             .ok_or(AllocError::UnknownHost(rec.host))?;
-        // The host as it would be without the task, to see whether the new size fits.
-        let mut without = host.clone();
+        // The host's capacity as it would be without the task, to see whether the new
+        // size fits (its task list is not needed, so it is not copied).
+        let mut without = Host {
+            gpus: host.gpus.clone(),
+            tasks: Vec::new(),
+            ..*host
+        };
         without
             .give(&rec.demand.resources, &rec.grant)
             .map_err(internal(rec.host))?;
