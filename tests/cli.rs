@@ -211,19 +211,12 @@ fn place(extra: &[&str]) -> Output {
 #[test]
 fn place_packs_and_writes_assignments() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = write(dir.path(), "nodes.csv", NODES);
-    let pods = write(dir.path(), "pods.csv", PODS);
     let assignments = dir.path().join("a.csv");
-    let out = twine(&[
-        "place",
-        "--nodes",
-        &nodes,
-        "--pods",
-        &pods,
-        "--json",
-        "--assignments",
-        assignments.to_str().unwrap(),
-    ]);
+    let out = place_in(
+        dir.path(),
+        PODS,
+        &["--json", "--assignments", assignments.to_str().unwrap()],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -312,24 +305,12 @@ fn place_reports_bad_input_by_file_line_and_field() {
 
 #[test]
 fn place_verify_checks_its_own_output_and_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = write(dir.path(), "nodes.csv", NODES);
-    let pods = write(dir.path(), "pods.csv", PODS);
     for pool in [false, true] {
-        let mut args = vec![
-            "place",
-            "--nodes",
-            &nodes,
-            "--pods",
-            &pods,
-            "--verify",
-            "--json",
-            "--compare",
-        ];
+        let mut args = vec!["--verify", "--json", "--compare"];
         if pool {
             args.push("--gpu-pool");
         }
-        let out = twine(&args);
+        let out = place(&args);
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert!(out.status.success(), "{stderr}");
         let said: Vec<&str> = stderr.lines().collect();
