@@ -14,12 +14,8 @@ use serde_json::Value;
 use twine_profiles::profile::{Format, Profile};
 use twine_profiles::testing::FixtureRoot;
 
-fn ok(out: &Output) -> String {
-    stdout(out)
-}
-
 fn json(out: &Output) -> Value {
-    let text = ok(out);
+    let text = stdout(out);
     assert_eq!(text.lines().count(), 1, "one JSON object: {text}");
     serde_json::from_str(&text).unwrap()
 }
@@ -127,7 +123,7 @@ fn plan_json_has_the_contract_shape() {
     let v = c.with_profile("plan", &["--jobs-running"]);
     assert_eq!(v["changes"][2]["effect"], "live-restart-jobs");
     // the table names every change and the verdicts
-    let table = ok(&twine(&[
+    let table = stdout(&twine(&[
         "profile",
         "plan",
         &c.profile(),
@@ -242,7 +238,7 @@ fn tuned(name: &str) -> PathBuf {
 fn import_tuned_writes_the_profile_and_lists_every_drop() {
     let dir = tuned("base");
     let out = twine(&["profile", "import-tuned", dir.to_str().unwrap()]);
-    let text = ok(&out);
+    let text = stdout(&out);
     let profile = Profile::from_str(&text, Format::Toml).unwrap();
     assert!(text.contains("\"vm.swappiness\" = \"10\""), "{text}");
     assert!(!profile.desired().is_empty());
@@ -268,7 +264,7 @@ fn import_tuned_writes_the_profile_and_lists_every_drop() {
         "--out",
         file.to_str().unwrap(),
     ]);
-    assert!(ok(&out).is_empty());
+    assert!(stdout(&out).is_empty());
     assert_eq!(fs::read_to_string(&file).unwrap(), text);
     // and the written profile plans on a fixture root
     let fixture = FixtureRoot::typical().unwrap();

@@ -37,11 +37,11 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::apply::{KernelWrites, Writes as _};
 use crate::change::Plan;
 
 mod host_applier;
@@ -542,7 +542,8 @@ impl<A: Applier, D: Drain, R: Reboot> Runner<A, D, R> {
         }
     }
 
-    /// Writes the flow atomically: a temporary file in the same directory, synced, renamed.
+    /// Writes the flow atomically, with [`KernelWrites::replace_file`] (a temporary file in
+    /// the same directory, synced, renamed, the directory synced).
     fn persist(&self, flow: &Flow) -> Result<(), FlowError> {
         let path = self.path();
         let io = |op, source| FlowError::Io {
@@ -551,11 +552,9 @@ impl<A: Applier, D: Drain, R: Reboot> Runner<A, D, R> {
             source,
         };
         // A Flow is plain data with string keys: serialising it cannot fail.
-        let json = serde_json::to_vec_pretty(flow).map_err(|e| io("serialising", e.into()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| io("creating", e))?;
-        tmp.write_all(&json).map_err(|e| io("writing", e))?;
-        tmp.as_file().sync_all().map_err(|e| io("syncing", e))?;
-        tmp.persist(&path).map_err(|e| io("renaming", e.error))?;
-        Ok(())
+        let json = serde_json::to_string_pretty(flow).map_err(|e| io("serialising", e.into()))?;
+        KernelWrites
+            .replace_file(&path, &json)
+            .map_err(|e| io("writing", e))
     }
 }

@@ -135,9 +135,13 @@ impl Journal {
     pub(crate) fn load_locked(
         root: &HostRoot,
     ) -> Result<Option<(Flock<fs::File>, Self)>, ApplyError> {
-        if Self::load(root)?.is_none() {
-            return Ok(None);
+        let path = root.path(JOURNAL);
+        match path.try_exists() {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(source) => return Err(HostError::Read { path, source }.into()),
         }
+        // Read under the lock: another apply may have changed it since.
         let lock = Self::lock(root)?;
         Ok(Self::load(root)?.map(|journal| (lock, journal)))
     }
