@@ -317,10 +317,10 @@ impl Daemon {
         }
         options.senpai.validate().map_err(ConfigError::from)?;
         let policy = match &options.selection {
-            Selection::Config(config) if config.kill_policy().watched().next().is_some() => {
-                Some(config.kill_policy())
+            Selection::Config(config) => {
+                Some(config.kill_policy()).filter(|p| p.watched().next().is_some())
             }
-            _ => None,
+            Selection::Cgroups(_) => None,
         };
         let page_size = page_size()?;
         let meminfo_path = options.proc_root.join("meminfo");
