@@ -18,14 +18,6 @@ use twine_oomd::{Cgroup, CgroupError, CgroupRoot, Limit, LimitFile, PressureLine
 
 use crate::{Problems, problem};
 
-/// Prints one line on stdout; a closed pipe ends the program quietly.
-fn say(line: &str) {
-    let mut stdout = std::io::stdout().lock();
-    if writeln!(stdout, "{line}").is_err() {
-        std::process::exit(0);
-    }
-}
-
 /// `--mode`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(crate) enum ModeArg {
@@ -256,7 +248,7 @@ fn run(args: &RunArgs) -> Result<(), Problems> {
                 (Output::Kill(kill), false) => Ok(kill_line(kill)),
             };
             match line {
-                Ok(line) => say(&line),
+                Ok(line) => say!("{line}"),
                 Err(e) => tracing::error!(%e, "output line not printed"),
             }
         })
@@ -387,38 +379,35 @@ fn status(args: &StatusArgs) -> Result<(), Problems> {
         for (name, value) in &limits {
             object[*name] = json!(value);
         }
-        say(&object.to_string());
+        say!("{object}");
         return Ok(());
     }
     let absent = "absent (no memory controller for this cgroup)";
     let show = |v: Option<String>| v.unwrap_or_else(|| absent.to_owned());
-    say(&format!("cgroup       {}", cgroup.path().display()));
-    say(&format!(
-        "current      {}",
-        show(current.map(|c| c.to_string()))
-    ));
+    say!("cgroup       {}", cgroup.path().display());
+    say!("current      {}", show(current.map(|c| c.to_string())));
     for (name, value) in &limits {
-        say(&format!(
-            "{name:<12} {}",
-            show(value.map(|l| l.to_string()))
-        ));
+        say!("{name:<12} {}", show(value.map(|l| l.to_string())));
     }
-    say(&match working_set {
-        Some(bytes) => format!("working set  {bytes} ({WORKING_SET})"),
-        None => format!("working set  {absent}"),
-    });
+    match working_set {
+        Some(bytes) => say!("working set  {bytes} ({WORKING_SET})"),
+        None => say!("working set  {absent}"),
+    }
     match pressure {
         Some(p) => {
             for (name, line) in [("some", Some(p.some)), ("full", p.full)] {
                 if let Some(l) = line {
-                    say(&format!(
+                    say!(
                         "pressure {name} avg10={:.2} avg60={:.2} avg300={:.2} total={}us",
-                        l.avg10, l.avg60, l.avg300, l.total_us
-                    ));
+                        l.avg10,
+                        l.avg60,
+                        l.avg300,
+                        l.total_us
+                    );
                 }
             }
         }
-        None => say("pressure     absent (no PSI for this cgroup)"),
+        None => say!("pressure     absent (no PSI for this cgroup)"),
     }
     Ok(())
 }
@@ -442,34 +431,31 @@ fn simulate_cmd(args: &SimulateArgs) -> Result<(), Problems> {
             "config": report.config,
             "summary": report.summary,
         });
-        say(&object.to_string());
+        say!("{object}");
         return Ok(());
     }
     let s = &report.summary;
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     let cold = workload.cold_anon.saturating_add(workload.cold_file);
-    say(&format!(
+    say!(
         "cold given back: {:.1} MiB of {:.1} MiB ({:.1} %) in {} min",
         mib(s.cold_given_back),
         mib(cold),
         s.cold_given_back_share * 100.0,
         args.minutes
-    ));
-    say(&format!(
+    );
+    say!(
         "stall: {:.1} ms in all, {:.2} ms per {:?} interval (target {:?})",
         s.total_stall_us as f64 / 1000.0,
         s.mean_stall_per_interval_us / 1000.0,
         config.interval,
         config.pressure
-    ));
-    say(&format!(
-        "hot set missing at the end: {:.1} MiB",
-        mib(s.hot_missing)
-    ));
-    say(&match s.converged_at_s {
-        Some(t) => format!("90 % of the cold set given back at {t} s"),
-        None => "90 % of the cold set not given back within the run".to_owned(),
-    });
+    );
+    say!("hot set missing at the end: {:.1} MiB", mib(s.hot_missing));
+    match s.converged_at_s {
+        Some(t) => say!("90 % of the cold set given back at {t} s"),
+        None => say!("90 % of the cold set not given back within the run"),
+    }
     Ok(())
 }
 

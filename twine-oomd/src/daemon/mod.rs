@@ -106,6 +106,7 @@ use crate::senpai::{Action, Cause, Mode, SenpaiConfig, SenpaiState};
 pub use execute::KillRecord;
 pub use host::raise_fd_limit;
 use host::{page_size, read_meminfo};
+use select::descendants;
 use state_file::Originals;
 use tick::{TickContext, tick_one};
 
@@ -317,10 +318,10 @@ impl Daemon {
         }
         options.senpai.validate().map_err(ConfigError::from)?;
         let policy = match &options.selection {
-            Selection::Config(config) if config.kill_policy().watched().next().is_some() => {
-                Some(config.kill_policy())
+            Selection::Config(config) => {
+                Some(config.kill_policy()).filter(|p| p.watched().next().is_some())
             }
-            _ => None,
+            Selection::Cgroups(_) => None,
         };
         let page_size = page_size()?;
         let meminfo_path = options.proc_root.join("meminfo");
@@ -360,7 +361,13 @@ impl Daemon {
     pub fn tick(&mut self, now: Duration) -> Result<TickReport, DaemonError> {
         let meminfo = read_meminfo(&self.meminfo_path)?;
         let mut records = Vec::with_capacity(self.watched.len());
-        self.resolve(now, &mut records);
+        // One walk of the tree per tick, shared by the globs and the kill policy (which
+        // exists only with a config).
+        let tree = match &self.options.selection {
+            Selection::Config(_) => descendants(&self.options.root.top()),
+            Selection::Cgroups(_) => Vec::new(),
+        };
+        self.resolve(now, &tree, &mut records);
         let mut gone = Vec::new();
         let at = TickContext {
             now,
@@ -391,7 +398,7 @@ impl Daemon {
             tracing::info!(cgroup = %rel, "cgroup is gone: dropped");
             self.leave(&rel);
         }
-        let kill = self.kill(now, &meminfo);
+        let kill = self.kill(now, &meminfo, &tree);
         Ok(TickReport { records, kill })
     }
 

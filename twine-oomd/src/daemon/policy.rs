@@ -5,28 +5,34 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::host::Meminfo;
-use super::select::descendants;
 use super::{Daemon, KillRecord, execute};
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::kill::{CgroupSample, Tick, Verdict};
 use crate::psi::Resource;
 
 impl Daemon {
-    /// Runs the kill policy on a fresh sample of its watched cgroups and their descendants.
-    pub(super) fn kill(&mut self, now: Duration, meminfo: &Meminfo) -> Option<KillRecord> {
+    /// Runs the kill policy on a fresh sample of its watched cgroups and their descendants,
+    /// found in `tree`: every cgroup below the root, parents first (`select::descendants`).
+    pub(super) fn kill(
+        &mut self,
+        now: Duration,
+        meminfo: &Meminfo,
+        tree: &[Cgroup],
+    ) -> Option<KillRecord> {
         let policy = self.policy.as_mut()?;
         let mut cgroups = Vec::new();
         let mut seen = BTreeSet::new();
         for watched in policy.watched() {
-            let Ok(top) = self.options.root.cgroup(watched) else {
-                continue;
-            };
-            for cgroup in std::iter::once(top.clone()).chain(descendants(&top)) {
+            for cgroup in tree {
                 let Some(path) = cgroup.relative().to_str() else {
                     continue;
                 };
-                if seen.insert(path.to_owned())
-                    && let Some(sample) = sample(&cgroup, path)
+                let below = path
+                    .strip_prefix(watched)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+                if below
+                    && seen.insert(path.to_owned())
+                    && let Some(sample) = sample(cgroup, path)
                 {
                     cgroups.push(sample);
                 }

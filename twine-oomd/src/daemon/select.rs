@@ -13,9 +13,10 @@ use crate::senpai::{Action, Mode, SenpaiConfig, SenpaiState};
 pub(super) type Join = (Cgroup, SenpaiConfig, bool);
 
 impl Daemon {
-    /// Brings the sized set in line with the selection.
-    pub(super) fn resolve(&mut self, now: Duration, records: &mut Vec<Record>) {
-        let wanted = match self.wanted() {
+    /// Brings the sized set in line with the selection; `tree` is every cgroup below the
+    /// root (`descendants`) for a config's globs.
+    pub(super) fn resolve(&mut self, now: Duration, tree: &[Cgroup], records: &mut Vec<Record>) {
+        let wanted = match self.wanted(tree) {
             Ok(wanted) => wanted,
             Err(error) => {
                 tracing::warn!(%error, "could not list the selected cgroups; keeping the last set");
@@ -90,7 +91,7 @@ impl Daemon {
 
     /// The selected cgroups now; for those not sized yet, the cgroup, its parameters and
     /// whether the mode was given.
-    fn wanted(&self) -> Result<BTreeMap<String, Option<Join>>, CgroupError> {
+    fn wanted(&self, tree: &[Cgroup]) -> Result<BTreeMap<String, Option<Join>>, CgroupError> {
         let mut wanted = BTreeMap::new();
         match &self.options.selection {
             Selection::Cgroups(paths) => {
@@ -110,13 +111,13 @@ impl Daemon {
                 }
             }
             Selection::Config(config) => {
-                for cgroup in descendants(&self.options.root.top()) {
+                for cgroup in tree {
                     let Some(rel) = cgroup.relative().to_str().map(str::to_owned) else {
                         continue;
                     };
                     if let Some(resize) = config.resize_for(&rel) {
                         let join = (!self.watched.contains_key(&rel))
-                            .then(|| (cgroup, resize.senpai.clone(), resize.mode_given));
+                            .then(|| (cgroup.clone(), resize.senpai.clone(), resize.mode_given));
                         wanted.insert(rel, join);
                     }
                 }
