@@ -112,6 +112,13 @@ pub enum Refusal {
     /// A control character in a value that systemd reads verbatim.
     #[error("must not contain control characters")]
     ControlCharacter,
+    /// A Unicode noncharacter (U+FDD0 to U+FDEF, or U+xFFFE and U+xFFFF in any
+    /// plane). systemd refuses the whole assignment as "not UTF-8 clean", and no
+    /// escape spells one, so the unit would fail to load.
+    #[error(
+        "must not contain Unicode noncharacters (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF), which systemd refuses as not UTF-8 clean"
+    )]
+    Noncharacter,
     /// Leading or trailing whitespace in a value that systemd reads verbatim: it
     /// strips it, so `/srv/a ` would become `/srv/a`. Any Unicode whitespace is
     /// refused, a superset of the ASCII blanks systemd strips.
@@ -164,6 +171,8 @@ pub(crate) fn check_text(text: &str) -> Result<(), Refusal> {
         Err(Refusal::Nul)
     } else if text.chars().any(char::is_control) {
         Err(Refusal::ControlCharacter)
+    } else if has_noncharacter(text) {
+        Err(Refusal::Noncharacter)
     } else if text.trim() != text {
         Err(Refusal::SurroundingWhitespace)
     } else if text.ends_with('\\') {
@@ -171,6 +180,15 @@ pub(crate) fn check_text(text: &str) -> Result<(), Refusal> {
     } else {
         Ok(())
     }
+}
+
+/// Whether `text` holds a character that systemd's `unichar_is_valid()` refuses
+/// (surrogates cannot occur in a `str`).
+pub(crate) fn has_noncharacter(text: &str) -> bool {
+    text.chars().any(|c| {
+        let c = u32::from(c);
+        (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE
+    })
 }
 
 /// An absolute, normalized path that is also a valid text value.
@@ -221,6 +239,8 @@ pub(crate) fn check_argv(argv: &[String]) -> Vec<(Option<usize>, Refusal)> {
     for (i, arg) in argv.iter().enumerate().skip(1) {
         if arg.contains('\0') {
             refusals.push((Some(i), Refusal::Nul));
+        } else if has_noncharacter(arg) {
+            refusals.push((Some(i), Refusal::Noncharacter));
         }
     }
     let len: usize = argv.iter().map(|w| escape::exec_word(w).len() + 1).sum();
@@ -249,10 +269,13 @@ pub(crate) fn check_environment_name(name: &str) -> Result<(), Refusal> {
     }
 }
 
-/// The value of an `Environment=` variable: anything but NUL, which is quoted.
+/// The value of an `Environment=` variable: anything but NUL and noncharacters,
+/// which is quoted.
 pub(crate) fn check_environment_value(value: &str) -> Result<(), Refusal> {
     if value.contains('\0') {
         Err(Refusal::Nul)
+    } else if has_noncharacter(value) {
+        Err(Refusal::Noncharacter)
     } else {
         Ok(())
     }
@@ -665,5 +688,44 @@ mod tests {
         assert_eq!(refusal(Value::environment("A", "a\0b")), Refusal::Nul);
         assert!(Value::environment("_A1", " $x %n \n\"").is_ok());
         assert!(Value::environment(&"A".repeat(MAX_ENV_NAME), "").is_ok());
+    }
+
+    /// Regression: systemd 252 refused an `ExecStart=` holding U+FFFF as "not
+    /// UTF-8 clean" and the unit failed to load; found by the randomized argv test.
+    #[test]
+    fn noncharacters_are_refused_everywhere_systemd_refuses_them() {
+        // systemd's unichar_is_valid(): U+FDD0..U+FDEF and U+xFFFE/U+xFFFF of every plane.
+        let bad = [
+            '\u{fdd0}',
+            '\u{fdef}',
+            '\u{fffe}',
+            '\u{ffff}',
+            '\u{1fffe}',
+            '\u{10ffff}',
+        ];
+        for c in bad {
+            let word = format!("a{c}b");
+            assert_eq!(refusal(Value::text(&word)), Refusal::Noncharacter, "{c:?}");
+            let refused = Value::exec(argv(&["/bin/true", "ok", &word])).expect_err("exec");
+            assert_eq!(
+                (refused.reason, refused.value),
+                (Refusal::Noncharacter, word.clone())
+            );
+            assert_eq!(
+                refusal(Value::environment("A", &word)),
+                Refusal::Noncharacter
+            );
+        }
+        for c in [
+            '\u{fdcf}',
+            '\u{fdf0}',
+            '\u{fffd}',
+            '\u{10000}',
+            '\u{10fffd}',
+        ] {
+            let word = format!("a{c}b");
+            assert!(Value::text(&word).is_ok(), "{c:?}");
+            assert!(Value::exec(argv(&["/bin/true", &word])).is_ok(), "{c:?}");
+        }
     }
 }

@@ -43,6 +43,8 @@ pub enum ProblemKind {
     Nul,
     /// The value contains another control character where none can be written.
     ControlCharacter,
+    /// The value contains a Unicode noncharacter, which systemd refuses.
+    Noncharacter,
     /// An executable or directory is not an absolute, normalized path.
     NotAbsolute,
     /// A number is zero, negative or out of range.
@@ -73,6 +75,7 @@ impl From<Refusal> for ProblemKind {
             Refusal::Empty | Refusal::NoExecutable => ProblemKind::Empty,
             Refusal::Nul => ProblemKind::Nul,
             Refusal::ControlCharacter => ProblemKind::ControlCharacter,
+            Refusal::Noncharacter => ProblemKind::Noncharacter,
             Refusal::SurroundingWhitespace => ProblemKind::SurroundingWhitespace,
             Refusal::TrailingBackslash => ProblemKind::TrailingBackslash,
             Refusal::TooLong { .. } => ProblemKind::TooLong,
