@@ -1,1 +1,653 @@
-//! TODO(skeleton): container
+//! The container: namespaces, an overlay root, `pivot_root`, the mounts of
+//! systemd's container interface, a delegated cgroup2 subtree, and systemd as
+//! PID 1 with readiness through `NOTIFY_SOCKET`; shutdown with `SIGRTMIN+3` and
+//! a deadline, then `SIGKILL` through `cgroup.kill`; cleanup on every path.
+//!
+//! Written with nix rather than on top of nspawn or runc; [`spawn`] says why a
+//! fork is needed and keeps the only `unsafe` code of the crate.
+//!
+//! Every mount is made inside the container's own mount namespace (private
+//! propagation), so none is ever visible on the host and all of them go away
+//! with the container's last process. What the agent leaves on the host is
+//! the cgroup and the scratch directory, and [`Container::shutdown`] (or the
+//! failure path of [`Container::start`]) removes both.
+
+mod cgroup;
+mod console;
+mod mounts;
+mod notify;
+mod rootfs;
+mod spawn;
+
+use std::ffi::{CString, OsString};
+use std::fs;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+pub use mounts::NOTIFY_INSIDE;
+
+/// The container's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The host's network namespace.
+    #[default]
+    Host,
+    /// A new network namespace with only loopback (systemd brings `lo` up).
+    Private,
+}
+
+/// A host directory or file bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    /// The host path.
+    pub source: PathBuf,
+    /// The absolute path inside the container.
+    pub target: PathBuf,
+    /// Whether the container sees it read-only.
+    pub read_only: bool,
+}
+
+/// A file placed into the container's writable layer before boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedFile {
+    /// A regular file.
+    File {
+        /// Path relative to the container's root (confined: no `..`).
+        path: PathBuf,
+        /// Contents.
+        contents: Vec<u8>,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// A symbolic link (for example a unit masked to `/dev/null`).
+    Symlink {
+        /// Path relative to the container's root (confined: no `..`).
+        path: PathBuf,
+        /// What it points to.
+        to: PathBuf,
+    },
+}
+
+/// What a container is made of.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// The container's name: its hostname and its cgroup's directory name.
+    /// Letters, digits, `-`, `_` and `.`, at most 64 bytes, not starting with `.`.
+    pub name: String,
+    /// The read-only base root file system (shared by many containers).
+    pub rootfs: PathBuf,
+    /// The container's scratch directory on the host (overlay layers, notify
+    /// socket, console log); created, and removed at shutdown.
+    pub scratch: PathBuf,
+    /// The network.
+    pub network: Network,
+    /// Extra bind mounts.
+    pub binds: Vec<Bind>,
+    /// Files seeded into the writable layer.
+    pub seed: Vec<SeedFile>,
+    /// The parent of the container's cgroup, relative to the cgroup2 mount.
+    pub cgroup_parent: PathBuf,
+    /// How long systemd may take to report `READY=1`.
+    pub ready_timeout: Duration,
+}
+
+impl ContainerConfig {
+    /// A configuration with the defaults: host network, no binds, no seed
+    /// files, cgroup parent `twine`, 30 s to become ready.
+    pub fn new(
+        name: impl Into<String>,
+        rootfs: impl Into<PathBuf>,
+        scratch: impl Into<PathBuf>,
+    ) -> ContainerConfig {
+        ContainerConfig {
+            name: name.into(),
+            rootfs: rootfs.into(),
+            scratch: scratch.into(),
+            network: Network::Host,
+            binds: Vec::new(),
+            seed: Vec::new(),
+            cgroup_parent: PathBuf::from("twine"),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What identifies a running container across agent restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// The container's name.
+    pub name: String,
+    /// PID 1's pid on the host.
+    pub pid: i32,
+    /// PID 1's start time (clock ticks after boot, `/proc/PID/stat` field 22),
+    /// so a reused pid is never mistaken for the container.
+    pub start_time: u64,
+    /// The container's cgroup, an absolute host path.
+    pub cgroup: PathBuf,
+    /// The scratch directory.
+    pub scratch: PathBuf,
+    /// The container's machine id (its journal directory's name).
+    pub machine_id: String,
+}
+
+/// Why a container could not be started, reattached or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContainerError {
+    /// The agent is not root.
+    #[error("containers need root (running as uid {uid})")]
+    NotRoot {
+        /// The effective uid.
+        uid: u32,
+    },
+    /// The rootfs does not exist or is not a directory.
+    #[error("{path}: no such rootfs directory", path = path.display())]
+    MissingRootfs {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The rootfs has no executable systemd.
+    #[error("{rootfs}: no systemd in this rootfs (looked for usr/lib/systemd/systemd and lib/systemd/systemd)", rootfs = rootfs.display())]
+    NoSystemd {
+        /// The rootfs.
+        rootfs: PathBuf,
+    },
+    /// The container name is not usable as a hostname and cgroup name.
+    #[error("container name {name:?}: {reason}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A path cannot be used.
+    #[error("{path}: {reason}", path = path.display())]
+    BadPath {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A path from the configuration would leave its root.
+    #[error("{what} {path}: must be a confined path (no '..', absolute inside the container)", path = path.display())]
+    Unconfined {
+        /// What the path is for.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// No cgroup2 file system is mounted on the host.
+    #[error("no cgroup2 mount in /proc/self/mountinfo")]
+    NoCgroup2,
+    /// The container's cgroup exists already (another container of that name).
+    #[error("{path}: the container's cgroup exists already", path = path.display())]
+    CgroupExists {
+        /// The cgroup.
+        path: PathBuf,
+    },
+    /// A cgroup file could not be written.
+    #[error("{path}: {source}", path = path.display())]
+    Cgroup {
+        /// The cgroup file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Processes survived `cgroup.kill`.
+    #[error("{cgroup}: processes {pids:?} survived cgroup.kill", cgroup = cgroup.display())]
+    Unkillable {
+        /// The cgroup.
+        cgroup: PathBuf,
+        /// What is left.
+        pids: Vec<i32>,
+    },
+    /// A file operation failed.
+    #[error("{what}: {path}: {source}", path = path.display())]
+    Io {
+        /// What the agent was doing.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Starting PID 1 failed at a named step.
+    #[error("starting the container failed at {step}: {errno}")]
+    Spawn {
+        /// The step (a mount, `unshare`, `pivot_root`, `execve` ...).
+        step: String,
+        /// The error.
+        errno: nix::errno::Errno,
+    },
+    /// systemd did not report `READY=1` in time.
+    #[error(
+        "systemd in the container did not become ready within {timeout:?} (last status: {status:?}); console:\n{console}"
+    )]
+    NeverReady {
+        /// The deadline.
+        timeout: Duration,
+        /// The last `STATUS=` systemd sent.
+        status: Option<String>,
+        /// The end of the console log.
+        console: String,
+    },
+    /// PID 1 exited before it was ready.
+    #[error(
+        "systemd in the container exited before it was ready (last status: {status:?}); console:\n{console}"
+    )]
+    DiedBeforeReady {
+        /// The last `STATUS=` systemd sent.
+        status: Option<String>,
+        /// The end of the console log.
+        console: String,
+    },
+    /// The recorded container is no longer running.
+    #[error("container {name} (pid {pid}) is gone")]
+    Gone {
+        /// The container.
+        name: String,
+        /// Its recorded pid.
+        pid: i32,
+    },
+    /// Cleanup after another failure failed too; both are reported.
+    #[error("{first}; cleaning up also failed: {cleanup}")]
+    CleanupFailed {
+        /// The original failure.
+        first: Box<ContainerError>,
+        /// The cleanup failure.
+        cleanup: Box<ContainerError>,
+    },
+}
+
+/// A running container with systemd as PID 1.
+#[derive(Debug)]
+pub struct Container {
+    record: ContainerRecord,
+    /// Stops the console drain thread (only the agent that booted the
+    /// container holds the console).
+    console_stop: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.console_stop {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// systemd powered off within the deadline.
+    Clean,
+    /// The deadline passed; the rest was killed through `cgroup.kill`.
+    Killed,
+}
+
+fn check_name(name: &str) -> Result<(), ContainerError> {
+    let bad = |reason| {
+        Err(ContainerError::BadName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > 64 {
+        return bad("must be 1 to 64 bytes");
+    }
+    if name.starts_with('.') {
+        return bad("must not start with '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return bad("may hold only letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+fn cstring(path: &Path) -> Result<CString, ContainerError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| ContainerError::BadPath {
+        path: path.into(),
+        reason: "contains a NUL byte",
+    })
+}
+
+/// `(state, start time)` of a process from `/proc/PID/stat`.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command is in parentheses and may hold spaces: split after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 22 overall is the 20th after the command.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Removes what a failed or finished container left: processes, cgroup, scratch.
+fn clean_up(cgroup: &Path, scratch: &Path, kill_deadline: Duration) -> Result<(), ContainerError> {
+    let killed = cgroup::kill(cgroup, kill_deadline);
+    let removed = cgroup::remove_tree(cgroup);
+    let scratch_removed = match fs::remove_dir_all(scratch) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ContainerError::Io {
+            what: "removing the container's scratch directory",
+            path: scratch.into(),
+            source,
+        }),
+    };
+    killed.and(removed).and(scratch_removed)
+}
+
+/// How long `cgroup.kill` may take to empty a cgroup.
+const KILL_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Container {
+    /// Boots a container per `config` and returns once systemd inside has sent
+    /// `READY=1`. On any failure, everything made so far is removed again and
+    /// the error says which step failed.
+    pub fn start(config: &ContainerConfig) -> Result<Container, ContainerError> {
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid != 0 {
+            return Err(ContainerError::NotRoot { uid });
+        }
+        check_name(&config.name)?;
+        let systemd = rootfs::systemd_in(&config.rootfs)?;
+        let cgroup_parent = &config.cgroup_parent;
+        if !rootfs::confined(cgroup_parent) {
+            return Err(ContainerError::Unconfined {
+                what: "cgroup parent",
+                path: cgroup_parent.clone(),
+            });
+        }
+        let cgroup = cgroup::cgroup2_mount()?
+            .join(cgroup_parent)
+            .join(&config.name);
+        match fs::create_dir(&config.scratch) {
+            Ok(()) => {}
+            Err(source) => {
+                return Err(ContainerError::Io {
+                    what: "creating the container's scratch directory (it must not exist)",
+                    path: config.scratch.clone(),
+                    source,
+                });
+            }
+        }
+        if let Err(e) = cgroup::create(&cgroup) {
+            let _ = fs::remove_dir_all(&config.scratch);
+            return Err(e);
+        }
+        match Container::boot(config, systemd, &cgroup) {
+            Ok(container) => Ok(container),
+            Err(first) => match clean_up(&cgroup, &config.scratch, KILL_DEADLINE) {
+                Ok(()) => Err(first),
+                Err(cleanup) => Err(ContainerError::CleanupFailed {
+                    first: Box::new(first),
+                    cleanup: Box::new(cleanup),
+                }),
+            },
+        }
+    }
+
+    fn boot(
+        config: &ContainerConfig,
+        systemd: &str,
+        cgroup: &Path,
+    ) -> Result<Container, ContainerError> {
+        let scratch = &config.scratch;
+        let (upper, work, merged) = (
+            scratch.join("upper"),
+            scratch.join("work"),
+            scratch.join("merged"),
+        );
+        for dir in [&upper, &work, &merged] {
+            fs::create_dir(dir).map_err(|source| ContainerError::Io {
+                what: "creating an overlay directory",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let machine_id = rootfs::new_machine_id()?;
+        // The image's /etc/hostname would win over the hostname set before
+        // exec (container interface), so the container's name is seeded too.
+        let mut seed = vec![
+            SeedFile::File {
+                path: "etc/machine-id".into(),
+                contents: format!("{machine_id}\n").into_bytes(),
+                mode: 0o444,
+            },
+            SeedFile::File {
+                path: "etc/hostname".into(),
+                contents: format!("{}\n", config.name).into_bytes(),
+                mode: 0o644,
+            },
+        ];
+        seed.extend(config.seed.iter().cloned());
+        rootfs::seed(&upper, &seed)?;
+        let notify_path = scratch.join("notify");
+        let notify = notify::NotifySocket::bind(&notify_path)?;
+        let console = console::Console::open()?;
+        let layout = mounts::Layout {
+            rootfs: &config.rootfs,
+            upper: &upper,
+            work: &work,
+            merged: &merged,
+            notify: &notify_path,
+            console: &console.slave_path,
+            binds: &config.binds,
+        };
+        let steps = mounts::plan(&layout)?;
+        let mut namespaces = CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWCGROUP;
+        if config.network == Network::Private {
+            namespaces |= CloneFlags::CLONE_NEWNET;
+        }
+        let env = [
+            "container=twine".to_owned(),
+            format!("container_uuid={machine_id}"),
+            format!("NOTIFY_SOCKET={}", mounts::NOTIFY_INSIDE),
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        ];
+        let plan = spawn::Plan {
+            cgroup_procs: cstring(&cgroup.join("cgroup.procs"))?,
+            namespaces,
+            new_root: cstring(&merged)?,
+            put_old: cstring(&merged.join(mounts::OLD_ROOT))?,
+            old_root_inside: cstring(&Path::new("/").join(mounts::OLD_ROOT))?,
+            hostname: OsString::from(&config.name),
+            exe: cstring(Path::new(systemd))?,
+            argv: vec![cstring(Path::new(systemd))?],
+            env: env
+                .iter()
+                .map(|e| cstring(Path::new(e)))
+                .collect::<Result<_, _>>()?,
+            steps,
+        };
+        let console_log = scratch.join("console.log");
+        let console_stop = Arc::new(AtomicBool::new(false));
+        console.drain_into(&console_log, Arc::clone(&console_stop))?;
+        let pid = spawn::spawn(&plan).map_err(|e| match e {
+            spawn::SpawnError::Child(failure) => ContainerError::Spawn {
+                step: step_name(&plan, failure.step),
+                errno: failure.errno,
+            },
+            spawn::SpawnError::Pipe(errno)
+            | spawn::SpawnError::Fork(errno)
+            | spawn::SpawnError::Wait(errno) => ContainerError::Spawn {
+                step: "fork".into(),
+                errno,
+            },
+            spawn::SpawnError::Intermediate(status) => ContainerError::Spawn {
+                step: format!("the intermediate process ({status})"),
+                errno: nix::errno::Errno::UnknownErrno,
+            },
+        })?;
+        let start_time = proc_stat(pid.as_raw())
+            .map(|(_, t)| t)
+            .ok_or(ContainerError::Gone {
+                name: config.name.clone(),
+                pid: pid.as_raw(),
+            })?;
+        let record = ContainerRecord {
+            name: config.name.clone(),
+            pid: pid.as_raw(),
+            start_time,
+            cgroup: cgroup.into(),
+            scratch: scratch.clone(),
+            machine_id,
+        };
+        let container = Container {
+            record,
+            console_stop: Some(console_stop),
+        };
+        let ready = notify.wait_ready(config.ready_timeout, || container.is_running());
+        match ready {
+            Ok(_) => Ok(container),
+            Err(notify::ReadyError::Timeout { status }) => Err(ContainerError::NeverReady {
+                timeout: config.ready_timeout,
+                status,
+                console: console::tail(&console_log, 2048),
+            }),
+            Err(notify::ReadyError::Died { status }) => Err(ContainerError::DiedBeforeReady {
+                status,
+                console: console::tail(&console_log, 2048),
+            }),
+            Err(notify::ReadyError::Io(path, source)) => Err(ContainerError::Io {
+                what: "waiting for READY=1",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Takes over a container an earlier agent started, after checking that
+    /// its PID 1 is the same process (pid and start time) in the same cgroup.
+    pub fn reattach(record: ContainerRecord) -> Result<Container, ContainerError> {
+        let container = Container {
+            record,
+            console_stop: None,
+        };
+        if container.is_running() {
+            Ok(container)
+        } else {
+            Err(ContainerError::Gone {
+                name: container.record.name.clone(),
+                pid: container.record.pid,
+            })
+        }
+    }
+
+    /// What identifies this container across agent restarts.
+    pub fn record(&self) -> &ContainerRecord {
+        &self.record
+    }
+
+    /// PID 1's pid on the host.
+    pub fn pid(&self) -> i32 {
+        self.record.pid
+    }
+
+    /// The container systemd's private D-Bus socket, as seen from the host.
+    pub fn private_bus(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/root/run/systemd/private",
+            self.record.pid
+        ))
+    }
+
+    /// A path inside the container, as seen from the host (through PID 1's root).
+    pub fn host_path(&self, inside: &Path) -> PathBuf {
+        let mut out = PathBuf::from(format!("/proc/{}/root", self.record.pid));
+        out.extend(
+            inside
+                .components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_))),
+        );
+        out
+    }
+
+    /// Whether PID 1 is still the recorded process and still running.
+    pub fn is_running(&self) -> bool {
+        matches!(proc_stat(self.record.pid), Some((state, start)) if state != 'Z' && start == self.record.start_time)
+            && fs::read_to_string(format!("/proc/{}/cgroup", self.record.pid))
+                .is_ok_and(|c| c.lines().any(|l| l.starts_with("0::")))
+    }
+
+    /// Stops the container: `SIGRTMIN+3` to systemd (a clean poweroff that
+    /// stops every unit by its own kill policy), then after `deadline` whatever
+    /// is left is killed through `cgroup.kill`; then the cgroup and scratch
+    /// directory are removed.
+    pub fn shutdown(self, deadline: Duration) -> Result<Shutdown, ContainerError> {
+        let start = Instant::now();
+        if self.is_running() {
+            let _ = spawn::signal(Pid::from_raw(self.record.pid), spawn::sigrtmin_plus(3));
+            while self.is_running() && start.elapsed() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let how = if self.is_running() {
+            Shutdown::Killed
+        } else {
+            Shutdown::Clean
+        };
+        clean_up(&self.record.cgroup, &self.record.scratch, KILL_DEADLINE)?;
+        Ok(how)
+    }
+
+    /// Kills everything at once through `cgroup.kill` and cleans up.
+    pub fn kill(self) -> Result<(), ContainerError> {
+        clean_up(&self.record.cgroup, &self.record.scratch, KILL_DEADLINE)
+    }
+}
+
+fn step_name(plan: &spawn::Plan, step: u32) -> String {
+    match step {
+        spawn::STEP_CGROUP => format!(
+            "joining the cgroup ({})",
+            plan.cgroup_procs.to_string_lossy()
+        ),
+        spawn::STEP_UNSHARE => "unshare".into(),
+        spawn::STEP_FORK => "the second fork".into(),
+        spawn::STEP_PIVOT => "pivot_root".into(),
+        spawn::STEP_HOSTNAME => "sethostname".into(),
+        spawn::STEP_EXEC => format!("execve {}", plan.exe.to_string_lossy()),
+        i => plan
+            .steps
+            .get(i as usize)
+            .map_or_else(|| format!("step {i}"), spawn::Step::describe),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        check_name("web-1.gen_2").expect("fine");
+    }
+
+    #[test]
+    fn proc_stat_reads_our_own_process() {
+        let (state, start) = proc_stat(std::process::id().cast_signed()).expect("own stat");
+        assert!(matches!(state, 'R' | 'S'), "{state}");
+        assert!(start > 0);
+    }
+}
