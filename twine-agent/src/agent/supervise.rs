@@ -1,0 +1,414 @@
+//! One job's supervisor: a tokio task that owns the container, the D-Bus
+//! connection to its systemd and the log shipper, turns unit changes into
+//! lifecycle inputs, persists the record after each change, and tears
+//! everything down once the task has ended for good.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use petgraph::visit::EdgeRef as _;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use twine_spec::translate::Dependency;
+use twine_spec::{UnitSet, job::KillPolicy};
+
+use crate::container::Container;
+use crate::lifecycle::{self, Event, Input, MainExit, ServiceResult, TaskState};
+use crate::logs::JournalShipper;
+use crate::state::{StateDir, write_record};
+use crate::systemd::{
+    ActiveState, BusEndpoint, BusError, ExecMain, JobOutcome, SystemdBus, UnitChange, UnitChanges, UnitStatus,
+};
+
+use super::{AgentError, AgentSettings, Control, JobHandle, JobRecord, job_key, open_store};
+
+/// How long the container's systemd may take to accept a D-Bus connection.
+const BUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the supervisor checks that PID 1 is still there.
+const LIVENESS: Duration = Duration::from_millis(500);
+
+struct Supervisor {
+    job: String,
+    state: StateDir,
+    settings: Arc<AgentSettings>,
+    record: JobRecord,
+    main: String,
+    target: String,
+    prestart: HashSet<String>,
+    kill: KillPolicy,
+    last_main: Option<UnitStatus>,
+    state_tx: watch::Sender<TaskState>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Supervisor {
+    /// Feeds one input; publishes and persists what it caused. Inputs the
+    /// lifecycle refuses (late or impossible observations) are logged and dropped.
+    fn feed(&mut self, input: Input) -> Result<(), AgentError> {
+        match self.record.lifecycle.apply(input) {
+            Ok(events) => {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                write_record(&self.state.job(&job_key(&self.job)).record(), &self.record)?;
+                self.state_tx.send_replace(self.record.lifecycle.state().clone());
+                for event in events {
+                    let _ = self.events.send(event);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(job = %self.job, "lifecycle input dropped: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    fn terminal(&self) -> bool {
+        self.record.lifecycle.state().is_terminal()
+    }
+
+    /// Turns one unit change into lifecycle inputs.
+    fn on_change(&mut self, change: UnitChange) -> Result<(), AgentError> {
+        let status = change.status;
+        let result = status
+            .service
+            .as_ref()
+            .map_or(ServiceResult::Success, |s| ServiceResult::parse(&s.result));
+        self.feed(Input::UnitChanged {
+            unit: change.unit.clone(),
+            active_state: status.active_state.as_str().to_owned(),
+            sub_state: status.sub_state.clone(),
+            result: result.clone(),
+        })?;
+        if change.unit == self.main {
+            self.on_main(status, false)?;
+        } else if self.prestart.contains(&change.unit) && status.active_state == ActiveState::Failed {
+            self.feed(Input::PrestartFailed {
+                unit: change.unit,
+                result,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The main unit's status changed (or was read at start, `initial`).
+    fn on_main(&mut self, status: UnitStatus, initial: bool) -> Result<(), AgentError> {
+        let previous = self.last_main.replace(status.clone());
+        let was_down = previous.as_ref().is_none_or(|p| {
+            matches!(p.active_state, ActiveState::Inactive | ActiveState::Failed) && p.sub_state != "auto-restart"
+        });
+        let Some(service) = status.service.as_ref() else {
+            return Ok(());
+        };
+        let exit = match service.exec_main {
+            ExecMain::NotExited => None,
+            ExecMain::Exited(code) => Some(MainExit::Code { code }),
+            ExecMain::Killed(signal) | ExecMain::Dumped(signal) => Some(MainExit::Signal { signal }),
+            ExecMain::Other { status, .. } => Some(MainExit::Code { code: status }),
+        };
+        let result = ServiceResult::parse(&service.result);
+        let restarting = status.sub_state == "auto-restart";
+        let was_restarting = previous.as_ref().is_some_and(|p| p.sub_state == "auto-restart");
+        if status.active_state == ActiveState::Active {
+            if self.record.lifecycle.state() == &TaskState::Starting {
+                self.feed(Input::Ready)?;
+            }
+        } else if restarting && !was_restarting {
+            if let Some(exit) = exit {
+                self.feed(Input::MainExited {
+                    exit,
+                    result,
+                    will_restart: true,
+                    n_restarts: service.n_restarts,
+                })?;
+            }
+        } else if matches!(status.active_state, ActiveState::Inactive | ActiveState::Failed)
+            && (!was_down || (initial && self.record.lifecycle.state() != &TaskState::Starting))
+        {
+            if let Some(exit) = exit {
+                self.feed(Input::MainExited {
+                    exit,
+                    result,
+                    will_restart: false,
+                    n_restarts: service.n_restarts,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects to the container's systemd, starts log shipping and (for a fresh
+/// container) the job's target, and spawns the supervisor. If any of that
+/// fails, the container is killed and the record says why.
+pub(super) async fn launch(
+    state: StateDir,
+    settings: Arc<AgentSettings>,
+    record: JobRecord,
+    container: Container,
+    units: UnitSet,
+    reattached: bool,
+) -> Result<JobHandle, AgentError> {
+    let job = record.spec.name.clone();
+    let kill = match record.spec.validate() {
+        Ok(valid) => valid.task.kill.clone(),
+        Err(e) => {
+            return Err(AgentError::Spec {
+                job,
+                message: e.to_string(),
+            });
+        }
+    };
+    let names: Vec<String> = units.units().iter().map(|u| u.name.to_string()).collect();
+    let main = units.main().to_string();
+    let graph = units.graph();
+    let prestart: HashSet<String> = graph
+        .node_indices()
+        .filter(|&n| graph[n].to_string() == main)
+        .flat_map(|n| graph.edges(n).collect::<Vec<_>>())
+        .filter(|e| *e.weight() == Dependency::Requires)
+        .map(|e| graph[e.target()].to_string())
+        .collect();
+    let (state_tx, state_rx) = watch::channel(record.lifecycle.state().clone());
+    let (events, _) = broadcast::channel(4096);
+    let mut sup = Supervisor {
+        job: job.clone(),
+        state,
+        settings,
+        record,
+        main: main.clone(),
+        target: units.target().to_string(),
+        prestart,
+        kill,
+        last_main: None,
+        state_tx,
+        events: events.clone(),
+    };
+    let pid = u32::try_from(container.pid()).map_err(|_| AgentError::Internal {
+        job: job.clone(),
+        what: format!("PID 1 has a negative pid {}", container.pid()),
+    })?;
+    let endpoint = BusEndpoint::container(Path::new("/proc"), pid);
+    let connected = async {
+        let bus = SystemdBus::connect_with_retry(&endpoint, Instant::now() + BUS_TIMEOUT).await?;
+        let changes = bus.watch(&names).await?;
+        let main_status = bus.unit_status(&main).await?;
+        Ok::<_, BusError>((bus, changes, main_status))
+    }
+    .await;
+    let (bus, changes, main_status) = match connected {
+        Ok(parts) => parts,
+        Err(source) => return Err(abort(sup, container, AgentError::Bus { job, source }).await),
+    };
+    let store = match open_store(&sup.state, &job, sup.settings.log_budget) {
+        Ok(store) => store,
+        Err(e) => return Err(abort(sup, container, e).await),
+    };
+    let shipper = JournalShipper::new(sup.state.job(&job_key(&job)).journal(), names, store);
+    let (logs_stop, logs_stop_rx) = watch::channel(false);
+    let (line_tx, lines) = mpsc::unbounded_channel();
+    let logs = tokio::spawn(async move {
+        let mut shipper = shipper;
+        shipper.follow(logs_stop_rx, Some(line_tx)).await
+    });
+    sup.on_main(main_status, true)?;
+    let started = if reattached {
+        None
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let bus = bus.clone();
+        let target = sup.target.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(bus.start_unit(&target).await);
+        });
+        Some(rx)
+    };
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let done = tokio::spawn(run(sup, container, bus, changes, control_rx, started, logs, logs_stop));
+    Ok(JobHandle {
+        job,
+        control,
+        state: state_rx,
+        events,
+        lines: Some(lines),
+        done,
+        reattached,
+    })
+}
+
+/// Kills the container after a failed launch and records the failure.
+async fn abort(mut sup: Supervisor, container: Container, error: AgentError) -> AgentError {
+    let _ = sup.feed(Input::ContainerStartFailed {
+        message: error.to_string(),
+    });
+    if !sup.terminal() {
+        let _ = sup.feed(Input::BusLost);
+    }
+    let killed = tokio::task::spawn_blocking(move || container.kill()).await;
+    sup.record.container = None;
+    let _ = write_record(&sup.state.job(&job_key(&sup.job)).record(), &sup.record);
+    match killed {
+        Ok(Ok(())) => error,
+        Ok(Err(cleanup)) => AgentError::Internal {
+            job: sup.job.clone(),
+            what: format!("{error}; cleaning up also failed: {cleanup}"),
+        },
+        Err(e) => AgentError::Internal {
+            job: sup.job.clone(),
+            what: format!("{error}; the cleanup task failed: {e}"),
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    mut sup: Supervisor,
+    container: Container,
+    bus: SystemdBus,
+    changes: UnitChanges,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    mut started: Option<oneshot::Receiver<Result<JobOutcome, BusError>>>,
+    logs: tokio::task::JoinHandle<Result<u64, crate::logs::LogError>>,
+    logs_stop: watch::Sender<bool>,
+) -> Result<TaskState, AgentError> {
+    let mut changes = Some(changes);
+    let mut deadline: Option<Instant> = None;
+    let mut liveness = tokio::time::interval(LIVENESS);
+    let mut stop_task: Option<tokio::task::JoinHandle<()>> = None;
+    while !sup.terminal() {
+        let wait_deadline = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let next_change = async {
+            match changes.as_mut() {
+                Some(stream) => stream.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let start_done = async {
+            match started.as_mut() {
+                Some(rx) => rx.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            change = next_change => match change {
+                Some(Ok(change)) => sup.on_change(change)?,
+                Some(Err(_)) | None => {
+                    changes = None;
+                    if container.is_running() {
+                        sup.feed(Input::BusLost)?;
+                    } else {
+                        sup.feed(Input::ContainerGone)?;
+                    }
+                }
+            },
+            outcome = start_done => {
+                started = None;
+                match outcome {
+                    Ok(Ok(JobOutcome::Done)) => {}
+                    Ok(Ok(other)) => {
+                        let failed = first_failed_prestart(&bus, &sup.prestart).await;
+                        let (unit, result) = failed.unwrap_or_else(|| (sup.target.clone(), ServiceResult::Other(format!("{other:?}"))));
+                        sup.feed(Input::PrestartFailed { unit, result })?;
+                    }
+                    Ok(Err(e)) => tracing::warn!(job = %sup.job, "starting the target: {e}"),
+                    Err(_) => {}
+                }
+            }
+            command = control.recv() => match command {
+                Some(Control::Stop) => {
+                    sup.feed(Input::StopRequested)?;
+                    if sup.record.lifecycle.state() == &TaskState::Stopping && stop_task.is_none() {
+                        deadline = lifecycle::stop_deadline(&sup.kill, sup.settings.stop_margin).map(|d| Instant::now() + d);
+                        let bus = bus.clone();
+                        let target = sup.target.clone();
+                        stop_task = Some(tokio::spawn(async move {
+                            if let Err(e) = bus.stop_unit(&target).await {
+                                tracing::warn!("stopping {target}: {e}");
+                            }
+                        }));
+                    }
+                }
+                None => {}
+            },
+            () = wait_deadline => {
+                deadline = None;
+                sup.feed(Input::StopDeadlinePassed)?;
+            }
+            _ = liveness.tick() => {
+                if !container.is_running() {
+                    sup.feed(Input::ContainerGone)?;
+                }
+            }
+        }
+    }
+    if let Some(task) = stop_task {
+        task.abort();
+    }
+    drop(bus);
+    // Power the container off (every unit stops by its own kill policy), then
+    // ship what journald wrote until the end, then forget the container.
+    let poweroff = sup.settings.poweroff_timeout;
+    let shutdown = tokio::task::spawn_blocking(move || container.shutdown(poweroff)).await;
+    let _ = logs_stop.send(true);
+    let shipped = logs.await;
+    sup.record.container = None;
+    write_record(&sup.state.job(&job_key(&sup.job)).record(), &sup.record)?;
+    match shutdown {
+        Ok(Ok(_)) => {}
+        Ok(Err(source)) => {
+            return Err(AgentError::Container {
+                job: sup.job.clone(),
+                source,
+            });
+        }
+        Err(e) => {
+            return Err(AgentError::Internal {
+                job: sup.job.clone(),
+                what: format!("the shutdown task failed: {e}"),
+            });
+        }
+    }
+    match shipped {
+        Ok(Ok(_)) => {}
+        Ok(Err(source)) => {
+            return Err(AgentError::Logs {
+                job: sup.job.clone(),
+                source,
+            });
+        }
+        Err(e) => {
+            return Err(AgentError::Internal {
+                job: sup.job.clone(),
+                what: format!("the log shipper task failed: {e}"),
+            });
+        }
+    }
+    Ok(sup.record.lifecycle.state().clone())
+}
+
+/// The first pre-start unit systemd reports failed, with its result.
+async fn first_failed_prestart(bus: &SystemdBus, prestart: &HashSet<String>) -> Option<(String, ServiceResult)> {
+    let mut names: Vec<&String> = prestart.iter().collect();
+    names.sort();
+    for unit in names {
+        if let Ok(status) = bus.unit_status(unit).await {
+            if status.active_state == ActiveState::Failed {
+                let result = status
+                    .service
+                    .as_ref()
+                    .map_or(ServiceResult::Other("failed".into()), |s| ServiceResult::parse(&s.result));
+                return Some((unit.clone(), result));
+            }
+        }
+    }
+    None
+}
