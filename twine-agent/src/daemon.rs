@@ -19,7 +19,9 @@
 //! answered with an error naming the problem and the connection stays usable.
 //! An `events` request turns the connection into a stream until the client
 //! hangs up. Events published after the `subscribed` line are never missed
-//! unless reported by a `lagged` line.
+//! unless reported by a `lagged` line. Subscribing to the events of a job the
+//! agent does not know is refused (a typo would otherwise wait forever);
+//! subscribe to all jobs to watch one come up.
 //!
 //! The server ([`serve`]) is generic over a [`Handler`], which the agent
 //! implements; [`Client`] is what `twine agent ctl` uses.

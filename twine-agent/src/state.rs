@@ -1,5 +1,6 @@
 //! The agent's state directory: its layout, the lock that keeps a second agent
-//! out, and the persisted records a restarted agent reattaches from.
+//! out ([`AgentLock`]), and the persisted records a restarted agent reattaches
+//! from ([`write_record`], [`read_record`]: JSON, replaced atomically).
 //!
 //! ```text
 //! STATE/lock                          flock(2), held by the running agent

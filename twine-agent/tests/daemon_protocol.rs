@@ -307,6 +307,32 @@ async fn the_socket_is_private_stale_ones_are_replaced_live_ones_refused() {
     assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_request_is_refused_and_the_connection_closed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (path, server) = start(tmp.path()).await;
+    within(async {
+        let mut client = Client::connect(&path).await.expect("connect");
+        let long = "x".repeat(twine_agent::daemon::MAX_REQUEST_LEN + 10);
+        // The server may hang up before reading it all; the write may fail.
+        let _ = client.send_raw(&long).await;
+        let response = client.read_response().await.expect("read");
+        assert_eq!(
+            response,
+            Some(Response::Error {
+                error: "request longer than 1048576 bytes".into()
+            })
+        );
+        assert_eq!(
+            client.read_response().await.expect("read"),
+            None,
+            "not closed"
+        );
+    })
+    .await;
+    server.abort();
+}
+
 #[test]
 fn requests_serialize_as_the_protocol_says() {
     let stop = Request::Stop { job: "web".into() };
