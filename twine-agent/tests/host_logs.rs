@@ -48,16 +48,34 @@ fn budget() -> StoreBudget {
 
 /// Boots a container whose `/var/log/journal` is `share/journal` (the harness
 /// binds only its share directory, so the bind happens inside, before
-/// journald is restarted with the twine drop-in). Returns the container and
-/// the host journal directory.
-fn boot_with_journal() -> Result<(nspawn::Container, PathBuf)> {
+/// journald is restarted with the twine drop-in). The journal files of
+/// earlier generations in `seed` are moved in first, as they would be in the
+/// job's journal directory. Returns the container and the host journal
+/// directory.
+fn boot_with_journal(
+    seed: Option<&Path>,
+    new_machine_id: bool,
+) -> Result<(nspawn::Container, PathBuf)> {
     let c = nspawn::Container::boot()?;
     let journal = c.share().join("journal");
     fs::create_dir(&journal)?;
+    if let Some(seed) = seed {
+        move_entries(seed, &journal)?;
+    }
     let (rel, contents) = journald_dropin();
     let dropin = c.host_path(&format!("/{rel}"));
     fs::create_dir_all(dropin.parent().context("drop-in parent")?)?;
     fs::write(&dropin, contents)?;
+    if new_machine_id {
+        // PID 1 mounted a tmpfs file over the empty /etc/machine-id; journald
+        // reads it when it starts.
+        let out = c.exec(&["sh", "-ec", "systemd-id128 new > /etc/machine-id"]);
+        ensure!(
+            out.status.success(),
+            "new machine id: {}",
+            nspawn::describe(&out)
+        );
+    }
     let out = c.exec(&[
         "sh",
         "-ec",
@@ -70,6 +88,20 @@ fn boot_with_journal() -> Result<(nspawn::Container, PathBuf)> {
         nspawn::describe(&out)
     );
     Ok((c, journal))
+}
+
+fn move_entries(from: &Path, to: &Path) -> Result<()> {
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        fs::rename(e.path(), to.join(e.file_name()))?;
+    }
+    Ok(())
+}
+
+fn machine_id(c: &nspawn::Container) -> String {
+    String::from_utf8_lossy(&c.exec(&["cat", "/etc/machine-id"]).stdout)
+        .trim()
+        .to_owned()
 }
 
 /// Runs a unit inside that prints `first..=last`, one number a line, and
@@ -150,7 +182,7 @@ fn a_burst_of_100k_lines_arrives_in_order_exactly_once() {
     if !usable() {
         return;
     }
-    let (c, journal) = boot_with_journal().unwrap();
+    let (c, journal) = boot_with_journal(None, false).unwrap();
     let work = tempfile::tempdir().unwrap();
     let store_dir = work.path().join("logs");
     let rt = runtime();
@@ -193,7 +225,11 @@ fn a_burst_of_100k_lines_arrives_in_order_exactly_once() {
     assert_eq!(shipped, BURST);
     let msgs: Vec<String> = forwarded.iter().map(|l| l.message.clone()).collect();
     assert_exactly(&msgs, 1, BURST);
-    assert_exactly(&stored_messages(&store_dir, "burst.service").unwrap(), 1, BURST);
+    assert_exactly(
+        &stored_messages(&store_dir, "burst.service").unwrap(),
+        1,
+        BURST,
+    );
     assert_eq!(shipper.store().stats().last_seq, BURST);
 
     // Shipping the finished journal from scratch: journalctl -> store alone.
@@ -231,9 +267,25 @@ fn stored_lines(store_dir: &Path) -> u64 {
     LogStore::read(store_dir, 1).map_or(0, |r| r.filter(Result::is_ok).count() as u64)
 }
 
+fn store_bytes(store_dir: &Path) -> u64 {
+    fs::read_dir(store_dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
 /// Starts the shipper in a child process and SIGKILLs it once it has stored
-/// some but not all lines (or when `total` is reached, which fails the test).
-fn ship_and_kill(journal: &Path, store_dir: &Path, unit: &str, total: u64) -> Result<u64> {
+/// more than `before` lines; fails unless it was killed before `total`.
+fn ship_and_kill(
+    journal: &Path,
+    store_dir: &Path,
+    unit: &str,
+    before: u64,
+    total: u64,
+) -> Result<u64> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["--exact", "shipper_child_process", "--nocapture"])
         .env(
@@ -241,11 +293,11 @@ fn ship_and_kill(journal: &Path, store_dir: &Path, unit: &str, total: u64) -> Re
             format!("{}\n{}\n{unit}", journal.display(), store_dir.display()),
         )
         .spawn()?;
+    // Watch the size (cheap), not the line count, so the kill lands early.
+    let bytes_before = store_bytes(store_dir);
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = 0;
     while Instant::now() < deadline {
-        seen = stored_lines(store_dir);
-        if seen > 0 {
+        if store_bytes(store_dir) > bytes_before + 4096 {
             break;
         }
         if let Some(status) = child.try_wait()? {
@@ -257,65 +309,61 @@ fn ship_and_kill(journal: &Path, store_dir: &Path, unit: &str, total: u64) -> Re
     child.wait()?;
     let after = stored_lines(store_dir);
     ensure!(
-        seen > 0 && after < total,
-        "the shipper was killed too late to test anything: {after} of {total} stored"
+        after > before && after < total,
+        "the shipper was not killed half-way: {after} of {before}..{total} stored"
     );
     Ok(after)
 }
 
 #[test]
-fn sigkill_and_a_new_container_generation_lose_and_duplicate_nothing() {
+fn sigkill_and_container_generations_lose_and_duplicate_nothing() {
     if !usable() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
     let job_journal = work.path().join("journal");
     let store_dir = work.path().join("logs");
-    fs::create_dir(&job_journal).unwrap();
     let rt = runtime();
+    let mut ids = Vec::new();
+    let mut last = 0;
+    // Generation 2 keeps the machine id (journald continues the same files),
+    // generation 3 gets a new one (a second subdirectory).
+    for (generation, new_machine_id) in [(1, false), (2, false), (3, true)] {
+        let seed = (generation > 1).then_some(job_journal.as_path());
+        let (c, journal) = boot_with_journal(seed, new_machine_id).unwrap();
+        ids.push(machine_id(&c));
+        let before = last;
+        last += BURST;
+        burst(&c, "burst", before + 1, last).unwrap();
+        // journalctl --directory reads every machine-id subdirectory.
+        assert_eq!(journal_count(&journal, "burst.service").unwrap(), last);
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(fs::read_dir(&journal).unwrap().count(), distinct.len());
 
-    // Generation 1: a burst, a shipper killed half-way, a new shipper.
-    let (c1, journal1) = boot_with_journal().unwrap();
-    burst(&c1, "burst", 1, BURST).unwrap();
-    let killed_at = ship_and_kill(&journal1, &store_dir, "burst.service", BURST).unwrap();
-    eprintln!("shipper SIGKILLed with {killed_at} of {BURST} lines stored");
-    let store = LogStore::open(&store_dir, budget()).unwrap();
-    assert_eq!(store.stats().last_seq, killed_at);
-    let mut shipper = JournalShipper::new(journal1.clone(), vec!["burst.service".into()], store);
-    assert_eq!(rt.block_on(shipper.drain()).unwrap(), BURST - killed_at);
-    assert_exactly(&stored_messages(&store_dir, "burst.service").unwrap(), 1, BURST);
-    drop(shipper);
+        let killed_at = ship_and_kill(&journal, &store_dir, "burst.service", before, last).unwrap();
+        eprintln!(
+            "generation {generation} (machine id {}): shipper SIGKILLed with {killed_at} of {last} lines stored",
+            ids[generation - 1]
+        );
+        let store = LogStore::open(&store_dir, budget()).unwrap();
+        assert_eq!(store.stats().last_seq, killed_at);
+        let mut shipper = JournalShipper::new(journal.clone(), vec!["burst.service".into()], store);
+        assert_eq!(rt.block_on(shipper.drain()).unwrap(), last - killed_at);
+        assert_exactly(
+            &stored_messages(&store_dir, "burst.service").unwrap(),
+            1,
+            last,
+        );
+        assert_eq!(rt.block_on(shipper.drain()).unwrap(), 0);
+        drop(shipper);
 
-    // The container stops; its journal stays on the host (moved out of the
-    // harness's share directory, which the harness removes).
-    for e in fs::read_dir(&journal1).unwrap() {
-        let e = e.unwrap();
-        fs::rename(e.path(), job_journal.join(e.file_name())).unwrap();
+        // The job's journal directory outlives the container: move it out of
+        // the harness's share directory (removed on drop); the bind mount
+        // inside follows the directory, so journald closes its files into it.
+        fs::rename(&journal, &job_journal).unwrap();
+        drop(c);
     }
-    drop(c1);
-
-    // Generation 2: a new machine id, so a second subdirectory.
-    let (c2, journal2) = boot_with_journal().unwrap();
-    for e in fs::read_dir(&job_journal).unwrap() {
-        let e = e.unwrap();
-        fs::rename(e.path(), journal2.join(e.file_name())).unwrap();
-    }
-    burst(&c2, "burst", BURST + 1, 2 * BURST).unwrap();
-    let machines: Vec<_> = fs::read_dir(&journal2).unwrap().collect();
-    assert_eq!(machines.len(), 2, "one subdirectory per machine id");
-    // journalctl --directory reads both subdirectories.
-    assert_eq!(journal_count(&journal2, "burst.service").unwrap(), 2 * BURST);
-
-    let killed_at = ship_and_kill(&journal2, &store_dir, "burst.service", 2 * BURST).unwrap();
-    let store = LogStore::open(&store_dir, budget()).unwrap();
-    assert_eq!(store.stats().last_seq, killed_at);
-    let mut shipper = JournalShipper::new(journal2.clone(), vec!["burst.service".into()], store);
-    rt.block_on(shipper.drain()).unwrap();
-    assert_exactly(
-        &stored_messages(&store_dir, "burst.service").unwrap(),
-        1,
-        2 * BURST,
-    );
-    assert_eq!(rt.block_on(shipper.drain()).unwrap(), 0);
-    drop(c2);
+    assert_ne!(ids[1], ids[2]);
 }
