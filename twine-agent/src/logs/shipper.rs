@@ -138,7 +138,8 @@ impl JournalShipper {
         for entry in entries {
             let entry = entry.map_err(|e| LogError::io("listing", dir, e))?;
             let path = entry.path();
-            let meta = std::fs::metadata(&path).map_err(|e| LogError::io("inspecting", &path, e))?;
+            let meta =
+                std::fs::metadata(&path).map_err(|e| LogError::io("inspecting", &path, e))?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
@@ -409,7 +410,9 @@ impl<'de> Deserialize<'de> for ByteOrField {
                     .map_err(|_| E::custom(format!("{v} is not a byte")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteOrField, E> {
-                FieldVisitor.visit_str(v).map(|s| ByteOrField::Field(Field(s)))
+                FieldVisitor
+                    .visit_str(v)
+                    .map(|s| ByteOrField::Field(Field(s)))
             }
             fn visit_unit<E: de::Error>(self) -> Result<ByteOrField, E> {
                 Ok(ByteOrField::Field(Field::default()))
@@ -470,6 +473,12 @@ mod tests {
     fn rejects_entries_without_cursor_or_with_bad_timestamps() {
         assert!(parse_entry(br#"{"__REALTIME_TIMESTAMP":"1","MESSAGE":"x"}"#, "m").is_err());
         assert!(parse_entry(br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"x"}"#, "m").is_err());
-        assert!(parse_entry(br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"1","MESSAGE":[300]}"#, "m").is_err());
+        assert!(
+            parse_entry(
+                br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"1","MESSAGE":[300]}"#,
+                "m"
+            )
+            .is_err()
+        );
     }
 }

@@ -480,7 +480,11 @@ impl LogStore {
                 .set_len(old_len)
                 .and_then(|()| self.file.sync_data())
             {
-                return Err(LogError::io("truncating a failed append of", path.clone(), e));
+                return Err(LogError::io(
+                    "truncating a failed append of",
+                    path.clone(),
+                    e,
+                ));
             }
             return Err(err);
         }
@@ -631,7 +635,8 @@ fn create_segment(
 pub struct LogReader {
     dir: PathBuf,
     next_seq: u64,
-    current: Option<(BufReader<File>, PathBuf)>,
+    /// The open segment: reader, path, first sequence number.
+    current: Option<(BufReader<File>, PathBuf, u64)>,
     /// A record read without its newline yet (the writer is mid-append).
     pending: Vec<u8>,
     skipped: u64,
@@ -679,17 +684,17 @@ impl LogReader {
             return Ok(false);
         }
         parse_header(&head[..head.len() - 1], path)?;
-        self.current = Some((reader, path.clone()));
+        self.current = Some((reader, path.clone(), *first));
         self.pending.clear();
         Ok(true)
     }
 
-    /// Whether a segment starting exactly at `next_seq` exists (the current
-    /// one is then complete).
-    fn next_segment_exists(&self) -> Result<bool, LogError> {
+    /// Whether a segment newer than the one starting at `current_first`
+    /// starts exactly at `next_seq` (the current one is then complete).
+    fn next_segment_exists(&self, current_first: u64) -> Result<bool, LogError> {
         Ok(list_segments(&self.dir)?
             .iter()
-            .any(|(first, _)| *first == self.next_seq))
+            .any(|(first, _)| *first == self.next_seq && *first > current_first))
     }
 
     fn next_line(&mut self) -> Result<Option<LogLine>, LogError> {
@@ -697,17 +702,17 @@ impl LogReader {
             return Ok(None);
         }
         loop {
-            let Some((reader, path)) = self.current.as_mut() else {
+            let Some((reader, path, current_first)) = self.current.as_mut() else {
                 return Ok(None);
             };
-            let path = path.clone();
+            let (path, current_first) = (path.clone(), *current_first);
             reader
                 .read_until(b'\n', &mut self.pending)
                 .map_err(|e| LogError::io("reading", &path, e))?;
             if !self.pending.ends_with(b"\n") {
                 // The end of this segment for now: move on if a newer one
                 // starts where we are, else wait for the writer.
-                if self.pending.is_empty() && self.next_segment_exists()? {
+                if self.pending.is_empty() && self.next_segment_exists(current_first)? {
                     self.current = None;
                     if !self.open_segment()? {
                         return Ok(None);
