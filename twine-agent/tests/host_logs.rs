@@ -245,7 +245,34 @@ fn a_burst_of_100k_lines_arrives_in_order_exactly_once() {
     assert_eq!(n, BURST);
     // A second drain finds nothing new.
     assert_eq!(rt.block_on(again.drain()).unwrap(), 0);
+    compare_output_formats(&journal);
     drop(c);
+}
+
+/// Prints how long journalctl takes to print the burst in each candidate
+/// output format (the shipper uses the first); informative, not asserted.
+fn compare_output_formats(journal: &Path) {
+    for args in [
+        &["-o", "json", "--output-fields=MESSAGE,_SYSTEMD_UNIT"][..],
+        &["-o", "json"][..],
+        &["-o", "export"][..],
+        &["-o", "export", "--output-fields=MESSAGE,_SYSTEMD_UNIT"][..],
+    ] {
+        let t = Instant::now();
+        let out = Command::new("journalctl")
+            .arg(format!("--directory={}", journal.display()))
+            .args(["--all", "--no-pager", "-q", "_SYSTEMD_UNIT=burst.service"])
+            .args(args)
+            .output()
+            .unwrap();
+        let took = t.elapsed();
+        assert!(out.status.success());
+        eprintln!(
+            "journalctl {args:?}: {BURST} entries, {} bytes, {took:?} ({:.0} entries/s)",
+            out.stdout.len(),
+            BURST as f64 / took.as_secs_f64()
+        );
+    }
 }
 
 /// Not a test on its own: the shipper process that the SIGKILL test starts
