@@ -1,0 +1,280 @@
+//! Reaching a container's systemd: the socket connected from inside the
+//! container's PID namespace, the SASL `EXTERNAL` handshake done by hand, and
+//! the stream handed to zbus as an already authenticated socket.
+//!
+//! Why each step (all seen against systemd 252 in an nspawn container):
+//! * systemd refuses a private-socket connection whose peer PID it cannot see
+//!   ("Incoming private connection from unprivileged client, refusing: No data
+//!   available": `getpeercred()` yields `ENODATA` for PID 0, which is what
+//!   `SO_PEERCRED` reports for a peer outside its PID namespace). So the
+//!   `connect(2)` is made by a short-lived grandchild that has joined the
+//!   container's PID namespace; the socket itself was created by the caller and
+//!   stays with it, and `SO_PEERCRED` keeps the credentials of the process
+//!   that connected.
+//! * This workspace builds zbus without its `p2p` feature, so every zbus
+//!   connection counts as a bus connection: zbus's own handshake would send
+//!   `Hello`, which systemd answers by dropping the connection (there is no bus
+//!   daemon). The handshake here sends only `AUTH EXTERNAL <uid>` and `BEGIN`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sched::{CloneFlags, setns};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+use std::os::fd::AsRawFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use zbus::connection::socket::{ReadHalf, Socket, Split, WriteHalf};
+
+use super::BusError;
+
+/// How long the SASL handshake may take once connected.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest line the server may answer in the handshake.
+const MAX_AUTH_LINE: usize = 512;
+
+/// Child exit codes that are not an errno of `connect(2)` (errnos stay below 200).
+const EXIT_SETNS_FAILED: i32 = 254;
+const EXIT_FORK_FAILED: i32 = 253;
+const EXIT_GRANDCHILD_LOST: i32 = 252;
+
+/// Connects to `socket` from the caller's own process.
+pub(super) async fn connect_direct(socket: &Path) -> Result<UnixStream, BusError> {
+    UnixStream::connect(socket)
+        .await
+        .map_err(|source| BusError::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })
+}
+
+/// Connects to `socket` from a process in the PID namespace `pid_ns` (a
+/// `/proc/PID/ns/pid` file), so that the listener can see the peer's PID.
+pub(super) async fn connect_from_namespace(
+    socket: &Path,
+    pid_ns: &Path,
+) -> Result<UnixStream, BusError> {
+    let ns = File::open(pid_ns).map_err(|source| BusError::Namespace {
+        path: pid_ns.to_path_buf(),
+        source,
+    })?;
+    let addr = UnixAddr::new(socket).map_err(|e| BusError::Connect {
+        path: socket.to_path_buf(),
+        source: e.into(),
+    })?;
+    let fd = socket_fd().map_err(|source| BusError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    let path = socket.to_path_buf();
+    let joined = tokio::task::spawn_blocking(move || connect_via_grandchild(&ns, fd, &addr)).await;
+    let fd = match joined {
+        Ok(result) => result.map_err(|source| BusError::Connect {
+            path: path.clone(),
+            source,
+        })?,
+        Err(e) => {
+            return Err(BusError::Connect {
+                path,
+                source: io::Error::other(format!("the connecting task failed: {e}")),
+            });
+        }
+    };
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    std_stream
+        .set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(std_stream))
+        .map_err(|source| BusError::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })
+}
+
+fn socket_fd() -> io::Result<OwnedFd> {
+    socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Forks a child that joins `ns` and forks again (joining a PID namespace only
+/// applies to children); the grandchild connects `fd` to `addr`. Returns `fd`,
+/// connected, or the grandchild's `connect(2)` error.
+#[allow(unsafe_code)]
+fn connect_via_grandchild(ns: &File, fd: OwnedFd, addr: &UnixAddr) -> io::Result<OwnedFd> {
+    // SAFETY: the child runs only async-signal-safe system calls (setns, fork,
+    // connect, waitpid, _exit) on values prepared before the fork; it allocates
+    // nothing, takes no lock and never returns into Rust code that could.
+    match unsafe { fork() }.map_err(io::Error::from)? {
+        ForkResult::Child => exit_now(in_child(ns, &fd, addr)),
+        ForkResult::Parent { child } => match wait(child)? {
+            WaitStatus::Exited(_, 0) => Ok(fd),
+            WaitStatus::Exited(_, EXIT_SETNS_FAILED) => Err(io::Error::other(
+                "could not join the container's PID namespace (setns)",
+            )),
+            WaitStatus::Exited(_, EXIT_FORK_FAILED) => Err(io::Error::other(
+                "could not fork inside the container's PID namespace",
+            )),
+            WaitStatus::Exited(_, code) if code < EXIT_GRANDCHILD_LOST => {
+                Err(io::Error::from_raw_os_error(code))
+            }
+            other => Err(io::Error::other(format!(
+                "the connecting child ended unexpectedly: {other:?}"
+            ))),
+        },
+    }
+}
+
+/// Runs in the forked child; returns its exit code.
+#[allow(unsafe_code)]
+fn in_child(ns: &File, fd: &OwnedFd, addr: &UnixAddr) -> i32 {
+    if setns(ns, CloneFlags::CLONE_NEWPID).is_err() {
+        return EXIT_SETNS_FAILED;
+    }
+    // SAFETY: as for the first fork; this process is single-threaded anyway.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => exit_now(match connect(fd.as_raw_fd(), addr) {
+            Ok(()) => 0,
+            Err(errno) => errno as i32,
+        }),
+        Ok(ForkResult::Parent { child }) => match wait(child) {
+            Ok(WaitStatus::Exited(_, code)) => code,
+            _ => EXIT_GRANDCHILD_LOST,
+        },
+        Err(_) => EXIT_FORK_FAILED,
+    }
+}
+
+/// Ends the forked process without running exit handlers or destructors.
+#[allow(unsafe_code)]
+fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit(2)` is async-signal-safe and takes no pointers.
+    unsafe { nix::libc::_exit(code) }
+}
+
+fn wait(child: Pid) -> io::Result<WaitStatus> {
+    loop {
+        match waitpid(child, None) {
+            Err(Errno::EINTR) => {}
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// The client side of SASL `EXTERNAL` without `Hello`; returns the server GUID.
+pub(super) async fn authenticate(
+    stream: &mut UnixStream,
+    socket: &Path,
+) -> Result<String, BusError> {
+    let handshake = async {
+        let uid = nix::unistd::geteuid().as_raw().to_string();
+        let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+        stream
+            .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
+            .await
+            .map_err(|e| format!("sending AUTH: {e}"))?;
+        let line = read_line(stream).await?;
+        let guid = match line.strip_prefix("OK ") {
+            Some(guid) => guid.trim().to_owned(),
+            None => {
+                return Err(format!(
+                    "EXTERNAL authentication as uid {uid} refused: {line:?}"
+                ));
+            }
+        };
+        stream
+            .write_all(b"BEGIN\r\n")
+            .await
+            .map_err(|e| format!("sending BEGIN: {e}"))?;
+        Ok(guid)
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(guid)) => Ok(guid),
+        Ok(Err(reason)) => Err(BusError::Handshake {
+            path: socket.to_path_buf(),
+            reason,
+        }),
+        Err(_) => Err(BusError::Handshake {
+            path: socket.to_path_buf(),
+            reason: format!("no answer within {HANDSHAKE_TIMEOUT:?}"),
+        }),
+    }
+}
+
+/// Reads one `\r\n`-terminated line byte by byte, so nothing after it is consumed.
+async fn read_line(stream: &mut UnixStream) -> Result<String, String> {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        if line.len() > MAX_AUTH_LINE {
+            return Err("over-long answer to AUTH".into());
+        }
+        let byte = stream
+            .read_u8()
+            .await
+            .map_err(|e| format!("reading the answer to AUTH: {e}"))?;
+        line.push(byte);
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).map_err(|e| format!("answer to AUTH is not UTF-8: {e}"))
+}
+
+/// An authenticated stream, for `zbus::connection::Builder::authenticated_socket`.
+#[derive(Debug)]
+pub(super) struct PeerStream(pub(super) UnixStream);
+
+impl Socket for PeerStream {
+    type ReadHalf = PeerReader;
+    type WriteHalf = PeerWriter;
+
+    fn split(self) -> Split<PeerReader, PeerWriter> {
+        let (read, write) = self.0.into_split();
+        Split::new(PeerReader(read), PeerWriter(write))
+    }
+}
+
+/// The receiving half of a [`PeerStream`]; passes no file descriptors.
+#[derive(Debug)]
+pub(super) struct PeerReader(OwnedReadHalf);
+
+#[zbus::export::async_trait::async_trait]
+impl ReadHalf for PeerReader {
+    async fn recvmsg(&mut self, buffer: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+        let read = self.0.read(buffer).await?;
+        Ok((read, Vec::new()))
+    }
+}
+
+/// The sending half of a [`PeerStream`].
+#[derive(Debug)]
+pub(super) struct PeerWriter(OwnedWriteHalf);
+
+#[zbus::export::async_trait::async_trait]
+impl WriteHalf for PeerWriter {
+    async fn sendmsg(&mut self, buffer: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        if !fds.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "this connection does not pass file descriptors",
+            ));
+        }
+        self.0.write(buffer).await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().await
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        self.0.shutdown().await
+    }
+}
