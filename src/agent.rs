@@ -155,7 +155,9 @@ pub(crate) fn agent(command: AgentCommand) -> ExitCode {
     let result = match command {
         AgentCommand::Run(args) => return run(&args),
         AgentCommand::Logs(args) => logs(&args),
-        AgentCommand::Daemon(args) => crate::agent_daemon::daemon(&args.state_dir, &args.socket, &args.rootfs),
+        AgentCommand::Daemon(args) => {
+            crate::agent_daemon::daemon(&args.state_dir, &args.socket, &args.rootfs)
+        }
         AgentCommand::Ctl(args) => crate::agent_daemon::ctl(&args.socket, args.op),
         AgentCommand::Renew(args) => renew(&args),
     };
@@ -242,8 +244,10 @@ fn run(args: &RunArgs) -> ExitCode {
         };
         settings.ready_timeout = Duration::from_secs(args.ready_timeout);
         let agent = Agent::open(StateDir::new(&args.state_dir), settings).map_err(problem)?;
-        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| problem(format!("SIGINT handler: {e}")))?;
-        let mut sigterm = signal(SignalKind::terminate()).map_err(|e| problem(format!("SIGTERM handler: {e}")))?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).map_err(|e| problem(format!("SIGINT handler: {e}")))?;
+        let mut sigterm = signal(SignalKind::terminate())
+            .map_err(|e| problem(format!("SIGTERM handler: {e}")))?;
         let mut handle = agent.run(spec).await.map_err(problem)?;
         if handle.reattached() {
             eprintln!("twine agent: job {job} was running; reattached without restarting it");
@@ -299,9 +303,10 @@ fn logs(args: &LogsArgs) -> Result<(), Problems> {
     }
     let mut next = 1;
     loop {
-        let running = twine_agent::state::read_record::<twine_agent::agent::JobRecord>(&record_path)
-            .map_err(problem)?
-            .is_some_and(|r| r.container.is_some());
+        let running =
+            twine_agent::state::read_record::<twine_agent::agent::JobRecord>(&record_path)
+                .map_err(problem)?
+                .is_some_and(|r| r.container.is_some());
         if dir.exists() {
             let reader = LogStore::read(&dir, next).map_err(problem)?;
             for line in reader {
@@ -328,7 +333,10 @@ fn renew(args: &RenewArgs) -> Result<(), Problems> {
         let bytes = std::fs::read(path).map_err(|e| problem(format!("{path}: {e}")))?;
         files.push((name.to_owned(), bytes));
     }
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
     let state = StateDir::new(&args.state_dir);
     let dirs = state.job(&twine_agent::agent::job_key(&args.job));
     if !dirs.root().exists() {

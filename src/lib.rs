@@ -9,9 +9,12 @@
 //! | `sched` (default) | [`twine_sched`] | the allocator: entitlements, constraints, bin packing |
 //! | `oomd` (default) | [`twine_oomd`] | Senpai-style memory resizer and oomd-style kill policies |
 //! | `profiles` (default) | [`twine_profiles`] | host profiles planned, applied, verified and rolled back |
+//! | `agent` (default) | [`twine_agent`] | the host agent: containers with systemd as PID 1, logs, reattach |
 //!
 //! The `twine` binary is the command-line face of the same crates.
 
+#[cfg(feature = "agent")]
+pub use twine_agent as agent;
 #[cfg(feature = "oomd")]
 pub use twine_oomd as oomd;
 #[cfg(feature = "profiles")]

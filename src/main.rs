@@ -20,6 +20,8 @@ macro_rules! say {
         }
     }};
 }
+mod agent;
+mod agent_daemon;
 mod oomd;
 mod profile;
 
@@ -76,6 +78,12 @@ enum Command {
         #[command(subcommand)]
         command: profile::ProfileCommand,
     },
+    /// The host agent: run jobs in containers with systemd as PID 1, keep their logs,
+    /// reattach after a restart; a daemon on a Unix socket and its client.
+    Agent {
+        #[command(subcommand)]
+        command: agent::AgentCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +101,7 @@ fn main() -> ExitCode {
         Command::Check { specs } => check(&specs),
         Command::Oomd { command } => oomd::oomd(command),
         Command::Profile { command } => profile::profile(command),
+        Command::Agent { command } => return agent::agent(command),
         Command::Place(args) => place::place(&args).map(|lines| {
             for line in lines {
                 say!("{line}");

@@ -259,10 +259,14 @@ impl Agent {
         let previous: Option<JobRecord> = read_record(&dirs.record())?;
         let mut generation = 1;
         if let Some(previous) = previous {
-            generation = previous.generation.checked_add(1).ok_or_else(|| AgentError::Internal {
-                job: name.clone(),
-                what: "the container generation counter is exhausted".into(),
-            })?;
+            generation =
+                previous
+                    .generation
+                    .checked_add(1)
+                    .ok_or_else(|| AgentError::Internal {
+                        job: name.clone(),
+                        what: "the container generation counter is exhausted".into(),
+                    })?;
             if let Some(container) = previous.container.clone() {
                 match Container::reattach(container.clone()) {
                     Ok(running) if previous.spec == spec => {
@@ -270,7 +274,11 @@ impl Agent {
                     }
                     Ok(running) => {
                         // An update: the old container goes, the new one starts fresh.
-                        let handle = self.attach(previous, running, units.clone()).await?;
+                        let old_units = previous.units().map_err(|message| AgentError::Spec {
+                            job: name.clone(),
+                            message,
+                        })?;
+                        let handle = self.attach(previous, running, old_units).await?;
                         handle.stop();
                         handle.wait().await?;
                     }
@@ -312,9 +320,11 @@ impl Agent {
                     let mut record = record;
                     let _ = record.lifecycle.apply(Input::ContainerGone);
                     record.container = None;
-                    Container::clean_up_record(&container).map_err(|source| AgentError::Container {
-                        job: name.clone(),
-                        source,
+                    Container::clean_up_record(&container).map_err(|source| {
+                        AgentError::Container {
+                            job: name.clone(),
+                            source,
+                        }
                     })?;
                     write_record(&self.state.job(&key).record(), &record)?;
                 }
@@ -341,16 +351,27 @@ impl Agent {
             })
     }
 
-    async fn start_fresh(&self, spec: JobSpec, units: UnitSet, generation: u64) -> Result<JobHandle, AgentError> {
+    async fn start_fresh(
+        &self,
+        spec: JobSpec,
+        units: UnitSet,
+        generation: u64,
+    ) -> Result<JobHandle, AgentError> {
         let name = spec.name.clone();
         let key = job_key(&name);
         let dirs = self.state.job(&key);
-        for dir in [dirs.journal(), dirs.identity(), dirs.root().join("containers")] {
-            std::fs::create_dir_all(&dir).map_err(|e| AgentError::State(StateError::Io {
-                what: "creating the job's directories",
-                path: dir.clone(),
-                source: e,
-            }))?;
+        for dir in [
+            dirs.journal(),
+            dirs.identity(),
+            dirs.root().join("containers"),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                AgentError::State(StateError::Io {
+                    action: "creating the job's directories".into(),
+                    path: dir.clone(),
+                    source: e,
+                })
+            })?;
         }
         let mut record = JobRecord::new(spec, generation);
         write_record(&dirs.record(), &record)?;
@@ -374,11 +395,32 @@ impl Agent {
         let _ = record.lifecycle.apply(Input::ContainerStarted);
         record.container = Some(container.record().clone());
         write_record(&dirs.record(), &record)?;
-        supervise::launch(self.state.clone(), Arc::clone(&self.settings), record, container, units, false).await
+        supervise::launch(
+            self.state.clone(),
+            Arc::clone(&self.settings),
+            record,
+            container,
+            units,
+            false,
+        )
+        .await
     }
 
-    async fn attach(&self, record: JobRecord, container: Container, units: UnitSet) -> Result<JobHandle, AgentError> {
-        supervise::launch(self.state.clone(), Arc::clone(&self.settings), record, container, units, true).await
+    async fn attach(
+        &self,
+        record: JobRecord,
+        container: Container,
+        units: UnitSet,
+    ) -> Result<JobHandle, AgentError> {
+        supervise::launch(
+            self.state.clone(),
+            Arc::clone(&self.settings),
+            record,
+            container,
+            units,
+            true,
+        )
+        .await
     }
 }
 
@@ -389,7 +431,11 @@ pub fn log_dir(state: &StateDir, job: &str) -> PathBuf {
 }
 
 /// Opens the log store of a job for appending.
-pub(crate) fn open_store(state: &StateDir, job: &str, budget: StoreBudget) -> Result<LogStore, AgentError> {
+pub(crate) fn open_store(
+    state: &StateDir,
+    job: &str,
+    budget: StoreBudget,
+) -> Result<LogStore, AgentError> {
     LogStore::open(&log_dir(state, job), budget).map_err(|source| AgentError::Logs {
         job: job.to_owned(),
         source,

@@ -257,6 +257,14 @@ pub enum ContainerError {
         /// Its recorded pid.
         pid: i32,
     },
+    /// The container still runs where it was expected to be gone.
+    #[error("container {name} (pid {pid}) is still running")]
+    StillRunning {
+        /// The container.
+        name: String,
+        /// Its PID 1.
+        pid: i32,
+    },
     /// Cleanup after another failure failed too; both are reported.
     #[error("{first}; cleaning up also failed: {cleanup}")]
     CleanupFailed {
@@ -606,6 +614,23 @@ impl Container {
         };
         clean_up(&self.record.cgroup, &self.record.scratch, KILL_DEADLINE)?;
         Ok(how)
+    }
+
+    /// Removes what a container left behind when it is no longer running
+    /// (found dead at reattach): any stray process of its cgroup, the cgroup
+    /// and the scratch directory. Refuses while its PID 1 still runs.
+    pub fn clean_up_record(record: &ContainerRecord) -> Result<(), ContainerError> {
+        let probe = Container {
+            record: record.clone(),
+            console_stop: None,
+        };
+        if probe.is_running() {
+            return Err(ContainerError::StillRunning {
+                name: record.name.clone(),
+                pid: record.pid,
+            });
+        }
+        clean_up(&record.cgroup, &record.scratch, KILL_DEADLINE)
     }
 
     /// Kills everything at once through `cgroup.kill` and cleans up.

@@ -91,7 +91,10 @@ fn boots_systemd_as_pid1_with_the_container_interface_and_cleans_up() {
         Vec::<String>::new()
     );
 
-    let how = guard.take().shutdown(Duration::from_secs(20)).expect("shutdown");
+    let how = guard
+        .take()
+        .shutdown(Duration::from_secs(20))
+        .expect("shutdown");
     assert_eq!(how, Shutdown::Clean);
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists()
@@ -125,7 +128,10 @@ fn a_container_that_ignores_poweroff_is_killed_at_the_deadline() {
     });
     let guard = realsys::Guard::new(Container::start(&cfg).expect("container boots"));
     let cgroup = guard.get().record().cgroup.clone();
-    let how = guard.take().shutdown(Duration::from_millis(500)).expect("shutdown");
+    let how = guard
+        .take()
+        .shutdown(Duration::from_millis(500))
+        .expect("shutdown");
     assert_eq!(how, Shutdown::Killed);
     assert!(!cgroup.exists());
     assert!(!cfg.scratch.exists());

@@ -39,14 +39,20 @@ pub fn job_key(job: &str) -> String {
 pub(crate) fn container_name(key: &str, generation: u64) -> String {
     let clean: String = key
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(32)
         .collect();
     // FNV-1a: a stable, dependency-free 64-bit hash; collisions only cost a
     // refused start (the cgroup exists), never a mix-up.
-    let hash = key
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     format!("{clean}-{:08x}-{generation}", hash >> 32)
 }
 
@@ -103,10 +109,15 @@ mod tests {
 
     #[test]
     fn job_keys_are_one_component_and_injective() {
-        let names = ["web", "web/a", "web%2Fa", ".hidden", "a b", "ü", "a.b", "-x"];
+        let names = [
+            "web", "web/a", "web%2Fa", ".hidden", "a b", "ü", "a.b", "-x",
+        ];
         let keys: Vec<String> = names.iter().map(|n| job_key(n)).collect();
         for (name, key) in names.iter().zip(&keys) {
-            assert!(!key.contains('/') && !key.starts_with('.') && !key.is_empty(), "{name} -> {key}");
+            assert!(
+                !key.contains('/') && !key.starts_with('.') && !key.is_empty(),
+                "{name} -> {key}"
+            );
         }
         let mut unique = keys.clone();
         unique.sort();
@@ -120,7 +131,11 @@ mod tests {
         for key in ["web", "%2Fweird%20name", &"x".repeat(200)] {
             let name = container_name(key, 7);
             assert!(name.len() <= 64, "{name}");
-            assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')), "{name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')),
+                "{name}"
+            );
             assert!(name.ends_with("-7"));
         }
         assert_ne!(container_name("a_b", 1), container_name("a%20b", 1));

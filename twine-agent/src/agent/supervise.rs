@@ -20,7 +20,8 @@ use crate::lifecycle::{self, Event, Input, MainExit, ServiceResult, TaskState};
 use crate::logs::JournalShipper;
 use crate::state::{StateDir, write_record};
 use crate::systemd::{
-    ActiveState, BusEndpoint, BusError, ExecMain, JobOutcome, SystemdBus, UnitChange, UnitChanges, UnitStatus,
+    ActiveState, BusEndpoint, BusError, ExecMain, JobOutcome, SystemdBus, UnitChange, UnitChanges,
+    UnitStatus,
 };
 
 use super::{AgentError, AgentSettings, Control, JobHandle, JobRecord, job_key, open_store};
@@ -54,7 +55,8 @@ impl Supervisor {
                     return Ok(());
                 }
                 write_record(&self.state.job(&job_key(&self.job)).record(), &self.record)?;
-                self.state_tx.send_replace(self.record.lifecycle.state().clone());
+                self.state_tx
+                    .send_replace(self.record.lifecycle.state().clone());
                 for event in events {
                     let _ = self.events.send(event);
                 }
@@ -86,7 +88,8 @@ impl Supervisor {
         })?;
         if change.unit == self.main {
             self.on_main(status, false)?;
-        } else if self.prestart.contains(&change.unit) && status.active_state == ActiveState::Failed {
+        } else if self.prestart.contains(&change.unit) && status.active_state == ActiveState::Failed
+        {
             self.feed(Input::PrestartFailed {
                 unit: change.unit,
                 result,
@@ -99,7 +102,8 @@ impl Supervisor {
     fn on_main(&mut self, status: UnitStatus, initial: bool) -> Result<(), AgentError> {
         let previous = self.last_main.replace(status.clone());
         let was_down = previous.as_ref().is_none_or(|p| {
-            matches!(p.active_state, ActiveState::Inactive | ActiveState::Failed) && p.sub_state != "auto-restart"
+            matches!(p.active_state, ActiveState::Inactive | ActiveState::Failed)
+                && p.sub_state != "auto-restart"
         });
         let Some(service) = status.service.as_ref() else {
             return Ok(());
@@ -107,12 +111,16 @@ impl Supervisor {
         let exit = match service.exec_main {
             ExecMain::NotExited => None,
             ExecMain::Exited(code) => Some(MainExit::Code { code }),
-            ExecMain::Killed(signal) | ExecMain::Dumped(signal) => Some(MainExit::Signal { signal }),
+            ExecMain::Killed(signal) | ExecMain::Dumped(signal) => {
+                Some(MainExit::Signal { signal })
+            }
             ExecMain::Other { status, .. } => Some(MainExit::Code { code: status }),
         };
         let result = ServiceResult::parse(&service.result);
         let restarting = status.sub_state == "auto-restart";
-        let was_restarting = previous.as_ref().is_some_and(|p| p.sub_state == "auto-restart");
+        let was_restarting = previous
+            .as_ref()
+            .is_some_and(|p| p.sub_state == "auto-restart");
         if status.active_state == ActiveState::Active {
             if self.record.lifecycle.state() == &TaskState::Starting {
                 self.feed(Input::Ready)?;
@@ -126,8 +134,11 @@ impl Supervisor {
                     n_restarts: service.n_restarts,
                 })?;
             }
-        } else if matches!(status.active_state, ActiveState::Inactive | ActiveState::Failed)
-            && (!was_down || (initial && self.record.lifecycle.state() != &TaskState::Starting))
+        } else if matches!(
+            status.active_state,
+            ActiveState::Inactive | ActiveState::Failed
+        ) && (!was_down
+            || (initial && self.record.lifecycle.state() != &TaskState::Starting))
         {
             if let Some(exit) = exit {
                 self.feed(Input::MainExited {
@@ -228,7 +239,9 @@ pub(super) async fn launch(
         Some(rx)
     };
     let (control, control_rx) = mpsc::unbounded_channel();
-    let done = tokio::spawn(run(sup, container, bus, changes, control_rx, started, logs, logs_stop));
+    let done = tokio::spawn(run(
+        sup, container, bus, changes, control_rx, started, logs, logs_stop,
+    ));
     Ok(JobHandle {
         job,
         control,
@@ -396,7 +409,10 @@ async fn run(
 }
 
 /// The first pre-start unit systemd reports failed, with its result.
-async fn first_failed_prestart(bus: &SystemdBus, prestart: &HashSet<String>) -> Option<(String, ServiceResult)> {
+async fn first_failed_prestart(
+    bus: &SystemdBus,
+    prestart: &HashSet<String>,
+) -> Option<(String, ServiceResult)> {
     let mut names: Vec<&String> = prestart.iter().collect();
     names.sort();
     for unit in names {
@@ -405,7 +421,9 @@ async fn first_failed_prestart(bus: &SystemdBus, prestart: &HashSet<String>) -> 
                 let result = status
                     .service
                     .as_ref()
-                    .map_or(ServiceResult::Other("failed".into()), |s| ServiceResult::parse(&s.result));
+                    .map_or(ServiceResult::Other("failed".into()), |s| {
+                        ServiceResult::parse(&s.result)
+                    });
                 return Some((unit.clone(), result));
             }
         }
