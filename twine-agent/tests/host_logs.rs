@@ -3,6 +3,7 @@
 //! duplicated, also across a SIGKILL of the shipper and across container
 //! generations (one machine-id subdirectory each). Needs root; skips (or fails
 //! under `TWINE_REQUIRE_REALSYS=1`) otherwise.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message.
 
 #[path = "../../twine-spec/tests/support/nspawn.rs"]
 #[allow(dead_code, unreachable_pub)]
