@@ -24,6 +24,17 @@
 //! ([`LogStore::cursor_for`]). Sources are shipped one after another, oldest
 //! directory first; lines of one source keep the journal's order.
 //!
+//! A generation may also keep the machine id of the one before (the
+//! systemd-nspawn containers of the host tests do: an empty `/etc/machine-id`
+//! in the image); journald then continues the files in the same
+//! subdirectory, with the same sequence-number space, and the stored cursor
+//! stays valid. The host test covers both cases.
+//!
+//! **Following** polls (every 100 ms, one short-lived journalctl per source)
+//! rather than keeping `journalctl --follow` processes: a new generation adds
+//! a source at any time, and a poll is a plain drain, so there is a single
+//! code path to reason about for loss and duplication.
+//!
 //! **No loss, no duplicate.** The cursor of each line is stored in the same
 //! record as the line, and a batch is durable before the next is read from the
 //! pipe; whatever journalctl printed beyond the last durable batch when the
