@@ -14,7 +14,12 @@
 //! * This workspace builds zbus without its `p2p` feature, so every zbus
 //!   connection counts as a bus connection: zbus's own handshake would send
 //!   `Hello`, which systemd answers by dropping the connection (there is no bus
-//!   daemon). The handshake here sends only `AUTH EXTERNAL <uid>` and `BEGIN`.
+//!   daemon). The handshake here sends only `AUTH EXTERNAL <uid>` and `BEGIN`,
+//!   in one write: when `BEGIN` came on its own and the first message right
+//!   behind it, a busy systemd read both at once and never answered the message.
+//! * systemd stamps every message on its private bus with the sender
+//!   `org.freedesktop.systemd1`, which zbus 6 refuses as not a unique name and
+//!   closes the connection over; [`PeerReader`] rewrites it before zbus parses.
 
 use std::fs::File;
 use std::io;
