@@ -103,26 +103,32 @@ impl Supervisor {
     /// The main unit's status changed (or was read at start, `initial`).
     fn on_main(&mut self, status: UnitStatus, initial: bool) -> Result<(), AgentError> {
         let previous = self.last_main.replace(status.clone());
+        let Some(service) = status.service.as_ref() else {
+            return Ok(());
+        };
         let was_down = previous.as_ref().is_none_or(|p| {
             matches!(p.active_state, ActiveState::Inactive | ActiveState::Failed)
                 && p.sub_state != "auto-restart"
         });
-        let Some(service) = status.service.as_ref() else {
-            return Ok(());
-        };
-        let exit = match service.exec_main {
-            ExecMain::NotExited => None,
-            ExecMain::Exited(code) => Some(MainExit::Code { code }),
-            ExecMain::Killed(signal) | ExecMain::Dumped(signal) => {
-                Some(MainExit::Signal { signal })
-            }
-            ExecMain::Other { status, .. } => Some(MainExit::Code { code: status }),
-        };
+        // An exit not seen before: the main was up, or its exit status or
+        // restart count changed (a short-lived main can go from inactive to
+        // failed between two reads, without an `active` in between).
+        let new_exit = !was_down
+            || previous.as_ref().is_some_and(|p| {
+                p.service.as_ref().is_none_or(|ps| {
+                    ps.exec_main != service.exec_main || ps.n_restarts != service.n_restarts
+                })
+            });
+        let exit = main_exit(&service.exec_main);
         let result = ServiceResult::parse(&service.result);
         let restarting = status.sub_state == "auto-restart";
         let was_restarting = previous
             .as_ref()
             .is_some_and(|p| p.sub_state == "auto-restart");
+        let down = matches!(
+            status.active_state,
+            ActiveState::Inactive | ActiveState::Failed
+        );
         if status.active_state == ActiveState::Active {
             if self.record.lifecycle.state() == &TaskState::Starting {
                 self.feed(Input::Ready)?;
@@ -136,11 +142,8 @@ impl Supervisor {
                     n_restarts: service.n_restarts,
                 })?;
             }
-        } else if matches!(
-            status.active_state,
-            ActiveState::Inactive | ActiveState::Failed
-        ) && (!was_down
-            || (initial && self.record.lifecycle.state() != &TaskState::Starting))
+        } else if down
+            && (new_exit || (initial && self.record.lifecycle.state() != &TaskState::Starting))
         {
             if let Some(exit) = exit {
                 self.feed(Input::MainExited {
@@ -152,6 +155,16 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+}
+
+/// The lifecycle's view of systemd's `ExecMainCode`/`ExecMainStatus`.
+fn main_exit(exec_main: &ExecMain) -> Option<MainExit> {
+    match *exec_main {
+        ExecMain::NotExited => None,
+        ExecMain::Exited(code) => Some(MainExit::Code { code }),
+        ExecMain::Killed(signal) | ExecMain::Dumped(signal) => Some(MainExit::Signal { signal }),
+        ExecMain::Other { status, .. } => Some(MainExit::Code { code: status }),
     }
 }
 
@@ -309,6 +322,7 @@ async fn run(
     let mut deadline: Option<Instant> = None;
     let mut liveness = tokio::time::interval(LIVENESS);
     let mut stop_task: Option<tokio::task::JoinHandle<()>> = None;
+    let (stop_done_tx, mut stop_done) = mpsc::unbounded_channel::<()>();
     while !sup.terminal() {
         let wait_deadline = async {
             match deadline {
@@ -384,15 +398,36 @@ async fn run(
                         deadline = lifecycle::stop_deadline(&sup.kill, sup.settings.stop_margin).map(|d| Instant::now() + d);
                         let bus = bus.clone();
                         let target = sup.target.clone();
+                        let done = stop_done_tx.clone();
                         stop_task = Some(tokio::spawn(async move {
                             if let Err(e) = bus.stop_unit(&target).await {
                                 tracing::warn!("stopping {target}: {e}");
                             }
+                            let _ = done.send(());
                         }));
                     }
                 }
                 None => {}
             },
+            Some(()) = stop_done.recv() => {
+                // The stop job is over. A main that was already down (or never
+                // started) gives no further change: settle it from its status.
+                if let Ok(status) = bus.unit_status(&sup.main).await {
+                    if matches!(status.active_state, ActiveState::Inactive | ActiveState::Failed) {
+                        let exit = status.service.as_ref().and_then(|s| main_exit(&s.exec_main));
+                        let result = status
+                            .service
+                            .as_ref()
+                            .map_or(ServiceResult::Success, |s| ServiceResult::parse(&s.result));
+                        sup.feed(Input::MainExited {
+                            exit: exit.unwrap_or(MainExit::Code { code: 0 }),
+                            result,
+                            will_restart: false,
+                            n_restarts: status.service.as_ref().map_or(0, |s| s.n_restarts),
+                        })?;
+                    }
+                }
+            }
             () = wait_deadline => {
                 deadline = None;
                 sup.feed(Input::StopDeadlinePassed)?;
