@@ -95,8 +95,8 @@ pub enum AgentError {
     Bus {
         /// The job.
         job: String,
-        /// The bus error.
-        source: BusError,
+        /// The bus error (boxed: it is large and rare).
+        source: Box<BusError>,
     },
     /// The log store or shipper failed.
     #[error("job {job}: logs: {source}")]

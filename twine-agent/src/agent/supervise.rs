@@ -144,15 +144,14 @@ impl Supervisor {
             }
         } else if down
             && (new_exit || (initial && self.record.lifecycle.state() != &TaskState::Starting))
+            && let Some(exit) = exit
         {
-            if let Some(exit) = exit {
-                self.feed(Input::MainExited {
-                    exit,
-                    result,
-                    will_restart: false,
-                    n_restarts: service.n_restarts,
-                })?;
-            }
+            self.feed(Input::MainExited {
+                exit,
+                result,
+                will_restart: false,
+                n_restarts: service.n_restarts,
+            })?;
         }
         Ok(())
     }
@@ -181,7 +180,7 @@ pub(super) async fn launch(
 ) -> Result<JobHandle, AgentError> {
     let job = record.spec.name.clone();
     let kill = match record.spec.validate() {
-        Ok(valid) => valid.task.kill.clone(),
+        Ok(valid) => valid.task.kill,
         Err(e) => {
             return Err(AgentError::Spec {
                 job,
@@ -232,7 +231,17 @@ pub(super) async fn launch(
     let limit = BUS_TIMEOUT + BUS_TIMEOUT;
     let (bus, changes, main_status) = match tokio::time::timeout(limit, connected).await {
         Ok(Ok(parts)) => parts,
-        Ok(Err(source)) => return Err(abort(sup, container, AgentError::Bus { job, source }).await),
+        Ok(Err(source)) => {
+            return Err(abort(
+                sup,
+                container,
+                AgentError::Bus {
+                    job,
+                    source: Box::new(source),
+                },
+            )
+            .await);
+        }
         Err(_) => {
             let error = AgentError::Timeout {
                 job,
@@ -412,8 +421,9 @@ async fn run(
             Some(()) = stop_done.recv() => {
                 // The stop job is over. A main that was already down (or never
                 // started) gives no further change: settle it from its status.
-                if let Ok(status) = bus.unit_status(&sup.main).await {
-                    if matches!(status.active_state, ActiveState::Inactive | ActiveState::Failed) {
+                if let Ok(status) = bus.unit_status(&sup.main).await
+                    && matches!(status.active_state, ActiveState::Inactive | ActiveState::Failed)
+                {
                         let exit = status.service.as_ref().and_then(|s| main_exit(&s.exec_main));
                         let result = status
                             .service
@@ -425,7 +435,6 @@ async fn run(
                             will_restart: false,
                             n_restarts: status.service.as_ref().map_or(0, |s| s.n_restarts),
                         })?;
-                    }
                 }
             }
             () = wait_deadline => {
@@ -495,16 +504,16 @@ async fn first_failed_prestart(
     let mut names: Vec<&String> = prestart.iter().collect();
     names.sort();
     for unit in names {
-        if let Ok(status) = bus.unit_status(unit).await {
-            if status.active_state == ActiveState::Failed {
-                let result = status
-                    .service
-                    .as_ref()
-                    .map_or(ServiceResult::Other("failed".into()), |s| {
-                        ServiceResult::parse(&s.result)
-                    });
-                return Some((unit.clone(), result));
-            }
+        if let Ok(status) = bus.unit_status(unit).await
+            && status.active_state == ActiveState::Failed
+        {
+            let result = status
+                .service
+                .as_ref()
+                .map_or(ServiceResult::Other("failed".into()), |s| {
+                    ServiceResult::parse(&s.result)
+                });
+            return Some((unit.clone(), result));
         }
     }
     None
