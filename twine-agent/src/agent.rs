@@ -1,7 +1,7 @@
 //! The pieces composed: an [`Agent`] owns a state directory (under its lock),
 //! boots one container per job, installs and starts the job's units over
 //! D-Bus, ships its journal, feeds what it observes to the job's
-//! [`Lifecycle`], persists the record after every change, and reattaches to
+//! [`Lifecycle`](crate::lifecycle::Lifecycle), persists the record after every change, and reattaches to
 //! running containers after a restart, even one after SIGKILL.
 //!
 //! Each job is driven by a supervisor task of its own; a [`JobHandle`] gives
