@@ -4,7 +4,7 @@
 //! a deadline, then `SIGKILL` through `cgroup.kill`; cleanup on every path.
 //!
 //! Written with nix rather than on top of nspawn or runc; the `spawn` module says why a
-//! fork is needed and keeps the only `unsafe` code of the crate.
+//! fork is needed; it and `systemd::connect` are the two places that use `unsafe`.
 //!
 //! Every mount is made inside the container's own mount namespace (private
 //! propagation), so none is ever visible on the host and all of them go away

@@ -67,6 +67,9 @@ use proxies::{JobRemoved, ManagerProxy, PropertiesChanged, ServiceProxy, UnitPro
 
 /// How many signals a slow subscriber may fall behind before it is told it lagged.
 const SIGNAL_BACKLOG: usize = 4096;
+/// How long one method call may wait for systemd's answer; a peer that stops
+/// answering is an error, not a hang.
+const METHOD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between attempts of [`SystemdBus::connect_with_retry`].
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -254,6 +257,7 @@ impl SystemdBus {
         };
         let conn =
             zbus::connection::Builder::authenticated_socket(connect::PeerStream(stream), guid)
+                .method_timeout(METHOD_TIMEOUT)
                 .build()
                 .await
                 .map_err(setup)?;
@@ -627,7 +631,8 @@ impl WatchState {
             match self.rx.recv().await {
                 Ok(Event::Signal(msg)) => {
                     if let Some(i) = self.concerned(&msg) {
-                        self.refresh(i).await;
+                        let from_signal = self.with_signal(i, &msg);
+                        self.refresh(i, from_signal).await;
                     }
                 }
                 Ok(Event::Disconnected) | Err(broadcast::error::RecvError::Closed) => {
@@ -654,9 +659,86 @@ impl WatchState {
         Some(i)
     }
 
-    async fn refresh(&mut self, i: usize) {
+    /// The unit's last status with the values a `PropertiesChanged` signal
+    /// carries applied (systemd sends the new values of `ActiveState`,
+    /// `SubState`, `Result`, `ExecMainCode`, `ExecMainStatus`, `NRestarts`...).
+    /// It stands in for a fresh read when the unit is gone by the time it is
+    /// read: systemd collects an inactive unit right after its last change.
+    fn with_signal(&self, i: usize, msg: &Message) -> Option<UnitStatus> {
+        let (unit, _) = &self.units[i];
+        let mut status = self.last.get(unit)?.clone();
+        let signal = PropertiesChanged::from_message(msg.clone())?;
+        let args = signal.args().ok()?;
+        for (name, value) in args.changed.iter() {
+            let text = || String::try_from(value.try_clone().ok()?).ok();
+            let int = || i32::try_from(value.try_clone().ok()?).ok();
+            let uint = || u32::try_from(value.try_clone().ok()?).ok();
+            match *name {
+                "ActiveState" => {
+                    if let Some(v) = text() {
+                        status.active_state = ActiveState::parse(&v);
+                    }
+                }
+                "SubState" => {
+                    if let Some(v) = text() {
+                        status.sub_state = v;
+                    }
+                }
+                "LoadState" => {
+                    if let Some(v) = text() {
+                        status.load_state = v;
+                    }
+                }
+                _ => {}
+            }
+            if let Some(service) = status.service.as_mut() {
+                match *name {
+                    "Result" => {
+                        if let Some(v) = text() {
+                            service.result = v;
+                        }
+                    }
+                    "MainPID" => {
+                        if let Some(v) = uint() {
+                            service.main_pid = (v != 0).then_some(v);
+                        }
+                    }
+                    "NRestarts" => {
+                        if let Some(v) = uint() {
+                            service.n_restarts = v;
+                        }
+                    }
+                    "ExecMainCode" | "ExecMainStatus" => {
+                        let (mut code, mut st) = service.exec_main.code_and_status();
+                        if let Some(v) = int() {
+                            if *name == "ExecMainCode" {
+                                code = v;
+                            } else {
+                                st = v;
+                            }
+                            service.exec_main = ExecMain::from_code(code, st);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(status)
+    }
+
+    async fn refresh(&mut self, i: usize, from_signal: Option<UnitStatus>) {
         let (unit, path) = &self.units[i];
-        match self.bus.status_at(unit, path).await {
+        let read = match self.bus.status_at(unit, path).await {
+            Err(e) if !matches!(e, BusError::Disconnected { .. }) => match from_signal {
+                Some(status) => {
+                    tracing::debug!("reading {unit} failed ({e}); using the signal's values");
+                    Ok(status)
+                }
+                None => Err(e),
+            },
+            other => other,
+        };
+        match read {
             Ok(status) => {
                 if self.last.get(unit) != Some(&status) {
                     self.last.insert(unit.clone(), status.clone());
@@ -680,7 +762,7 @@ impl WatchState {
             if self.ended {
                 break;
             }
-            self.refresh(i).await;
+            self.refresh(i, None).await;
         }
     }
 }

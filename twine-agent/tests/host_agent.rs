@@ -155,6 +155,7 @@ fn prestart_main_and_sidecar_run_in_order_and_the_exit_code_comes_back() {
         return;
     }
     let dir = realsys::scratch("order");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
     let job = realsys::unique("order");
     let spec = spec(&format!(
         r#"
@@ -203,6 +204,7 @@ fn stop_follows_the_kill_policy() {
         return;
     }
     let dir = realsys::scratch("stop");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
     let rt = runtime();
     // The first signal is SIGINT, which the main handles and exits cleanly.
     let polite = realsys::unique("polite");
@@ -278,6 +280,7 @@ fn renewed_identity_is_seen_inside_without_a_restart() {
         return;
     }
     let dir = realsys::scratch("identity");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
     let job = realsys::unique("identity");
     let spec = spec(&format!(
         r#"
@@ -327,6 +330,7 @@ fn a_burst_of_100k_lines_all_arrive_in_order_exactly_once() {
         return;
     }
     let dir = realsys::scratch("burst");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
     let job = realsys::unique("burst");
     let spec = spec(&format!(
         r#"
@@ -367,6 +371,7 @@ fn a_second_agent_on_the_same_state_dir_is_refused() {
         return;
     }
     let dir = realsys::scratch("lock");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
     let _first = agent(dir.path());
     let err = Agent::open(
         StateDir::new(dir.path().join("state")),
@@ -385,6 +390,7 @@ fn a_spec_the_agent_cannot_run_is_refused_with_its_field() {
         return;
     }
     let dir = realsys::scratch("badspec");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
     let rt = runtime();
     let bad = spec("name = \"bad\"\nentitlement = \"t\"\n[task]\ncommand = [\"relative/path\"]\n");
     let err = rt
@@ -400,6 +406,7 @@ fn dbus_going_away_mid_run_fails_the_task_and_cleans_up() {
         return;
     }
     let dir = realsys::scratch("bus");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
     let job = realsys::unique("bus");
     let spec = spec(&format!(
         "name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/sleep\", \"infinity\"]\n"
@@ -447,6 +454,7 @@ fn a_container_killed_from_outside_is_reported_gone_and_cleaned_up() {
         return;
     }
     let dir = realsys::scratch("gone");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
     let job = realsys::unique("gone");
     let spec = spec(&format!(
         "name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/sleep\", \"infinity\"]\n"
@@ -495,6 +503,7 @@ fn a_cgroup_that_cannot_be_written_is_a_clear_error_and_nothing_is_left() {
         return;
     }
     let dir = realsys::scratch("cgroup");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
     // A parent cgroup that allows no descendants: mkdir of the container's cgroup fails.
     let parent_name = realsys::unique("full");
     let parent = cgroup2().join(&parent_name);

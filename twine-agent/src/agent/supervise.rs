@@ -157,6 +157,70 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// After the stop job of the target: if the main is down but no exit was
+    /// seen (it was already down, or systemd collected the unit before its
+    /// last state could be read), settle the stop from what is known.
+    async fn settle_after_stop(&mut self, bus: &SystemdBus) -> Result<(), AgentError> {
+        if self.terminal() {
+            return Ok(());
+        }
+        match bus.unit_status(&self.main).await {
+            Ok(status)
+                if matches!(
+                    status.active_state,
+                    ActiveState::Inactive | ActiveState::Failed
+                ) =>
+            {
+                let exit = status
+                    .service
+                    .as_ref()
+                    .and_then(|s| main_exit(&s.exec_main));
+                let result = status
+                    .service
+                    .as_ref()
+                    .map_or(ServiceResult::Success, |s| ServiceResult::parse(&s.result));
+                let n_restarts = status.service.as_ref().map_or(0, |s| s.n_restarts);
+                let exit = exit.unwrap_or_else(|| self.assumed_exit());
+                self.feed(Input::MainExited {
+                    exit,
+                    result,
+                    will_restart: false,
+                    n_restarts,
+                })
+            }
+            Ok(_) => Ok(()),
+            Err(BusError::NoSuchUnit { .. }) => {
+                // Collected: it is not running. The stop was systemd's, by the
+                // kill policy; its last exit is the one seen, or else the
+                // policy's first signal.
+                let exit = self.assumed_exit();
+                self.feed(Input::MainExited {
+                    exit,
+                    result: ServiceResult::Success,
+                    will_restart: false,
+                    n_restarts: self.record.lifecycle.restarts(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(job = %self.job, "reading {} after the stop: {e}", self.main);
+                Ok(())
+            }
+        }
+    }
+
+    /// The last exit seen of the main, or the kill policy's first signal.
+    fn assumed_exit(&self) -> MainExit {
+        self.last_main
+            .as_ref()
+            .and_then(|s| s.service.as_ref())
+            .and_then(|s| main_exit(&s.exec_main))
+            .unwrap_or(MainExit::Signal {
+                signal: self.kill.signal.number(),
+            })
+    }
+}
+
 /// The lifecycle's view of systemd's `ExecMainCode`/`ExecMainStatus`.
 fn main_exit(exec_main: &ExecMain) -> Option<MainExit> {
     match *exec_main {
@@ -378,6 +442,11 @@ async fn run(
             }
             change = next_change => match change {
                 Some(Ok(change)) => sup.on_change(change)?,
+                // A unit read that failed (it was collected, a call timed out):
+                // the stream goes on; only a lost connection ends it.
+                Some(Err(e)) if !matches!(e, BusError::Disconnected { .. }) => {
+                    tracing::debug!(job = %sup.job, "watching the units: {e}");
+                }
                 Some(Err(_)) | None => {
                     changes = None;
                     if container.is_running() {
@@ -421,21 +490,7 @@ async fn run(
             Some(()) = stop_done.recv() => {
                 // The stop job is over. A main that was already down (or never
                 // started) gives no further change: settle it from its status.
-                if let Ok(status) = bus.unit_status(&sup.main).await
-                    && matches!(status.active_state, ActiveState::Inactive | ActiveState::Failed)
-                {
-                        let exit = status.service.as_ref().and_then(|s| main_exit(&s.exec_main));
-                        let result = status
-                            .service
-                            .as_ref()
-                            .map_or(ServiceResult::Success, |s| ServiceResult::parse(&s.result));
-                        sup.feed(Input::MainExited {
-                            exit: exit.unwrap_or(MainExit::Code { code: 0 }),
-                            result,
-                            will_restart: false,
-                            n_restarts: status.service.as_ref().map_or(0, |s| s.n_restarts),
-                        })?;
-                }
+                sup.settle_after_stop(&bus).await?;
             }
             () = wait_deadline => {
                 deadline = None;

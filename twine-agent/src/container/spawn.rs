@@ -1,4 +1,5 @@
-//! Forking the container's PID 1: the only code in twine that needs `unsafe`.
+//! Forking the container's PID 1, one of the two places in twine that need `unsafe`
+//! (the other is `systemd::connect`, which joins the container's PID namespace).
 //!
 //! The agent runs a tokio runtime with many threads, and a new PID namespace
 //! takes effect only for children of the process that unshared it, so PID 1

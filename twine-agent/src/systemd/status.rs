@@ -157,6 +157,17 @@ const CLD_KILLED: i32 = 2;
 const CLD_DUMPED: i32 = 3;
 
 impl ExecMain {
+    /// The `(CLD_* code, status)` pair this was decoded from.
+    pub fn code_and_status(&self) -> (i32, i32) {
+        match *self {
+            ExecMain::NotExited => (0, 0),
+            ExecMain::Exited(status) => (CLD_EXITED, status),
+            ExecMain::Killed(signal) => (CLD_KILLED, signal),
+            ExecMain::Dumped(signal) => (CLD_DUMPED, signal),
+            ExecMain::Other { code, status } => (code, status),
+        }
+    }
+
     /// Decodes `ExecMainCode` and `ExecMainStatus`.
     pub fn from_code(code: i32, status: i32) -> ExecMain {
         match code {

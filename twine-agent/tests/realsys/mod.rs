@@ -113,3 +113,41 @@ impl Drop for Guard {
         }
     }
 }
+
+/// Kills every container recorded under a state directory when dropped, so a
+/// test that panics half-way leaves no container running. After a passing
+/// test there is nothing left to kill.
+pub struct Reaper(PathBuf);
+
+impl Reaper {
+    /// Reaps under `state` (an agent's state directory).
+    pub fn new(state: PathBuf) -> Reaper {
+        Reaper(state)
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(jobs) = std::fs::read_dir(self.0.join("jobs")) else {
+            return;
+        };
+        for job in jobs.flatten() {
+            let Ok(text) = std::fs::read_to_string(job.path().join("record.json")) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_str::<twine_agent::agent::JobRecord>(&text) else {
+                continue;
+            };
+            if let Some(container) = record.container {
+                match twine_agent::container::Container::reattach(container.clone()) {
+                    Ok(c) => {
+                        let _ = c.kill();
+                    }
+                    Err(_) => {
+                        let _ = twine_agent::container::Container::clean_up_record(&container);
+                    }
+                }
+            }
+        }
+    }
+}
