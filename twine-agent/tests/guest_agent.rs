@@ -450,6 +450,8 @@ fn guest_memory_max_is_enforced_and_the_oom_kill_is_reported() {
         seen.oom_kills >= 1,
         "memory.events never counted a kill: {seen:?}"
     );
+    // When the poll caught the unit's cgroup, its peak is the limit, never above it.
+    assert!(seen.unit_peak <= 64 * MIB, "{seen:?}");
     let inside = cgroup.strip_prefix(cgroup2()).unwrap().to_path_buf();
     let kills = kernel_oom_kills_under(&inside);
     assert!(
