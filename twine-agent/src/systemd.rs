@@ -5,7 +5,11 @@
 //! `AddMatch`; once a client is connected systemd sends it every signal. From
 //! the host the socket is `/proc/<leader>/root/run/systemd/private`, but systemd
 //! only accepts a peer whose PID it can see, so a [`BusEndpoint::container`]
-//! connects from inside the container's PID namespace (see `connect.rs`).
+//! connects from inside the container's PID namespace. The other quirks of the
+//! private bus (no `Hello`, a well-known sender name, `BEGIN` pipelined with
+//! `AUTH`) are handled in `connect.rs`, which says why for each. systemd sends
+//! every signal to every private connection; `Subscribe` is still called, as
+//! the API asks.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), twine_agent::systemd::BusError> {
@@ -537,7 +541,10 @@ impl SystemdBus {
                 unit: unit.to_owned(),
             };
         }
-        if self.conn.is_closed() || self.shared.disconnected.load(Ordering::Acquire) {
+        if self.conn.is_closed()
+            || self.shared.disconnected.load(Ordering::Acquire)
+            || is_connection_loss(&source)
+        {
             return self.disconnected();
         }
         BusError::Call {
@@ -546,6 +553,22 @@ impl SystemdBus {
             source,
         }
     }
+}
+
+/// Whether a call failed because the socket went away (systemd died, or the
+/// container with it), which can be seen before the reader notices the end.
+fn is_connection_loss(error: &zbus::Error) -> bool {
+    let zbus::Error::InputOutput(e) = error else {
+        return false;
+    };
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// Reads every message of the connection and fans the signals out.
