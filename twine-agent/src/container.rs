@@ -379,9 +379,8 @@ impl Container {
                 path: cgroup_parent.clone(),
             });
         }
-        let cgroup = cgroup::cgroup2_mount()?
-            .join(cgroup_parent)
-            .join(&config.name);
+        let mount = cgroup::cgroup2_mount()?;
+        let cgroup = mount.join(cgroup_parent).join(&config.name);
         match fs::create_dir(&config.scratch) {
             Ok(()) => {}
             Err(source) => {
@@ -392,7 +391,7 @@ impl Container {
                 });
             }
         }
-        if let Err(e) = cgroup::create(&cgroup) {
+        if let Err(e) = cgroup::create(&mount, &cgroup) {
             let _ = fs::remove_dir_all(&config.scratch);
             return Err(e);
         }

@@ -59,13 +59,33 @@ pub(crate) fn cgroup2_mount() -> Result<PathBuf, ContainerError> {
     cgroup2_mount_in(&text).ok_or(ContainerError::NoCgroup2)
 }
 
+/// The controllers the container gets delegated when the kernel offers them:
+/// systemd inside gives them to its units (`MemoryMax=`, `TasksMax=`,
+/// `CPUWeight=`, `IOWeight=`).
+const DELEGATED: [&str; 4] = ["memory", "pids", "cpu", "io"];
+
 /// Creates the container's cgroup (its parents as needed); it must not exist.
-pub(crate) fn create(cgroup: &Path) -> Result<(), ContainerError> {
+///
+/// A controller reaches a cgroup only when every ancestor has it in
+/// `cgroup.subtree_control`, so each of [`DELEGATED`] that the kernel offers
+/// is enabled from `mount` down to the container's parent. A controller the
+/// kernel does not offer (the CI host's cgroup2 has no memory controller) or
+/// refuses to enable is left out: the container still boots, and its units
+/// run without that control (logged as a warning).
+pub(crate) fn create(mount: &Path, cgroup: &Path) -> Result<(), ContainerError> {
     if let Some(parent) = cgroup.parent() {
         fs::create_dir_all(parent).map_err(|source| ContainerError::Cgroup {
             path: parent.into(),
             source,
         })?;
+        if let Ok(below) = parent.strip_prefix(mount) {
+            let mut dir = mount.to_path_buf();
+            enable_offered(&dir)?;
+            for part in below.components() {
+                dir.push(part);
+                enable_offered(&dir)?;
+            }
+        }
     }
     fs::create_dir(cgroup).map_err(|source| {
         if source.kind() == io::ErrorKind::AlreadyExists {
@@ -79,6 +99,38 @@ pub(crate) fn create(cgroup: &Path) -> Result<(), ContainerError> {
             }
         }
     })
+}
+
+/// Enables in `dir`'s `cgroup.subtree_control` each of [`DELEGATED`] that
+/// `dir` has (its `cgroup.controllers`) and has not enabled yet, one at a
+/// time so that a refused one does not take the others with it.
+fn enable_offered(dir: &Path) -> Result<(), ContainerError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read_to_string(&path).map_err(|source| ContainerError::Cgroup { path, source })
+    };
+    let offered = read("cgroup.controllers")?;
+    let enabled = read("cgroup.subtree_control")?;
+    let control = dir.join("cgroup.subtree_control");
+    for controller in controllers_to_enable(&offered, &enabled) {
+        if let Err(e) = fs::write(&control, format!("+{controller}")) {
+            tracing::warn!(
+                "writing +{controller} to {}: {e}; the container's units run without it",
+                control.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The controllers of [`DELEGATED`] that are offered and not yet enabled,
+/// from the texts of `cgroup.controllers` and `cgroup.subtree_control`.
+fn controllers_to_enable<'a>(offered: &str, enabled: &str) -> Vec<&'a str> {
+    let has = |list: &str, c: &str| list.split_whitespace().any(|w| w == c);
+    DELEGATED
+        .into_iter()
+        .filter(|c| has(offered, c) && !has(enabled, c))
+        .collect()
 }
 
 /// The pids in `cgroup` and all its descendants.
@@ -161,6 +213,25 @@ pub(crate) fn remove_tree(cgroup: &Path) -> Result<(), ContainerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_offered_controllers_not_yet_enabled_are_enabled() {
+        assert_eq!(
+            controllers_to_enable(
+                "cpuset cpu io memory hugetlb pids rdma misc\n",
+                "cpu memory\n"
+            ),
+            ["pids", "io"]
+        );
+        // The CI host: cgroup2 without controllers.
+        assert_eq!(controllers_to_enable("\n", "\n"), Vec::<&str>::new());
+        assert_eq!(
+            controllers_to_enable("memory pids", "memory pids"),
+            Vec::<&str>::new()
+        );
+        // Whole words only.
+        assert_eq!(controllers_to_enable("cpuset", ""), Vec::<&str>::new());
+    }
 
     #[test]
     fn finds_cgroup2_on_hybrid_and_unified_hosts() {

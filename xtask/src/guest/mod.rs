@@ -108,7 +108,7 @@ pub(crate) fn run(opts: &GuestTest) -> Result<i32> {
     let guest = Prepared::new(&opts.guest)?;
     let script = script::tests(
         &guest.toolchain,
-        &script::passed_through(),
+        &guest.environment(),
         &binaries,
         &opts.test_args,
     );
@@ -129,7 +129,7 @@ pub(crate) fn run_command(opts: &GuestRun) -> Result<i32> {
     let guest = Prepared::new(&opts.guest)?;
     let script = script::command(
         &guest.toolchain,
-        &script::passed_through(),
+        &guest.environment(),
         &guest.workspace,
         &opts.argv,
     );
@@ -143,6 +143,9 @@ struct Prepared {
     workspace: PathBuf,
     toolchain: script::Toolchain,
     shares: Vec<PathBuf>,
+    /// The cached rootfs (canonical), shared so that containers in the guest boot the same tree
+    /// as the host tier's (`TWINE_ROOTFS`).
+    rootfs: PathBuf,
 }
 
 impl Prepared {
@@ -163,6 +166,11 @@ impl Prepared {
         let mut shares = vec![workspace.root.clone(), workspace.target_dir];
         shares.extend(toolchain.cargo_home.iter().cloned());
         shares.extend(toolchain.rustup_home.iter().cloned());
+        // The containers of the agent's guest tests boot it as their overlay's lower layer
+        // (overlayfs accepts a 9p lower dir; the upper layer stays on the guest's disk).
+        let rootfs = fs::canonicalize(crate::rootfs::path())
+            .with_context(|| format!("resolving {}", crate::rootfs::path().display()))?;
+        shares.push(rootfs.clone());
         shares.extend(opts.shares.iter().cloned());
         // Canonical, as the shares are: the guest has the share's path, not a symlink to it.
         let root = fs::canonicalize(&workspace.root)
@@ -173,7 +181,16 @@ impl Prepared {
             workspace: root,
             toolchain,
             shares: outermost(shares)?,
+            rootfs,
         })
+    }
+
+    /// The variables set in the guest besides the fixed ones: the passed-through ones, and
+    /// `TWINE_ROOTFS` naming the shared rootfs.
+    fn environment(&self) -> Vec<(&'static str, String)> {
+        let mut values = script::passed_through();
+        values.push(("TWINE_ROOTFS", self.rootfs.to_string_lossy().into_owned()));
+        values
     }
 
     fn boot(&self, opts: &GuestOptions, script: String, what: &str) -> Result<i32> {
