@@ -51,6 +51,8 @@ const CGROUP_PARENT: &str = "twine-bench";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a clean poweroff may take before the rest is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest `Agent::run` may take (container start plus D-Bus setup).
+const AGENT_RUN_TIMEOUT: Duration = Duration::from_secs(45);
 /// How far a sample's phases may be from its measured total.
 const SUM_TOLERANCE: Duration = Duration::from_millis(1);
 
@@ -161,6 +163,7 @@ fn run() -> Result<()> {
     let agent = Agent::open(StateDir::new(state.path()), settings).context("opening the agent")?;
 
     let mut samples = Vec::new();
+    let mut agent_failed = None;
     for run in 0..runs {
         let mut order = ["twine", "nspawn", "agent"];
         if run % 2 == 1 {
@@ -170,7 +173,18 @@ fn run() -> Result<()> {
             let sample = match system {
                 "twine" => twine_container(run, &rootfs),
                 "nspawn" => nspawn(run, &rootfs),
-                _ => runtime.block_on(agent_job(run, &agent, &agent_cgroups)),
+                _ if agent_failed.is_some() => continue,
+                _ => match runtime.block_on(agent_job(run, &agent, &agent_cgroups)) {
+                    // A failing agent must not hide the container figures:
+                    // it is reported below the table, and the bench fails
+                    // at the end.
+                    Err(e) => {
+                        eprintln!("\nagent, run {run}: {e:#}; no further agent runs");
+                        agent_failed = Some(format!("run {run}: {e:#}"));
+                        continue;
+                    }
+                    ok => ok,
+                },
             }
             .with_context(|| format!("{system}, run {run}"))?;
             sample.check()?;
@@ -190,6 +204,9 @@ fn run() -> Result<()> {
         .context("writing the table")?;
     write_json(&out, runs, &samples)?;
     eprintln!("raw samples: {}", out.display());
+    if let Some(failure) = agent_failed {
+        bail!("the agent's end-to-end runs failed ({failure})");
+    }
     Ok(())
 }
 
@@ -241,7 +258,18 @@ async fn agent_job(run: usize, agent: &Agent, parent: &Path) -> Result<Sample> {
     .context("the bench's spec")?;
     let before = children(parent);
     let start = Instant::now();
-    let handle = agent.run(spec).await.context("Agent::run")?;
+    let handle = match tokio::time::timeout(AGENT_RUN_TIMEOUT, agent.run(spec)).await {
+        Ok(Ok(handle)) => handle,
+        Ok(Err(e)) => {
+            kill_new_cgroups(parent, &before, &name);
+            return Err(e).context("Agent::run");
+        }
+        Err(_) => {
+            // The dropped future leaves its container running: kill it here.
+            kill_new_cgroups(parent, &before, &name);
+            bail!("Agent::run did not return within {AGENT_RUN_TIMEOUT:?}");
+        }
+    };
     let returned = start.elapsed();
     let mut state = handle.watch_state();
     let reached = tokio::time::timeout(
@@ -281,6 +309,27 @@ async fn agent_job(run: usize, agent: &Agent, parent: &Path) -> Result<Sample> {
             ("units: main active", total - returned),
         ],
     })
+}
+
+/// After a failed agent run: kills and removes the cgroups of this job's
+/// containers (new under `parent` since `before`, named after `job`).
+fn kill_new_cgroups(parent: &Path, before: &[PathBuf], job: &str) {
+    for dir in children(parent) {
+        let ours = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(job));
+        if before.contains(&dir) || !ours {
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !procs_in(&dir).is_empty() && Instant::now() < deadline {
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for d in subtree(&dir) {
+            let _ = fs::remove_dir(&d);
+        }
+    }
 }
 
 /// The cgroup directories directly under `dir`.
