@@ -9,6 +9,7 @@
 
 mod prepare;
 mod record;
+mod service;
 mod supervise;
 
 use std::path::PathBuf;
@@ -20,13 +21,14 @@ use twine_spec::{JobSpec, UnitSet};
 
 use crate::container::{Container, ContainerError, Network};
 use crate::identity::{Identity, IdentityError};
-use crate::lifecycle::{Event, Input, Lifecycle, TaskState};
+use crate::lifecycle::{Event, Input, TaskState};
 use crate::logs::{LogError, LogLine, LogStore, StoreBudget};
 use crate::state::{AgentLock, StateDir, StateError, read_record, write_record};
 use crate::systemd::BusError;
 
 pub use prepare::{IDENTITY_INSIDE, job_key};
 pub use record::JobRecord;
+pub use service::AgentService;
 
 /// How the agent runs its containers.
 #[derive(Debug, Clone)]

@@ -43,6 +43,8 @@ struct Supervisor {
     last_main: Option<UnitStatus>,
     state_tx: watch::Sender<TaskState>,
     events: broadcast::Sender<Event>,
+    /// The supervisor's own control channel, to stop the job from inside.
+    control_self: mpsc::UnboundedSender<Control>,
 }
 
 impl Supervisor {
@@ -186,6 +188,7 @@ pub(super) async fn launch(
         .collect();
     let (state_tx, state_rx) = watch::channel(record.lifecycle.state().clone());
     let (events, _) = broadcast::channel(4096);
+    let (control, control_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor {
         job: job.clone(),
         state,
@@ -198,6 +201,7 @@ pub(super) async fn launch(
         last_main: None,
         state_tx,
         events: events.clone(),
+        control_self: control.clone(),
     };
     let pid = u32::try_from(container.pid()).map_err(|_| AgentError::Internal {
         job: job.clone(),
@@ -238,7 +242,6 @@ pub(super) async fn launch(
         });
         Some(rx)
     };
-    let (control, control_rx) = mpsc::unbounded_channel();
     let done = tokio::spawn(run(
         sup, container, bus, changes, control_rx, started, logs, logs_stop,
     ));
@@ -285,9 +288,13 @@ async fn run(
     changes: UnitChanges,
     mut control: mpsc::UnboundedReceiver<Control>,
     mut started: Option<oneshot::Receiver<Result<JobOutcome, BusError>>>,
-    logs: tokio::task::JoinHandle<Result<u64, crate::logs::LogError>>,
+    mut logs: tokio::task::JoinHandle<Result<u64, crate::logs::LogError>>,
     logs_stop: watch::Sender<bool>,
 ) -> Result<TaskState, AgentError> {
+    // A shipper that fails (a full disk) ends the job: it is stopped by its
+    // kill policy and the failure is what the run returns.
+    let mut logs_failed: Option<AgentError> = None;
+    let mut logs_done = false;
     let mut changes = Some(changes);
     let mut deadline: Option<Instant> = None;
     let mut liveness = tokio::time::interval(LIVENESS);
@@ -311,7 +318,31 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
+        let shipper_end = async {
+            if logs_done {
+                std::future::pending().await
+            } else {
+                (&mut logs).await
+            }
+        };
         tokio::select! {
+            ended = shipper_end => {
+                logs_done = true;
+                let error = match ended {
+                    Ok(Ok(_)) => AgentError::Internal {
+                        job: sup.job.clone(),
+                        what: "the log shipper stopped on its own".into(),
+                    },
+                    Ok(Err(source)) => AgentError::Logs { job: sup.job.clone(), source },
+                    Err(e) => AgentError::Internal {
+                        job: sup.job.clone(),
+                        what: format!("the log shipper task failed: {e}"),
+                    },
+                };
+                tracing::error!(job = %sup.job, "{error}; stopping the job");
+                logs_failed = Some(error);
+                let _ = sup.control_self.send(Control::Stop);
+            }
             change = next_change => match change {
                 Some(Ok(change)) => sup.on_change(change)?,
                 Some(Err(_)) | None => {
@@ -372,9 +403,12 @@ async fn run(
     let poweroff = sup.settings.poweroff_timeout;
     let shutdown = tokio::task::spawn_blocking(move || container.shutdown(poweroff)).await;
     let _ = logs_stop.send(true);
-    let shipped = logs.await;
+    let shipped = if logs_done { Ok(Ok(0)) } else { logs.await };
     sup.record.container = None;
     write_record(&sup.state.job(&job_key(&sup.job)).record(), &sup.record)?;
+    if let Some(error) = logs_failed {
+        return Err(error);
+    }
     match shutdown {
         Ok(Ok(_)) => {}
         Ok(Err(source)) => {
