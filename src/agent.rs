@@ -248,7 +248,21 @@ fn run(args: &RunArgs) -> ExitCode {
             signal(SignalKind::interrupt()).map_err(|e| problem(format!("SIGINT handler: {e}")))?;
         let mut sigterm = signal(SignalKind::terminate())
             .map_err(|e| problem(format!("SIGTERM handler: {e}")))?;
-        let mut handle = agent.run(spec).await.map_err(problem)?;
+        // A signal while the container boots is kept and acted on once the job
+        // runs: dropping the start half-way would leave the container behind.
+        let started = agent.run(spec);
+        tokio::pin!(started);
+        let mut stop_early = false;
+        let mut handle = loop {
+            tokio::select! {
+                handle = &mut started => break handle.map_err(problem)?,
+                _ = sigint.recv() => stop_early = true,
+                _ = sigterm.recv() => stop_early = true,
+            }
+        };
+        if stop_early {
+            handle.stop();
+        }
         if handle.reattached() {
             eprintln!("twine agent: job {job} was running; reattached without restarting it");
         }

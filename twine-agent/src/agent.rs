@@ -114,6 +114,16 @@ pub enum AgentError {
         /// The identity error.
         source: IdentityError,
     },
+    /// A step did not finish in time.
+    #[error("job {job}: {what} did not finish within {after:?}")]
+    Timeout {
+        /// The job.
+        job: String,
+        /// The step.
+        what: &'static str,
+        /// The limit.
+        after: Duration,
+    },
     /// The job is not known to this agent.
     #[error("job {job}: no such job in {state}", state = state.display())]
     UnknownJob {

@@ -537,7 +537,10 @@ impl SystemdBus {
                 unit: unit.to_owned(),
             };
         }
-        if self.conn.is_closed() || self.shared.disconnected.load(Ordering::Acquire) {
+        if self.conn.is_closed()
+            || self.shared.disconnected.load(Ordering::Acquire)
+            || is_connection_loss(&source)
+        {
             return self.disconnected();
         }
         BusError::Call {
@@ -546,6 +549,22 @@ impl SystemdBus {
             source,
         }
     }
+}
+
+/// Whether a call failed because the socket went away (systemd died, or the
+/// container with it), which can be seen before the reader notices the end.
+fn is_connection_loss(error: &zbus::Error) -> bool {
+    let zbus::Error::InputOutput(e) = error else {
+        return false;
+    };
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// Reads every message of the connection and fans the signals out.

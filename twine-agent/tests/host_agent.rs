@@ -19,7 +19,11 @@ fn spec(toml: &str) -> JobSpec {
 }
 
 fn agent(dir: &Path) -> Agent {
-    Agent::open(StateDir::new(dir.join("state")), AgentSettings::new(realsys::rootfs())).expect("agent opens")
+    Agent::open(
+        StateDir::new(dir.join("state")),
+        AgentSettings::new(realsys::rootfs()),
+    )
+    .expect("agent opens")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -43,11 +47,15 @@ fn stored(dir: &Path, job: &str) -> Vec<(String, String)> {
     let mut last_seq = 0;
     for seg in segments {
         for line in fs::read_to_string(&seg).expect("segment").lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", seg.display()));
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: {e}: {line}", seg.display()));
             let seq = v["seq"].as_u64().expect("seq");
             assert_eq!(seq, last_seq + 1, "store sequence numbers are consecutive");
             last_seq = seq;
-            out.push((v["unit"].as_str().unwrap_or_default().to_owned(), v["msg"].as_str().unwrap_or_default().to_owned()));
+            out.push((
+                v["unit"].as_str().unwrap_or_default().to_owned(),
+                v["msg"].as_str().unwrap_or_default().to_owned(),
+            ));
         }
     }
     out
@@ -72,24 +80,55 @@ fn cgroup2() -> PathBuf {
 /// directory, no container cgroup of the job, no scratch directory.
 fn assert_clean(dir: &Path, job: &str) {
     let state = dir.join("state").to_string_lossy().into_owned();
-    assert_eq!(realsys::host_mounts_mentioning(&state), Vec::<String>::new(), "mounts left");
+    assert_eq!(
+        realsys::host_mounts_mentioning(&state),
+        Vec::<String>::new(),
+        "mounts left"
+    );
     let key = job_key(job);
-    let prefix: String = key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(32).collect();
+    let prefix: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
     let left: Vec<String> = fs::read_dir(cgroup2().join("twine"))
-        .map(|d| d.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
-    assert!(!left.iter().any(|n| n.starts_with(&format!("{prefix}-"))), "cgroups left: {left:?}");
+    assert!(
+        !left.iter().any(|n| n.starts_with(&format!("{prefix}-"))),
+        "cgroups left: {left:?}"
+    );
     let containers = dir.join("state/jobs").join(&key).join("containers");
-    let scratch: Vec<_> = fs::read_dir(&containers).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let scratch: Vec<_> = fs::read_dir(&containers)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert_eq!(scratch, Vec::<PathBuf>::new(), "scratch directories left");
 }
 
-async fn wait_state(handle: &JobHandle, want: impl Fn(&TaskState) -> bool, timeout: Duration) -> TaskState {
+async fn wait_state(
+    handle: &JobHandle,
+    want: impl Fn(&TaskState) -> bool,
+    timeout: Duration,
+) -> TaskState {
     let mut rx = handle.watch_state();
     let got = tokio::time::timeout(timeout, rx.wait_for(|s| want(s))).await;
     match got {
         Ok(Ok(state)) => state.clone(),
-        _ => panic!("state not reached within {timeout:?}: now {:?}", handle.state()),
+        _ => panic!(
+            "state not reached within {timeout:?}: now {:?}",
+            handle.state()
+        ),
     }
 }
 
@@ -101,7 +140,10 @@ async fn wait_line(dir: &Path, job: &str, want: &str, timeout: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("line {want:?} not stored within {timeout:?}: {:?}", messages(dir, job));
+    panic!(
+        "line {want:?} not stored within {timeout:?}: {:?}",
+        messages(dir, job)
+    );
 }
 
 #[test]
@@ -139,7 +181,12 @@ command = ["/bin/sh", "-c", "echo sidecar up; exec sleep infinity"]
     });
     assert_eq!(state, TaskState::Exited { code: 7 });
     let lines = messages(dir.path(), &job);
-    let pos = |m: &str| lines.iter().position(|l| l == m).unwrap_or_else(|| panic!("{m:?} missing in {lines:?}"));
+    let pos = |m: &str| {
+        lines
+            .iter()
+            .position(|l| l == m)
+            .unwrap_or_else(|| panic!("{m:?} missing in {lines:?}"))
+    };
     assert!(pos("step one") < pos("step two after one"), "{lines:?}");
     assert!(pos("step two after one") < pos("main ran"), "{lines:?}");
     pos("steps were done");
@@ -184,7 +231,12 @@ final_signal = "SIGKILL"
     rt.block_on(async {
         let agent = agent(dir.path());
         let handle = agent.run(spec_polite).await.expect("starts");
-        wait_state(&handle, |s| *s == TaskState::Running, Duration::from_secs(30)).await;
+        wait_state(
+            &handle,
+            |s| *s == TaskState::Running,
+            Duration::from_secs(30),
+        )
+        .await;
         wait_line(dir.path(), &polite, "ready", Duration::from_secs(10)).await;
         handle.stop();
         let state = handle.wait().await.expect("ends");
@@ -192,13 +244,26 @@ final_signal = "SIGKILL"
         assert!(messages(dir.path(), &polite).contains(&"got SIGINT".to_owned()));
 
         let handle = agent.run(spec_stubborn).await.expect("starts");
-        wait_state(&handle, |s| *s == TaskState::Running, Duration::from_secs(30)).await;
+        wait_state(
+            &handle,
+            |s| *s == TaskState::Running,
+            Duration::from_secs(30),
+        )
+        .await;
         wait_line(dir.path(), &stubborn, "ready", Duration::from_secs(10)).await;
         let asked = Instant::now();
         handle.stop();
         let state = handle.wait().await.expect("ends");
-        assert!(asked.elapsed() >= Duration::from_secs(1), "the grace period was honoured");
-        assert_eq!(state, TaskState::Failed { reason: FailReason::StopTimedOut });
+        assert!(
+            asked.elapsed() >= Duration::from_secs(1),
+            "the grace period was honoured"
+        );
+        assert_eq!(
+            state,
+            TaskState::Failed {
+                reason: FailReason::StopTimedOut
+            }
+        );
     });
     assert_clean(dir.path(), &polite);
     assert_clean(dir.path(), &stubborn);
@@ -223,11 +288,25 @@ command = ["/bin/sh", "-c", "last=; while :; do t=$(cat /run/twine/identity/toke
     rt.block_on(async {
         let agent = agent(dir.path());
         let handle = agent.run(spec).await.expect("starts");
-        wait_state(&handle, |s| *s == TaskState::Running, Duration::from_secs(30)).await;
-        let pid = agent.record(&job).expect("record").and_then(|r| r.container).expect("container").pid;
-        agent.renew_identity(&job, &[("token", b"one")]).expect("renew");
+        wait_state(
+            &handle,
+            |s| *s == TaskState::Running,
+            Duration::from_secs(30),
+        )
+        .await;
+        let pid = agent
+            .record(&job)
+            .expect("record")
+            .and_then(|r| r.container)
+            .expect("container")
+            .pid;
+        agent
+            .renew_identity(&job, &[("token", b"one")])
+            .expect("renew");
         wait_line(dir.path(), &job, "token=one", Duration::from_secs(10)).await;
-        agent.renew_identity(&job, &[("token", b"two")]).expect("renew");
+        agent
+            .renew_identity(&job, &[("token", b"two")])
+            .expect("renew");
         wait_line(dir.path(), &job, "token=two", Duration::from_secs(10)).await;
         let record = agent.record(&job).expect("record").expect("some");
         assert_eq!(record.container.map(|c| c.pid), Some(pid), "same container");
@@ -259,7 +338,13 @@ policy = "never"
     let rt = runtime();
     let state = rt.block_on(async {
         let agent = agent(dir.path());
-        agent.run(spec).await.expect("starts").wait().await.expect("ends")
+        agent
+            .run(spec)
+            .await
+            .expect("starts")
+            .wait()
+            .await
+            .expect("ends")
     });
     assert_eq!(state, TaskState::Exited { code: 0 });
     // Only the main prints numbers.
@@ -280,9 +365,15 @@ fn a_second_agent_on_the_same_state_dir_is_refused() {
     }
     let dir = realsys::scratch("lock");
     let _first = agent(dir.path());
-    let err = Agent::open(StateDir::new(dir.path().join("state")), AgentSettings::new(realsys::rootfs()))
-        .expect_err("second agent");
-    assert!(matches!(err, AgentError::State(StateError::Locked { .. })), "{err}");
+    let err = Agent::open(
+        StateDir::new(dir.path().join("state")),
+        AgentSettings::new(realsys::rootfs()),
+    )
+    .expect_err("second agent");
+    assert!(
+        matches!(err, AgentError::State(StateError::Locked { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -293,7 +384,9 @@ fn a_spec_the_agent_cannot_run_is_refused_with_its_field() {
     let dir = realsys::scratch("badspec");
     let rt = runtime();
     let bad = spec("name = \"bad\"\nentitlement = \"t\"\n[task]\ncommand = [\"relative/path\"]\n");
-    let err = rt.block_on(agent(dir.path()).run(bad)).expect_err("refused");
+    let err = rt
+        .block_on(agent(dir.path()).run(bad))
+        .expect_err("refused");
     assert!(matches!(err, AgentError::Spec { .. }), "{err}");
     assert!(err.to_string().contains("task.command[0]"), "{err}");
 }
@@ -305,19 +398,43 @@ fn dbus_going_away_mid_run_fails_the_task_and_cleans_up() {
     }
     let dir = realsys::scratch("bus");
     let job = realsys::unique("bus");
-    let spec = spec(&format!("name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/sleep\", \"infinity\"]\n"));
+    let spec = spec(&format!(
+        "name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/sleep\", \"infinity\"]\n"
+    ));
     let rt = runtime();
     let state = rt.block_on(async {
         let agent = agent(dir.path());
         let handle = agent.run(spec).await.expect("starts");
-        wait_state(&handle, |s| *s == TaskState::Running, Duration::from_secs(30)).await;
-        let pid = agent.record(&job).expect("record").and_then(|r| r.container).expect("container").pid;
+        wait_state(
+            &handle,
+            |s| *s == TaskState::Running,
+            Duration::from_secs(30),
+        )
+        .await;
+        let pid = agent
+            .record(&job)
+            .expect("record")
+            .and_then(|r| r.container)
+            .expect("container")
+            .pid;
         // Re-executing systemd closes every private-bus connection while the container keeps running.
         let out = realsys::nsenter(pid, &["systemctl", "daemon-reexec"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        tokio::time::timeout(Duration::from_secs(30), handle.wait()).await.expect("ends in time").expect("ends")
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::timeout(Duration::from_secs(30), handle.wait())
+            .await
+            .expect("ends in time")
+            .expect("ends")
     });
-    assert_eq!(state, TaskState::Failed { reason: FailReason::BusLost });
+    assert_eq!(
+        state,
+        TaskState::Failed {
+            reason: FailReason::BusLost
+        }
+    );
     assert_clean(dir.path(), &job);
 }
 
@@ -328,18 +445,42 @@ fn a_container_killed_from_outside_is_reported_gone_and_cleaned_up() {
     }
     let dir = realsys::scratch("gone");
     let job = realsys::unique("gone");
-    let spec = spec(&format!("name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/sleep\", \"infinity\"]\n"));
+    let spec = spec(&format!(
+        "name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/sleep\", \"infinity\"]\n"
+    ));
     let rt = runtime();
     let state = rt.block_on(async {
         let agent = agent(dir.path());
         let handle = agent.run(spec).await.expect("starts");
-        wait_state(&handle, |s| *s == TaskState::Running, Duration::from_secs(30)).await;
-        let pid = agent.record(&job).expect("record").and_then(|r| r.container).expect("container").pid;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill PID 1");
-        tokio::time::timeout(Duration::from_secs(30), handle.wait()).await.expect("ends in time").expect("ends")
+        wait_state(
+            &handle,
+            |s| *s == TaskState::Running,
+            Duration::from_secs(30),
+        )
+        .await;
+        let pid = agent
+            .record(&job)
+            .expect("record")
+            .and_then(|r| r.container)
+            .expect("container")
+            .pid;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill PID 1");
+        tokio::time::timeout(Duration::from_secs(30), handle.wait())
+            .await
+            .expect("ends in time")
+            .expect("ends")
     });
     assert!(
-        matches!(state, TaskState::Failed { reason: FailReason::ContainerGone | FailReason::BusLost }),
+        matches!(
+            state,
+            TaskState::Failed {
+                reason: FailReason::ContainerGone | FailReason::BusLost
+            }
+        ),
         "{state:?}"
     );
     assert_clean(dir.path(), &job);
@@ -360,8 +501,12 @@ fn a_cgroup_that_cannot_be_written_is_a_clear_error_and_nothing_is_left() {
     settings.cgroup_parent = PathBuf::from(&parent_name);
     let agent = Agent::open(StateDir::new(dir.path().join("state")), settings).expect("agent");
     let job = realsys::unique("cg");
-    let spec = spec(&format!("name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/true\"]\n"));
-    let err = runtime().block_on(agent.run(spec)).expect_err("cannot create the cgroup");
+    let spec = spec(&format!(
+        "name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/true\"]\n"
+    ));
+    let err = runtime()
+        .block_on(agent.run(spec))
+        .expect_err("cannot create the cgroup");
     let text = err.to_string();
     let _ = fs::remove_dir(&parent);
     assert!(text.contains(&parent_name), "names the cgroup: {text}");

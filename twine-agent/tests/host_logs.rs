@@ -3,6 +3,7 @@
 //! duplicated, also across a SIGKILL of the shipper and across container
 //! generations (one machine-id subdirectory each). Needs root; skips (or fails
 //! under `TWINE_REQUIRE_REALSYS=1`) otherwise.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message.
 
 #[path = "../../twine-spec/tests/support/nspawn.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -87,6 +88,21 @@ fn boot_with_journal(
         "binding the journal: {}",
         nspawn::describe(&out)
     );
+    // journald logs an unknown key where nobody sees it (before its journal
+    // is open), so check every key against the parser table of the
+    // container's own journald instead.
+    let journald = fs::read(c.host_path("/usr/lib/systemd/systemd-journald"))?;
+    for key in contents
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+    {
+        let needle = format!("Journal.{key}");
+        let known = journald
+            .windows(needle.len() + 1)
+            .any(|w| w.starts_with(needle.as_bytes()) && !w[needle.len()].is_ascii_alphanumeric());
+        ensure!(known, "journald does not know the drop-in key {key}");
+    }
     Ok((c, journal))
 }
 
@@ -273,6 +289,58 @@ fn compare_output_formats(journal: &Path) {
             BURST as f64 / took.as_secs_f64()
         );
     }
+}
+
+#[test]
+fn journalctl_failures_name_the_directory_and_keep_the_store() {
+    let have = Command::new("journalctl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have && !realsys_gate("journalctl is not installed (apt: systemd)") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let journal = work.path().join("journal");
+    let source = journal.join("0123456789abcdef0123456789abcdef");
+    fs::create_dir_all(&source).unwrap();
+    let store_dir = work.path().join("logs");
+    let rt = runtime();
+
+    // No journal files yet: nothing to ship, no error.
+    let store = LogStore::open(&store_dir, budget()).unwrap();
+    let mut shipper = JournalShipper::new(journal.clone(), vec!["a.service".into()], store);
+    assert_eq!(rt.block_on(shipper.drain()).unwrap(), 0);
+
+    // A resume cursor journalctl cannot seek to.
+    let mut store = shipper.into_store();
+    store
+        .append(&[twine_agent::logs::NewLine {
+            realtime_usec: 1,
+            machine: "0123456789abcdef0123456789abcdef".into(),
+            unit: "a.service".into(),
+            message: "m".into(),
+            cursor: "not-a-cursor".into(),
+        }])
+        .unwrap();
+    let mut shipper = JournalShipper::new(journal.clone(), vec!["a.service".into()], store);
+    match rt.block_on(shipper.drain()) {
+        Err(twine_agent::logs::LogError::Journalctl { dir, stderr, .. }) => {
+            assert_eq!(dir, source);
+            assert!(stderr.contains("cursor"), "{stderr}");
+        }
+        other => panic!("expected a journalctl failure, got {other:?}"),
+    }
+    assert_eq!(shipper.store().stats().last_seq, 1);
+
+    // A missing journal directory is an error that names it.
+    let missing = work.path().join("missing");
+    let mut shipper = JournalShipper::new(missing.clone(), vec![], shipper.into_store());
+    let err = rt.block_on(shipper.drain()).unwrap_err();
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
 }
 
 /// Not a test on its own: the shipper process that the SIGKILL test starts

@@ -1,5 +1,6 @@
 //! File tier of the log store: round trips, rotation with counted loss, crash
 //! recovery, a model-checked property test, and a full disk (root only).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -272,7 +273,7 @@ proptest! {
                 Op::Append(n) => {
                     let start = model.len() as u64;
                     let batch: Vec<NewLine> = (start + 1..=start + n as u64)
-                        .map(|i| line(i, &format!("m{}", i as usize % machines)))
+                        .map(|i| line(i, &format!("m{}", i % machines as u64)))
                         .collect();
                     let last = store.append(&batch).unwrap();
                     model.extend(batch);
@@ -295,7 +296,7 @@ proptest! {
             }
         }
         let back = read_all(d.path());
-        let rotated = store.stats().rotated_lines as usize;
+        let rotated = usize::try_from(store.stats().rotated_lines).unwrap();
         prop_assert_eq!(back.len(), model.len() - rotated);
         for (b, (i, m)) in back.iter().zip(model.iter().enumerate().skip(rotated)) {
             prop_assert_eq!(b.seq, i as u64 + 1);

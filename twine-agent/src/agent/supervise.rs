@@ -213,11 +213,21 @@ pub(super) async fn launch(
         let changes = bus.watch(&names).await?;
         let main_status = bus.unit_status(&main).await?;
         Ok::<_, BusError>((bus, changes, main_status))
-    }
-    .await;
-    let (bus, changes, main_status) = match connected {
-        Ok(parts) => parts,
-        Err(source) => return Err(abort(sup, container, AgentError::Bus { job, source }).await),
+    };
+    // Every step above is bounded by systemd's answers; this bounds the whole
+    // in case the peer accepts and then never answers.
+    let limit = BUS_TIMEOUT + BUS_TIMEOUT;
+    let (bus, changes, main_status) = match tokio::time::timeout(limit, connected).await {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(source)) => return Err(abort(sup, container, AgentError::Bus { job, source }).await),
+        Err(_) => {
+            let error = AgentError::Timeout {
+                job,
+                what: "connecting to the container's systemd over D-Bus",
+                after: limit,
+            };
+            return Err(abort(sup, container, error).await);
+        }
     };
     let store = match open_store(&sup.state, &job, sup.settings.log_budget) {
         Ok(store) => store,

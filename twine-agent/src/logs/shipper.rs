@@ -2,9 +2,14 @@
 //!
 //! The journal is read with the host's `journalctl` (spawned with
 //! `tokio::process`), not with sd-journal: this keeps libsystemd out of the
-//! agent's link line, and journalctl's `-o json` output is stable across
-//! systemd versions (measured against `-o export` in `docs/`: see the bench
-//! and the host test for figures).
+//! agent's link line. The output format is the Journal Export Format with
+//! `--output-fields=MESSAGE,_SYSTEMD_UNIT` (the cursor and timestamps are
+//! always printed): on the host test's 100,000-line burst, journalctl 252
+//! printed about 210,000 entries/s that way, against 166,000 for `-o export`
+//! with every field, 102,000 for `-o json --output-fields=` and 49,000 for
+//! plain `-o json`; journalctl, not the store, is the bottleneck. Export also
+//! carries binary fields as raw bytes, where JSON turns them into number
+//! arrays.
 //!
 //! **One journalctl per journal source.** Every container generation has a
 //! machine id of its own, so the job's journal directory holds one
@@ -19,24 +24,31 @@
 //! ([`LogStore::cursor_for`]). Sources are shipped one after another, oldest
 //! directory first; lines of one source keep the journal's order.
 //!
+//! A generation may also keep the machine id of the one before (the
+//! systemd-nspawn containers of the host tests do: an empty `/etc/machine-id`
+//! in the image); journald then continues the files in the same
+//! subdirectory, with the same sequence-number space, and the stored cursor
+//! stays valid. The host test covers both cases.
+//!
+//! **Following** polls (every 100 ms, one short-lived journalctl per source)
+//! rather than keeping `journalctl --follow` processes: a new generation adds
+//! a source at any time, and a poll is a plain drain, so there is a single
+//! code path to reason about for loss and duplication.
+//!
 //! **No loss, no duplicate.** The cursor of each line is stored in the same
 //! record as the line, and a batch is durable before the next is read from the
 //! pipe; whatever journalctl printed beyond the last durable batch when the
 //! agent dies is read again after `--after-cursor`.
 //!
-//! **Messages** are kept as UTF-8: journalctl prints a non-UTF-8 `MESSAGE` as
-//! an array of bytes, which is decoded lossily (U+FFFD for invalid
-//! sequences). A field that occurs several times in one entry is joined with
-//! newlines. `--all` is passed, so fields over 4096 bytes are not replaced by
-//! `null`.
+//! **Messages** are stored as UTF-8: a `MESSAGE` that is not valid UTF-8
+//! (a binary field in the export format) is decoded lossily, U+FFFD for each
+//! invalid sequence. A field that occurs several times in one entry is joined
+//! with newlines. `--all` is passed so that no field is ever shortened.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
@@ -161,7 +173,7 @@ impl JournalShipper {
         let mut cmd = tokio::process::Command::new(&self.journalctl);
         cmd.arg(format!("--directory={}", dir.display()))
             .args([
-                "--output=json",
+                "--output=export",
                 "--all",
                 "--no-pager",
                 "--quiet",
@@ -288,40 +300,35 @@ async fn parse_entries<R: tokio::io::AsyncRead + Unpin>(
     tx: mpsc::Sender<Result<Vec<NewLine>, LogError>>,
 ) {
     let mut batch = Vec::new();
-    let mut line = Vec::new();
+    let mut scratch = Vec::new();
     loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
+        let entry = match read_export_entry(&mut reader, &mut scratch, &machine).await {
+            Ok(Some(entry)) => entry,
+            // The end, or journalctl killed mid-entry (its cursor was not stored).
+            Ok(None) => break,
+            Err(ExportError::Io(e)) => {
                 let _ = tx
                     .send(Err(LogError::io("reading journalctl output for", &dir, e)))
                     .await;
                 return;
             }
-        }
-        if !line.ends_with(b"\n") {
-            // journalctl was killed mid-line; its cursor was not stored.
-            break;
-        }
-        match parse_entry(&line, &machine) {
-            Ok(entry) => batch.push(entry),
-            Err(reason) => {
+            Err(ExportError::Format(reason)) => {
                 let _ = tx
                     .send(Err(LogError::JournalEntry {
                         dir: dir.clone(),
                         reason,
-                        line: String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
+                        line: String::from_utf8_lossy(&scratch[..scratch.len().min(200)])
+                            .into_owned(),
                     }))
                     .await;
                 return;
             }
-        }
-        if batch.len() >= MAX_BATCH || reader.buffer().is_empty() {
-            if tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                return;
-            }
+        };
+        batch.push(entry);
+        if (batch.len() >= MAX_BATCH || reader.buffer().is_empty())
+            && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
+        {
+            return;
         }
     }
     if !batch.is_empty() {
@@ -329,156 +336,177 @@ async fn parse_entries<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-#[derive(Deserialize)]
-struct JsonEntry {
-    #[serde(rename = "__CURSOR")]
-    cursor: String,
-    #[serde(rename = "__REALTIME_TIMESTAMP")]
-    realtime: String,
-    #[serde(rename = "_SYSTEMD_UNIT", default)]
-    unit: Field,
-    #[serde(rename = "MESSAGE", default)]
-    message: Field,
+#[derive(Debug)]
+enum ExportError {
+    Io(std::io::Error),
+    Format(String),
 }
 
-/// A journal field as journalctl's JSON prints it: a string, an array of
-/// bytes (not valid UTF-8), `null` (too large without `--all`), or an array
-/// of those (the field occurs more than once).
-#[derive(Default)]
-struct Field(String);
-
-impl<'de> Deserialize<'de> for Field {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
-        d.deserialize_any(FieldVisitor).map(Field)
+impl From<std::io::Error> for ExportError {
+    fn from(e: std::io::Error) -> Self {
+        ExportError::Io(e)
     }
 }
 
-struct FieldVisitor;
-
-impl<'de> Visitor<'de> for FieldVisitor {
-    type Value = String;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a journal field: a string, an array of bytes, null, or an array of those")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-        Ok(v.to_owned())
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
-        Ok(v)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<String, E> {
-        Ok(String::new())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<String, A::Error> {
-        let mut bytes = Vec::new();
-        let mut values: Vec<String> = Vec::new();
-        while let Some(item) = seq.next_element::<ByteOrField>()? {
-            match item {
-                ByteOrField::Byte(b) => bytes.push(b),
-                ByteOrField::Field(s) => values.push(s.0),
-            }
+/// Reads one entry of the Journal Export Format
+/// (<https://systemd.io/JOURNAL_EXPORT_FORMATS/>): `NAME=value` lines, or for
+/// a value that is not printable text `NAME`, a little-endian u64 length, the
+/// bytes and a newline; an empty line ends the entry. `None` at the end of
+/// the stream, also when it ends inside an entry. `scratch` holds the last
+/// line read, for error messages.
+async fn read_export_entry<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    scratch: &mut Vec<u8>,
+    machine: &str,
+) -> Result<Option<NewLine>, ExportError> {
+    let mut cursor = None;
+    let mut realtime = None;
+    let mut unit: Option<Vec<u8>> = None;
+    let mut message: Option<Vec<u8>> = None;
+    loop {
+        scratch.clear();
+        if reader.read_until(b'\n', scratch).await? == 0 || !scratch.ends_with(b"\n") {
+            return Ok(None);
         }
-        if values.is_empty() {
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        } else {
-            Ok(values.join("\n"))
+        scratch.pop();
+        if scratch.is_empty() {
+            break;
+        }
+        let (name, value): (&[u8], Vec<u8>) =
+            if let Some(eq) = scratch.iter().position(|&b| b == b'=') {
+                (&scratch[..eq], scratch[eq + 1..].to_vec())
+            } else {
+                let mut len = [0u8; 8];
+                match reader.read_exact(&mut len).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+                let len = usize::try_from(u64::from_le_bytes(len))
+                    .map_err(|_| ExportError::Format("binary field too large".into()))?;
+                let mut value = vec![0u8; len + 1];
+                match reader.read_exact(&mut value).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+                if value.pop() != Some(b'\n') {
+                    return Err(ExportError::Format(
+                        "binary field not followed by a newline".into(),
+                    ));
+                }
+                (&scratch[..], value)
+            };
+        match name {
+            b"__CURSOR" => cursor = Some(value),
+            b"__REALTIME_TIMESTAMP" => realtime = Some(value),
+            b"_SYSTEMD_UNIT" => unit = Some(value),
+            b"MESSAGE" => match &mut message {
+                // A field that occurs more than once: keep every value.
+                Some(m) => {
+                    m.push(b'\n');
+                    m.extend_from_slice(&value);
+                }
+                None => message = Some(value),
+            },
+            _ => {}
         }
     }
-}
-
-enum ByteOrField {
-    Byte(u8),
-    Field(Field),
-}
-
-impl<'de> Deserialize<'de> for ByteOrField {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ByteOrField, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ByteOrField;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a byte or a journal field")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteOrField, E> {
-                u8::try_from(v)
-                    .map(ByteOrField::Byte)
-                    .map_err(|_| E::custom(format!("{v} is not a byte")))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteOrField, E> {
-                FieldVisitor
-                    .visit_str(v)
-                    .map(|s| ByteOrField::Field(Field(s)))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<ByteOrField, E> {
-                Ok(ByteOrField::Field(Field::default()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ByteOrField, A::Error> {
-                FieldVisitor
-                    .visit_seq(seq)
-                    .map(|s| ByteOrField::Field(Field(s)))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// One line of `journalctl -o json` as a store line of source `machine`.
-fn parse_entry(line: &[u8], machine: &str) -> Result<NewLine, String> {
-    let entry: JsonEntry = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    let realtime_usec = entry
-        .realtime
-        .parse()
-        .map_err(|e| format!("__REALTIME_TIMESTAMP {:?}: {e}", entry.realtime))?;
-    Ok(NewLine {
+    let text = |v: Vec<u8>| {
+        String::from_utf8(v).map_err(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    };
+    let cursor = cursor
+        .map(text)
+        .ok_or_else(|| ExportError::Format("an entry without __CURSOR".into()))?
+        .map_err(|c| ExportError::Format(format!("a cursor that is not UTF-8: {c}")))?;
+    let realtime_usec = realtime
+        .and_then(|r| std::str::from_utf8(&r).ok()?.parse().ok())
+        .ok_or_else(|| ExportError::Format(format!("no valid __REALTIME_TIMESTAMP at {cursor}")))?;
+    let lossy = |v: Option<Vec<u8>>| text(v.unwrap_or_default()).unwrap_or_else(|lossy| lossy);
+    Ok(Some(NewLine {
         realtime_usec,
         machine: machine.to_owned(),
-        unit: entry.unit.0,
-        message: entry.message.0,
-        cursor: entry.cursor,
-    })
+        unit: lossy(unit),
+        message: lossy(message),
+        cursor,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse_all(input: &[u8]) -> Result<Vec<NewLine>, ExportError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut reader = BufReader::new(input);
+            let mut scratch = Vec::new();
+            let mut out = Vec::new();
+            while let Some(e) = read_export_entry(&mut reader, &mut scratch, "m").await? {
+                out.push(e);
+            }
+            Ok(out)
+        })
+    }
+
+    fn binary(name: &str, value: &[u8]) -> Vec<u8> {
+        let mut v = format!("{name}\n").into_bytes();
+        v.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        v.extend_from_slice(value);
+        v.push(b'\n');
+        v
+    }
+
     #[test]
-    fn parses_plain_bytes_multi_and_null_fields() {
-        let plain = br#"{"__CURSOR":"s=1;i=2","__REALTIME_TIMESTAMP":"1700000000000001","__MONOTONIC_TIMESTAMP":"5","_BOOT_ID":"b","MESSAGE":"hello","_SYSTEMD_UNIT":"a.service"}"#;
-        let l = parse_entry(plain, "m").unwrap();
+    fn parses_text_binary_and_repeated_fields() {
+        let mut input = b"__CURSOR=s=1;i=2\n__REALTIME_TIMESTAMP=1700000000000001\n__MONOTONIC_TIMESTAMP=5\n_BOOT_ID=b\nMESSAGE=hello\n_SYSTEMD_UNIT=a.service\n\n".to_vec();
+        input.extend_from_slice(b"__CURSOR=c2\n__REALTIME_TIMESTAMP=2\n");
+        input.extend(binary("MESSAGE", b"hi\xff\n=!"));
+        input.extend_from_slice(b"MESSAGE=again\n\n");
+        let got = parse_all(&input).unwrap();
+        assert_eq!(got.len(), 2);
         assert_eq!(
-            (l.message.as_str(), l.unit.as_str(), l.realtime_usec),
+            (
+                got[0].message.as_str(),
+                got[0].unit.as_str(),
+                got[0].realtime_usec
+            ),
             ("hello", "a.service", 1_700_000_000_000_001)
         );
-        assert_eq!(l.cursor, "s=1;i=2");
+        assert_eq!(got[0].cursor, "s=1;i=2");
+        assert_eq!(got[1].message, "hi\u{fffd}\n=!\nagain");
+        assert_eq!(got[1].unit, "");
+    }
 
-        let bytes = br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"1","MESSAGE":[104,105,255,10,33]}"#;
-        let l = parse_entry(bytes, "m").unwrap();
-        assert_eq!(l.message, "hi\u{fffd}\n!");
-        assert_eq!(l.unit, "");
-
-        let multi = br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"1","MESSAGE":["a",[98,255],null]}"#;
-        assert_eq!(parse_entry(multi, "m").unwrap().message, "a\nb\u{fffd}\n");
-
-        let null = br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"1","MESSAGE":null}"#;
-        assert_eq!(parse_entry(null, "m").unwrap().message, "");
+    #[test]
+    fn a_truncated_stream_yields_only_complete_entries() {
+        let full = b"__CURSOR=c1\n__REALTIME_TIMESTAMP=1\nMESSAGE=a\n\n__CURSOR=c2\n__REALTIME_TIMESTAMP=2\nMESSAGE=b\n\n";
+        let first_end = full.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+        for cut in 0..=full.len() {
+            let got = parse_all(&full[..cut]).unwrap();
+            let complete = usize::from(cut >= first_end) + usize::from(cut == full.len());
+            assert_eq!(got.len(), complete, "cut at {cut}");
+        }
+        let mut bin = b"__CURSOR=c\n__REALTIME_TIMESTAMP=1\n".to_vec();
+        bin.extend(binary("MESSAGE", b"\x00\x01\x02"));
+        bin.push(b'\n');
+        for cut in 0..bin.len() {
+            assert!(parse_all(&bin[..cut]).unwrap().is_empty(), "cut at {cut}");
+        }
+        assert_eq!(parse_all(&bin).unwrap()[0].message, "\0\u{1}\u{2}");
     }
 
     #[test]
     fn rejects_entries_without_cursor_or_with_bad_timestamps() {
-        assert!(parse_entry(br#"{"__REALTIME_TIMESTAMP":"1","MESSAGE":"x"}"#, "m").is_err());
-        assert!(parse_entry(br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"x"}"#, "m").is_err());
-        assert!(
-            parse_entry(
-                br#"{"__CURSOR":"c","__REALTIME_TIMESTAMP":"1","MESSAGE":[300]}"#,
-                "m"
-            )
-            .is_err()
-        );
+        assert!(parse_all(b"__REALTIME_TIMESTAMP=1\nMESSAGE=x\n\n").is_err());
+        assert!(parse_all(b"__CURSOR=c\n__REALTIME_TIMESTAMP=x\n\n").is_err());
+        let mut bad = b"__CURSOR=c\n__REALTIME_TIMESTAMP=1\n".to_vec();
+        let mut field = binary("MESSAGE", b"abc");
+        *field.last_mut().unwrap() = b'X';
+        bad.extend(field);
+        bad.push(b'\n');
+        assert!(parse_all(&bad).is_err());
     }
 }

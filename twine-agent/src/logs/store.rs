@@ -159,6 +159,10 @@ pub struct LogStore {
     cursors: BTreeMap<String, String>,
     last_cursor: Option<String>,
     buf: Vec<u8>,
+    /// Set when a failed append could not be cut back: appending after the
+    /// leftover bytes would bury them mid-file, so the store must be reopened
+    /// (which truncates them).
+    poisoned: bool,
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -392,6 +396,7 @@ impl LogStore {
             cursors,
             last_cursor,
             buf: Vec::new(),
+            poisoned: false,
         };
         store.enforce_budget()?;
         Ok(store)
@@ -410,6 +415,13 @@ impl LogStore {
     /// record; a batch that spans a rotation may have stored its first part,
     /// which [`LogStore::last_cursor`] then reflects.
     pub fn append(&mut self, batch: &[NewLine]) -> Result<u64, LogError> {
+        if self.poisoned {
+            return Err(LogError::Corrupt {
+                path: self.current.path.clone(),
+                offset: self.current.bytes,
+                reason: "an earlier failed append could not be cut back; reopen the store".into(),
+            });
+        }
         let mut rest = batch;
         while !rest.is_empty() {
             if self.current_full() {
@@ -467,28 +479,25 @@ impl LogStore {
     /// Writes `self.buf` to the current segment and syncs it; on failure the
     /// segment is cut back to its previous length.
     fn write_buf(&mut self) -> Result<(), LogError> {
-        let path = &self.current.path;
         let old_len = self.current.bytes;
         let result = self
             .file
             .write_all(&self.buf)
             .and_then(|()| self.file.sync_data());
-        if let Err(e) = result {
-            let err = LogError::io("appending to", path.clone(), e);
-            if let Err(e) = self
-                .file
-                .set_len(old_len)
-                .and_then(|()| self.file.sync_data())
-            {
-                return Err(LogError::io(
-                    "truncating a failed append of",
-                    path.clone(),
-                    e,
-                ));
-            }
-            return Err(err);
+        let Err(e) = result else {
+            return Ok(());
+        };
+        let path = self.current.path.clone();
+        let err = LogError::io("appending to", path.clone(), e);
+        if let Err(e) = self
+            .file
+            .set_len(old_len)
+            .and_then(|()| self.file.sync_data())
+        {
+            self.poisoned = true;
+            return Err(LogError::io("truncating a failed append of", path, e));
         }
-        Ok(())
+        Err(err)
     }
 
     fn current_full(&self) -> bool {

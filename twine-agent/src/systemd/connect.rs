@@ -238,19 +238,162 @@ impl Socket for PeerStream {
 
     fn split(self) -> Split<PeerReader, PeerWriter> {
         let (read, write) = self.0.into_split();
-        Split::new(PeerReader(read), PeerWriter(write))
+        let reader = PeerReader {
+            half: read,
+            pending: Vec::new(),
+            offset: 0,
+        };
+        Split::new(reader, PeerWriter(write))
     }
 }
 
 /// The receiving half of a [`PeerStream`]; passes no file descriptors.
+///
+/// It reads whole messages and hands them to zbus with the sender field made
+/// acceptable (see [`patch_sender`]).
 #[derive(Debug)]
-pub(super) struct PeerReader(OwnedReadHalf);
+pub(super) struct PeerReader {
+    half: OwnedReadHalf,
+    /// The rest of the current message, already patched.
+    pending: Vec<u8>,
+    offset: usize,
+}
 
 #[zbus::export::async_trait::async_trait]
 impl ReadHalf for PeerReader {
     async fn recvmsg(&mut self, buffer: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-        let read = self.0.read(buffer).await?;
-        Ok((read, Vec::new()))
+        if self.offset == self.pending.len() {
+            self.pending.clear();
+            self.offset = 0;
+            if !self.read_message().await? {
+                return Ok((0, Vec::new()));
+            }
+        }
+        let n = buffer.len().min(self.pending.len() - self.offset);
+        buffer[..n].copy_from_slice(&self.pending[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok((n, Vec::new()))
+    }
+}
+
+impl PeerReader {
+    /// Reads one whole message into `pending`; `false` on a clean end of stream.
+    async fn read_message(&mut self) -> io::Result<bool> {
+        let mut fixed = [0u8; FIXED_HEADER];
+        let first = self.half.read(&mut fixed).await?;
+        if first == 0 {
+            return Ok(false);
+        }
+        self.half.read_exact(&mut fixed[first..]).await?;
+        let total = message_len(&fixed)?;
+        self.pending.extend_from_slice(&fixed);
+        self.pending.resize(total, 0);
+        self.half
+            .read_exact(&mut self.pending[FIXED_HEADER..])
+            .await?;
+        patch_sender(&mut self.pending);
+        Ok(true)
+    }
+}
+
+/// Length of the fixed part of a D-Bus message header.
+const FIXED_HEADER: usize = 16;
+/// The protocol's limit on a message (2^27 bytes).
+const MAX_MESSAGE: usize = 1 << 27;
+/// Header field code of `SENDER`.
+const FIELD_SENDER: u8 = 7;
+
+fn read_u32(bytes: &[u8], at: usize, little: bool) -> Option<u32> {
+    let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+    Some(if little {
+        u32::from_le_bytes(b)
+    } else {
+        u32::from_be_bytes(b)
+    })
+}
+
+/// The whole length of a message from its fixed header.
+fn message_len(fixed: &[u8; FIXED_HEADER]) -> io::Result<usize> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let little = match fixed[0] {
+        b'l' => true,
+        b'B' => false,
+        _ => return Err(invalid("not a D-Bus message (bad endianness mark)")),
+    };
+    let body = read_u32(fixed, 4, little).ok_or_else(|| invalid("short header"))?;
+    let fields = read_u32(fixed, 12, little).ok_or_else(|| invalid("short header"))?;
+    let fields = usize::try_from(fields).map_err(|_| invalid("header too long"))?;
+    let body = usize::try_from(body).map_err(|_| invalid("body too long"))?;
+    let total = (FIXED_HEADER + fields).next_multiple_of(8) + body;
+    if total > MAX_MESSAGE {
+        return Err(invalid("message over the protocol's size limit"));
+    }
+    Ok(total)
+}
+
+/// Rewrites, in place, a `SENDER` header field that is not a unique name.
+///
+/// systemd's private bus stamps every message with the sender
+/// `org.freedesktop.systemd1` (sd-bus `patch_sender`), a well-known name; zbus
+/// 6 insists that a sender is a unique name (`:x.y`) and drops the connection
+/// over it. The replacement has the same length, so no offset moves:
+/// `:1.` followed by the rest of the name with dots made underscores
+/// (`:1._freedesktop_systemd1`). Nothing in this client reads the sender.
+fn patch_sender(msg: &mut [u8]) {
+    let little = msg.first() == Some(&b'l');
+    let Some(fields_len) = read_u32(msg, 12, little) else {
+        return;
+    };
+    let end = FIXED_HEADER
+        .saturating_add(fields_len as usize)
+        .min(msg.len());
+    let mut at = FIXED_HEADER;
+    while at < end {
+        // Each field is a struct (yv): 8-aligned code, then a variant.
+        let code = msg[at];
+        let Some(&sig_len) = msg.get(at + 1) else {
+            return;
+        };
+        let sig_len = usize::from(sig_len);
+        let Some(sig) = msg.get(at + 2..at + 2 + sig_len) else {
+            return;
+        };
+        let sig = sig.first().copied();
+        let value = at + 2 + sig_len + 1;
+        let next = match sig {
+            Some(b's' | b'o') => {
+                let start = value.next_multiple_of(4);
+                let Some(len) = read_u32(msg, start, little) else {
+                    return;
+                };
+                let text = start + 4;
+                let text_end = text + len as usize;
+                if text_end > end {
+                    return;
+                }
+                if code == FIELD_SENDER && sig == Some(b's') {
+                    let name = &mut msg[text..text_end];
+                    if name.first() != Some(&b':') && name.len() >= 4 {
+                        for b in name[3..].iter_mut() {
+                            if !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-') {
+                                *b = b'_';
+                            }
+                        }
+                        name[..3].copy_from_slice(b":1.");
+                    }
+                }
+                text_end + 1
+            }
+            Some(b'g') => {
+                let Some(&len) = msg.get(value) else {
+                    return;
+                };
+                value + 1 + usize::from(len) + 1
+            }
+            Some(b'u') => value.next_multiple_of(4) + 4,
+            _ => return,
+        };
+        at = next.next_multiple_of(8);
     }
 }
 
@@ -276,5 +419,77 @@ impl WriteHalf for PeerWriter {
 
     async fn close(&mut self) -> io::Result<()> {
         self.0.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A method return from systemd's private bus as sd-bus writes it: fields
+    /// REPLY_SERIAL (5, u), SENDER (7, s), SIGNATURE (8, g), body `o`.
+    fn reply_from_systemd(sender: &str) -> Vec<u8> {
+        let mut fields = Vec::new();
+        fields.extend_from_slice(&[5, 1, b'u', 0]);
+        fields.extend_from_slice(&9u32.to_le_bytes());
+        fields.extend_from_slice(&[7, 1, b's', 0]);
+        fields.extend_from_slice(&u32::try_from(sender.len()).unwrap().to_le_bytes());
+        fields.extend_from_slice(sender.as_bytes());
+        fields.push(0);
+        while fields.len() % 8 != 0 {
+            fields.push(0);
+        }
+        fields.extend_from_slice(&[8, 1, b'g', 0, 1, b'o', 0]);
+        let fields_len = fields.len();
+        while fields.len() % 8 != 0 {
+            fields.push(0);
+        }
+        let body = b"\x01\0\0\0/\0";
+        let mut msg = vec![b'l', 2, 1, 1];
+        msg.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+        msg.extend_from_slice(&7u32.to_le_bytes());
+        msg.extend_from_slice(&u32::try_from(fields_len).unwrap().to_le_bytes());
+        msg.extend_from_slice(&fields);
+        msg.extend_from_slice(body);
+        msg
+    }
+
+    #[test]
+    fn a_well_known_sender_becomes_a_unique_name_of_the_same_length() {
+        let mut msg = reply_from_systemd("org.freedesktop.systemd1");
+        let len = msg.len();
+        let fixed: [u8; FIXED_HEADER] = msg[..FIXED_HEADER].try_into().unwrap();
+        assert_eq!(message_len(&fixed).unwrap(), len);
+        patch_sender(&mut msg);
+        assert_eq!(msg.len(), len);
+        let text = String::from_utf8_lossy(&msg);
+        assert!(text.contains(":1._freedesktop_systemd1"), "{text:?}");
+        assert!(!text.contains("org.freedesktop.systemd1"), "{text:?}");
+        // Everything after the sender is untouched.
+        assert_eq!(
+            msg[len - 6..],
+            reply_from_systemd("org.freedesktop.systemd1")[len - 6..]
+        );
+    }
+
+    #[test]
+    fn a_unique_sender_is_left_alone() {
+        let original = reply_from_systemd(":1.42");
+        let mut msg = original.clone();
+        patch_sender(&mut msg);
+        assert_eq!(msg, original);
+    }
+
+    #[test]
+    fn garbage_is_not_a_message() {
+        let fixed = [b'x'; FIXED_HEADER];
+        assert_eq!(
+            message_len(&fixed).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        // Truncated input must not panic.
+        let mut short = reply_from_systemd("org.freedesktop.systemd1");
+        short.truncate(30);
+        patch_sender(&mut short);
     }
 }
