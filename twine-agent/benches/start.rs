@@ -305,8 +305,11 @@ async fn agent_job(run: usize, agent: &Agent, parent: &Path) -> Result<Sample> {
         run,
         total,
         phases: vec![
-            ("run() returned: container + D-Bus", returned),
-            ("units: main active", total - returned),
+            (
+                "spec → run() returned (container READY=1 + D-Bus)",
+                returned,
+            ),
+            ("units: StartUnit → main active", total - returned),
         ],
     })
 }
