@@ -333,9 +333,11 @@ async fn agent_job(run: usize, agent: &Agent, parent: &Path) -> Result<Sample> {
         reached == TaskState::Running,
         "the job reached {reached:?} instead of Running (final state {end:?})"
     );
+    // Other processes may start containers under the same parent meanwhile:
+    // only this job's (its container names start with the job's name) count.
     let left: Vec<PathBuf> = children(parent)
         .into_iter()
-        .filter(|c| !before.contains(c))
+        .filter(|c| !before.contains(c) && is_jobs(c, &name))
         .collect();
     ensure!(left.is_empty(), "cgroups left behind: {left:?}");
     agent
@@ -360,10 +362,7 @@ async fn agent_job(run: usize, agent: &Agent, parent: &Path) -> Result<Sample> {
 /// containers (new under `parent` since `before`, named after `job`).
 fn kill_new_cgroups(parent: &Path, before: &[PathBuf], job: &str) {
     for dir in children(parent) {
-        let ours = dir
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(job));
-        if before.contains(&dir) || !ours {
+        if before.contains(&dir) || !is_jobs(&dir, job) {
             continue;
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -375,6 +374,14 @@ fn kill_new_cgroups(parent: &Path, before: &[PathBuf], job: &str) {
             let _ = fs::remove_dir(&d);
         }
     }
+}
+
+/// Whether a cgroup under the agent's parent is a container of `job` (the
+/// bench's job names are valid container names, used as the prefix).
+fn is_jobs(cgroup: &Path, job: &str) -> bool {
+    cgroup
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{job}-")))
 }
 
 /// The cgroup directories directly under `dir`.
