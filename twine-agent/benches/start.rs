@@ -7,7 +7,8 @@
 //! (default 50); the raw samples go to `TWINE_BENCH_OUT` (default
 //! `target/twine-bench/start.json`); `TWINE_BENCH_MASK=1` masks, in the twine
 //! container only, the units nspawn's capability set makes systemd skip
-//! (see [`MASKED_LIKE_NSPAWN`]). A missing prerequisite prints one line
+//! (see [`MASKED_LIKE_NSPAWN`]); `TWINE_BENCH_AGENT_RUNS` runs the agent in
+//! only the first that many runs (0: not at all). A missing prerequisite prints one line
 //! and exits 0, or 1 under `TWINE_REQUIRE_REALSYS=1`.
 //!
 //! Each run times, in an order that alternates from run to run so that drift
@@ -160,6 +161,12 @@ fn run() -> Result<()> {
         Err(_) => 50,
     };
     ensure!(runs > 0, "TWINE_BENCH_RUNS must be at least 1");
+    let agent_runs: usize = match std::env::var("TWINE_BENCH_AGENT_RUNS") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("TWINE_BENCH_AGENT_RUNS={v:?}"))?,
+        Err(_) => runs,
+    };
     let out = std::env::var_os("TWINE_BENCH_OUT").map_or_else(
         || {
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -194,7 +201,7 @@ fn run() -> Result<()> {
             let sample = match system {
                 "twine" => twine_container(run, &rootfs),
                 "nspawn" => nspawn(run, &rootfs),
-                _ if agent_failures.len() >= MAX_AGENT_FAILURES => continue,
+                _ if run >= agent_runs || agent_failures.len() >= MAX_AGENT_FAILURES => continue,
                 _ => match runtime.block_on(agent_job(run, &agent, &agent_cgroups)) {
                     // A failing agent run must not hide the container
                     // figures: failures are counted, printed under the
@@ -223,7 +230,7 @@ fn run() -> Result<()> {
     std::io::stdout()
         .write_all(table(&samples).as_bytes())
         .context("writing the table")?;
-    write_json(&out, runs, &samples)?;
+    write_json(&out, runs, agent_runs, &samples)?;
     eprintln!("raw samples: {}", out.display());
     if !agent_failures.is_empty() {
         bail!(
@@ -769,7 +776,7 @@ fn table(samples: &[Sample]) -> String {
     out
 }
 
-fn write_json(path: &Path, runs: usize, samples: &[Sample]) -> Result<()> {
+fn write_json(path: &Path, runs: usize, agent_runs: usize, samples: &[Sample]) -> Result<()> {
     let samples: Vec<serde_json::Value> = samples
         .iter()
         .map(|s| {
@@ -792,6 +799,7 @@ fn write_json(path: &Path, runs: usize, samples: &[Sample]) -> Result<()> {
     let doc = serde_json::json!({
         "bench": "start",
         "runs": runs,
+        "agent_runs": agent_runs,
         "kernel": kernel,
         "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "rootfs": rootfs(),
