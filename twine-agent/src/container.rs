@@ -555,6 +555,8 @@ impl Container {
         let ready = notify.wait_ready(config.ready_timeout, || container.is_running());
         match ready {
             Ok(_) => {
+                // Unlinks the socket now, so that the phases cover all of `start`.
+                drop(notify);
                 container.phases = Some(StartPhases {
                     prepare: forked - called,
                     spawn: execed - forked,
