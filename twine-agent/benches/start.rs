@@ -91,11 +91,7 @@ impl Sample {
     /// The internal consistency check: phases add up to the total.
     fn check(&self) -> Result<()> {
         let sum: Duration = self.phases.iter().map(|(_, d)| *d).sum();
-        let gap = if sum > self.total {
-            sum - self.total
-        } else {
-            self.total - sum
-        };
+        let gap = sum.abs_diff(self.total);
         ensure!(
             gap <= SUM_TOLERANCE,
             "{} run {}: phases add up to {sum:?} but the total is {:?}",
