@@ -1,7 +1,7 @@
 //! The pieces composed: an [`Agent`] owns a state directory (under its lock),
 //! boots one container per job, installs and starts the job's units over
 //! D-Bus, ships its journal, feeds what it observes to the job's
-//! [`Lifecycle`], persists the record after every change, and reattaches to
+//! [`Lifecycle`](crate::lifecycle::Lifecycle), persists the record after every change, and reattaches to
 //! running containers after a restart, even one after SIGKILL.
 //!
 //! Each job is driven by a supervisor task of its own; a [`JobHandle`] gives
@@ -95,8 +95,8 @@ pub enum AgentError {
     Bus {
         /// The job.
         job: String,
-        /// The bus error.
-        source: BusError,
+        /// The bus error (boxed: it is large and rare).
+        source: Box<BusError>,
     },
     /// The log store or shipper failed.
     #[error("job {job}: logs: {source}")]

@@ -3,7 +3,7 @@
 //! PID 1 with readiness through `NOTIFY_SOCKET`; shutdown with `SIGRTMIN+3` and
 //! a deadline, then `SIGKILL` through `cgroup.kill`; cleanup on every path.
 //!
-//! Written with nix rather than on top of nspawn or runc; [`spawn`] says why a
+//! Written with nix rather than on top of nspawn or runc; the `spawn` module says why a
 //! fork is needed and keeps the only `unsafe` code of the crate.
 //!
 //! Every mount is made inside the container's own mount namespace (private

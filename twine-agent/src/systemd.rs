@@ -5,7 +5,11 @@
 //! `AddMatch`; once a client is connected systemd sends it every signal. From
 //! the host the socket is `/proc/<leader>/root/run/systemd/private`, but systemd
 //! only accepts a peer whose PID it can see, so a [`BusEndpoint::container`]
-//! connects from inside the container's PID namespace (see `connect.rs`).
+//! connects from inside the container's PID namespace. The other quirks of the
+//! private bus (no `Hello`, a well-known sender name, `BEGIN` pipelined with
+//! `AUTH`) are handled in `connect.rs`, which says why for each. systemd sends
+//! every signal to every private connection; `Subscribe` is still called, as
+//! the API asks.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), twine_agent::systemd::BusError> {

@@ -32,7 +32,7 @@ fn usable() -> bool {
     }
 }
 
-/// One runtime for the whole test binary, as in the agent (see `runtime_note`).
+/// One runtime for the whole test binary, as the agent has one.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {

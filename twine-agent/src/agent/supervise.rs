@@ -103,26 +103,32 @@ impl Supervisor {
     /// The main unit's status changed (or was read at start, `initial`).
     fn on_main(&mut self, status: UnitStatus, initial: bool) -> Result<(), AgentError> {
         let previous = self.last_main.replace(status.clone());
+        let Some(service) = status.service.as_ref() else {
+            return Ok(());
+        };
         let was_down = previous.as_ref().is_none_or(|p| {
             matches!(p.active_state, ActiveState::Inactive | ActiveState::Failed)
                 && p.sub_state != "auto-restart"
         });
-        let Some(service) = status.service.as_ref() else {
-            return Ok(());
-        };
-        let exit = match service.exec_main {
-            ExecMain::NotExited => None,
-            ExecMain::Exited(code) => Some(MainExit::Code { code }),
-            ExecMain::Killed(signal) | ExecMain::Dumped(signal) => {
-                Some(MainExit::Signal { signal })
-            }
-            ExecMain::Other { status, .. } => Some(MainExit::Code { code: status }),
-        };
+        // An exit not seen before: the main was up, or its exit status or
+        // restart count changed (a short-lived main can go from inactive to
+        // failed between two reads, without an `active` in between).
+        let new_exit = !was_down
+            || previous.as_ref().is_some_and(|p| {
+                p.service.as_ref().is_none_or(|ps| {
+                    ps.exec_main != service.exec_main || ps.n_restarts != service.n_restarts
+                })
+            });
+        let exit = main_exit(&service.exec_main);
         let result = ServiceResult::parse(&service.result);
         let restarting = status.sub_state == "auto-restart";
         let was_restarting = previous
             .as_ref()
             .is_some_and(|p| p.sub_state == "auto-restart");
+        let down = matches!(
+            status.active_state,
+            ActiveState::Inactive | ActiveState::Failed
+        );
         if status.active_state == ActiveState::Active {
             if self.record.lifecycle.state() == &TaskState::Starting {
                 self.feed(Input::Ready)?;
@@ -136,22 +142,28 @@ impl Supervisor {
                     n_restarts: service.n_restarts,
                 })?;
             }
-        } else if matches!(
-            status.active_state,
-            ActiveState::Inactive | ActiveState::Failed
-        ) && (!was_down
-            || (initial && self.record.lifecycle.state() != &TaskState::Starting))
+        } else if down
+            && (new_exit || (initial && self.record.lifecycle.state() != &TaskState::Starting))
+            && let Some(exit) = exit
         {
-            if let Some(exit) = exit {
-                self.feed(Input::MainExited {
-                    exit,
-                    result,
-                    will_restart: false,
-                    n_restarts: service.n_restarts,
-                })?;
-            }
+            self.feed(Input::MainExited {
+                exit,
+                result,
+                will_restart: false,
+                n_restarts: service.n_restarts,
+            })?;
         }
         Ok(())
+    }
+}
+
+/// The lifecycle's view of systemd's `ExecMainCode`/`ExecMainStatus`.
+fn main_exit(exec_main: &ExecMain) -> Option<MainExit> {
+    match *exec_main {
+        ExecMain::NotExited => None,
+        ExecMain::Exited(code) => Some(MainExit::Code { code }),
+        ExecMain::Killed(signal) | ExecMain::Dumped(signal) => Some(MainExit::Signal { signal }),
+        ExecMain::Other { status, .. } => Some(MainExit::Code { code: status }),
     }
 }
 
@@ -168,7 +180,7 @@ pub(super) async fn launch(
 ) -> Result<JobHandle, AgentError> {
     let job = record.spec.name.clone();
     let kill = match record.spec.validate() {
-        Ok(valid) => valid.task.kill.clone(),
+        Ok(valid) => valid.task.kill,
         Err(e) => {
             return Err(AgentError::Spec {
                 job,
@@ -219,7 +231,17 @@ pub(super) async fn launch(
     let limit = BUS_TIMEOUT + BUS_TIMEOUT;
     let (bus, changes, main_status) = match tokio::time::timeout(limit, connected).await {
         Ok(Ok(parts)) => parts,
-        Ok(Err(source)) => return Err(abort(sup, container, AgentError::Bus { job, source }).await),
+        Ok(Err(source)) => {
+            return Err(abort(
+                sup,
+                container,
+                AgentError::Bus {
+                    job,
+                    source: Box::new(source),
+                },
+            )
+            .await);
+        }
         Err(_) => {
             let error = AgentError::Timeout {
                 job,
@@ -309,6 +331,7 @@ async fn run(
     let mut deadline: Option<Instant> = None;
     let mut liveness = tokio::time::interval(LIVENESS);
     let mut stop_task: Option<tokio::task::JoinHandle<()>> = None;
+    let (stop_done_tx, mut stop_done) = mpsc::unbounded_channel::<()>();
     while !sup.terminal() {
         let wait_deadline = async {
             match deadline {
@@ -384,15 +407,36 @@ async fn run(
                         deadline = lifecycle::stop_deadline(&sup.kill, sup.settings.stop_margin).map(|d| Instant::now() + d);
                         let bus = bus.clone();
                         let target = sup.target.clone();
+                        let done = stop_done_tx.clone();
                         stop_task = Some(tokio::spawn(async move {
                             if let Err(e) = bus.stop_unit(&target).await {
                                 tracing::warn!("stopping {target}: {e}");
                             }
+                            let _ = done.send(());
                         }));
                     }
                 }
                 None => {}
             },
+            Some(()) = stop_done.recv() => {
+                // The stop job is over. A main that was already down (or never
+                // started) gives no further change: settle it from its status.
+                if let Ok(status) = bus.unit_status(&sup.main).await
+                    && matches!(status.active_state, ActiveState::Inactive | ActiveState::Failed)
+                {
+                        let exit = status.service.as_ref().and_then(|s| main_exit(&s.exec_main));
+                        let result = status
+                            .service
+                            .as_ref()
+                            .map_or(ServiceResult::Success, |s| ServiceResult::parse(&s.result));
+                        sup.feed(Input::MainExited {
+                            exit: exit.unwrap_or(MainExit::Code { code: 0 }),
+                            result,
+                            will_restart: false,
+                            n_restarts: status.service.as_ref().map_or(0, |s| s.n_restarts),
+                        })?;
+                }
+            }
             () = wait_deadline => {
                 deadline = None;
                 sup.feed(Input::StopDeadlinePassed)?;
@@ -460,16 +504,16 @@ async fn first_failed_prestart(
     let mut names: Vec<&String> = prestart.iter().collect();
     names.sort();
     for unit in names {
-        if let Ok(status) = bus.unit_status(unit).await {
-            if status.active_state == ActiveState::Failed {
-                let result = status
-                    .service
-                    .as_ref()
-                    .map_or(ServiceResult::Other("failed".into()), |s| {
-                        ServiceResult::parse(&s.result)
-                    });
-                return Some((unit.clone(), result));
-            }
+        if let Ok(status) = bus.unit_status(unit).await
+            && status.active_state == ActiveState::Failed
+        {
+            let result = status
+                .service
+                .as_ref()
+                .map_or(ServiceResult::Other("failed".into()), |s| {
+                    ServiceResult::parse(&s.result)
+                });
+            return Some((unit.clone(), result));
         }
     }
     None

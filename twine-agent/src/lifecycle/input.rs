@@ -1,4 +1,4 @@
-//! What the agent observes and feeds to [`Lifecycle::apply`](super::Lifecycle::apply).
+//! What the agent observes and feeds to [`Lifecycle::apply`](super::Lifecycle::apply)(super::Lifecycle::apply).
 
 use std::fmt;
 
@@ -99,7 +99,7 @@ pub enum MainExit {
     },
 }
 
-/// One observation fed to [`Lifecycle::apply`].
+/// One observation fed to [`Lifecycle::apply`](super::Lifecycle::apply).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "input", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -146,7 +146,7 @@ pub enum Input {
     },
     /// Somebody asked for the task to stop.
     StopRequested,
-    /// The stop deadline (see [`stop_deadline`]) passed before the main exited.
+    /// The stop deadline (see [`stop_deadline`](super::stop_deadline)) passed before the main exited.
     StopDeadlinePassed,
     /// The container's PID 1 is gone.
     ContainerGone,

@@ -14,7 +14,12 @@
 //! * This workspace builds zbus without its `p2p` feature, so every zbus
 //!   connection counts as a bus connection: zbus's own handshake would send
 //!   `Hello`, which systemd answers by dropping the connection (there is no bus
-//!   daemon). The handshake here sends only `AUTH EXTERNAL <uid>` and `BEGIN`.
+//!   daemon). The handshake here sends only `AUTH EXTERNAL <uid>` and `BEGIN`,
+//!   in one write: when `BEGIN` came on its own and the first message right
+//!   behind it, a busy systemd read both at once and never answered the message.
+//! * systemd stamps every message on its private bus with the sender
+//!   `org.freedesktop.systemd1`, which zbus 6 refuses as not a unique name and
+//!   closes the connection over; [`PeerReader`] rewrites it before zbus parses.
 
 use std::fs::File;
 use std::io;
@@ -179,8 +184,11 @@ pub(super) async fn authenticate(
     let handshake = async {
         let uid = nix::unistd::geteuid().as_raw().to_string();
         let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+        // AUTH and BEGIN in one write, as sd-bus's own client does. Sending
+        // BEGIN after the OK lets it share a read with the first message on a
+        // busy systemd, and systemd 252 then never processes that message.
         stream
-            .write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())
+            .write_all(format!("\0AUTH EXTERNAL {hex}\r\nBEGIN\r\n").as_bytes())
             .await
             .map_err(|e| format!("sending AUTH: {e}"))?;
         let line = read_line(stream).await?;
@@ -192,10 +200,6 @@ pub(super) async fn authenticate(
                 ));
             }
         };
-        stream
-            .write_all(b"BEGIN\r\n")
-            .await
-            .map_err(|e| format!("sending BEGIN: {e}"))?;
         Ok(guid)
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -238,12 +242,7 @@ impl Socket for PeerStream {
 
     fn split(self) -> Split<PeerReader, PeerWriter> {
         let (read, write) = self.0.into_split();
-        let reader = PeerReader {
-            half: read,
-            pending: Vec::new(),
-            offset: 0,
-        };
-        Split::new(reader, PeerWriter(write))
+        Split::new(PeerReader::new(read), PeerWriter(write))
     }
 }
 
@@ -254,45 +253,80 @@ impl Socket for PeerStream {
 #[derive(Debug)]
 pub(super) struct PeerReader {
     half: OwnedReadHalf,
-    /// The rest of the current message, already patched.
-    pending: Vec<u8>,
+    /// The message being read, then handed out.
+    buf: Vec<u8>,
+    /// How much of `buf` has been read from the socket.
+    filled: usize,
+    /// Whether `buf` holds a whole, patched message.
+    ready: bool,
+    /// How much of a ready `buf` has been handed out.
     offset: usize,
 }
 
 #[zbus::export::async_trait::async_trait]
 impl ReadHalf for PeerReader {
     async fn recvmsg(&mut self, buffer: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-        if self.offset == self.pending.len() {
-            self.pending.clear();
-            self.offset = 0;
-            if !self.read_message().await? {
-                return Ok((0, Vec::new()));
-            }
+        if !self.ready && !self.fill().await? {
+            return Ok((0, Vec::new()));
         }
-        let n = buffer.len().min(self.pending.len() - self.offset);
-        buffer[..n].copy_from_slice(&self.pending[self.offset..self.offset + n]);
+        let n = buffer.len().min(self.buf.len() - self.offset);
+        buffer[..n].copy_from_slice(&self.buf[self.offset..self.offset + n]);
         self.offset += n;
+        if self.offset == self.buf.len() {
+            self.buf.clear();
+            self.filled = 0;
+            self.offset = 0;
+            self.ready = false;
+        }
         Ok((n, Vec::new()))
     }
 }
 
 impl PeerReader {
-    /// Reads one whole message into `pending`; `false` on a clean end of stream.
-    async fn read_message(&mut self) -> io::Result<bool> {
-        let mut fixed = [0u8; FIXED_HEADER];
-        let first = self.half.read(&mut fixed).await?;
-        if first == 0 {
-            return Ok(false);
+    fn new(half: OwnedReadHalf) -> PeerReader {
+        PeerReader {
+            half,
+            buf: Vec::new(),
+            filled: 0,
+            ready: false,
+            offset: 0,
         }
-        self.half.read_exact(&mut fixed[first..]).await?;
-        let total = message_len(&fixed)?;
-        self.pending.extend_from_slice(&fixed);
-        self.pending.resize(total, 0);
-        self.half
-            .read_exact(&mut self.pending[FIXED_HEADER..])
-            .await?;
-        patch_sender(&mut self.pending);
-        Ok(true)
+    }
+
+    /// Reads until `buf` holds one whole message, then patches it. All progress
+    /// is kept in `self`, so a dropped call loses no bytes. `false` on a clean
+    /// end of stream (between messages).
+    async fn fill(&mut self) -> io::Result<bool> {
+        loop {
+            let want = match self.buf.get(..FIXED_HEADER) {
+                Some(fixed) if self.filled >= FIXED_HEADER => {
+                    let mut header = [0u8; FIXED_HEADER];
+                    header.copy_from_slice(fixed);
+                    message_len(&header)?
+                }
+                _ => FIXED_HEADER,
+            };
+            if self.filled >= FIXED_HEADER && self.filled >= want {
+                self.buf.truncate(want);
+                patch_sender(&mut self.buf);
+                self.ready = true;
+                return Ok(true);
+            }
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            let read = self.half.read(&mut self.buf[self.filled..want]).await?;
+            if read == 0 {
+                if self.filled == 0 {
+                    return Ok(false);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection within a message",
+                ));
+            }
+            self.filled += read;
+        }
     }
 }
 
