@@ -275,10 +275,35 @@ pub enum ContainerError {
     },
 }
 
+/// Where the time of one [`Container::start`] went, for benchmarks and
+/// diagnostics (`twine-agent/benches/start.rs`). The three phases are
+/// consecutive and add up to the whole start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartPhases {
+    /// From the call to just before the fork: checks, the cgroup, the
+    /// scratch and overlay directories, seed files, the notify socket, the
+    /// console and the mount plan.
+    pub prepare: Duration,
+    /// From the fork until `execve` of systemd succeeded (cgroup join,
+    /// `unshare`, the mount plan, `pivot_root`), as the parent sees it.
+    pub spawn: Duration,
+    /// From `execve` until systemd's `READY=1` (its whole boot).
+    pub boot: Duration,
+}
+
+impl StartPhases {
+    /// The whole start: the sum of the phases.
+    pub fn total(&self) -> Duration {
+        self.prepare + self.spawn + self.boot
+    }
+}
+
 /// A running container with systemd as PID 1.
 #[derive(Debug)]
 pub struct Container {
     record: ContainerRecord,
+    /// Set by [`Container::start`], `None` after a reattach.
+    phases: Option<StartPhases>,
     /// Stops the console drain thread (only the agent that booted the
     /// container holds the console).
     console_stop: Option<Arc<AtomicBool>>,
@@ -366,6 +391,7 @@ impl Container {
     /// `READY=1`. On any failure, everything made so far is removed again and
     /// the error says which step failed.
     pub fn start(config: &ContainerConfig) -> Result<Container, ContainerError> {
+        let called = Instant::now();
         let uid = nix::unistd::geteuid().as_raw();
         if uid != 0 {
             return Err(ContainerError::NotRoot { uid });
@@ -395,7 +421,7 @@ impl Container {
             let _ = fs::remove_dir_all(&config.scratch);
             return Err(e);
         }
-        match Container::boot(config, systemd, &cgroup) {
+        match Container::boot(config, systemd, &cgroup, called) {
             Ok(container) => Ok(container),
             Err(first) => match clean_up(&cgroup, &config.scratch, KILL_DEADLINE) {
                 Ok(()) => Err(first),
@@ -411,6 +437,7 @@ impl Container {
         config: &ContainerConfig,
         systemd: &str,
         cgroup: &Path,
+        called: Instant,
     ) -> Result<Container, ContainerError> {
         let scratch = &config.scratch;
         let (upper, work, merged) = (
@@ -487,6 +514,7 @@ impl Container {
         let console_log = scratch.join("console.log");
         let console_stop = Arc::new(AtomicBool::new(false));
         console.drain_into(&console_log, Arc::clone(&console_stop))?;
+        let forked = Instant::now();
         let pid = spawn::spawn(&plan).map_err(|e| match e {
             spawn::SpawnError::Child(failure) => ContainerError::Spawn {
                 step: step_name(&plan, failure.step),
@@ -503,6 +531,7 @@ impl Container {
                 errno: nix::errno::Errno::UnknownErrno,
             },
         })?;
+        let execed = Instant::now();
         let start_time = proc_stat(pid.as_raw())
             .map(|(_, t)| t)
             .ok_or(ContainerError::Gone {
@@ -517,13 +546,23 @@ impl Container {
             scratch: scratch.clone(),
             machine_id,
         };
-        let container = Container {
+        let mut container = Container {
             record,
+            phases: None,
             console_stop: Some(console_stop),
         };
         let ready = notify.wait_ready(config.ready_timeout, || container.is_running());
         match ready {
-            Ok(_) => Ok(container),
+            Ok(_) => {
+                // Unlinks the socket now, so that the phases cover all of `start`.
+                drop(notify);
+                container.phases = Some(StartPhases {
+                    prepare: forked - called,
+                    spawn: execed - forked,
+                    boot: execed.elapsed(),
+                });
+                Ok(container)
+            }
             Err(notify::ReadyError::Timeout { status }) => Err(ContainerError::NeverReady {
                 timeout: config.ready_timeout,
                 status,
@@ -546,6 +585,7 @@ impl Container {
     pub fn reattach(record: ContainerRecord) -> Result<Container, ContainerError> {
         let container = Container {
             record,
+            phases: None,
             console_stop: None,
         };
         if container.is_running() {
@@ -561,6 +601,12 @@ impl Container {
     /// What identifies this container across agent restarts.
     pub fn record(&self) -> &ContainerRecord {
         &self.record
+    }
+
+    /// Where the time of [`Container::start`] went; `None` for a container
+    /// taken over with [`Container::reattach`].
+    pub fn start_phases(&self) -> Option<StartPhases> {
+        self.phases
     }
 
     /// PID 1's pid on the host.
@@ -621,6 +667,7 @@ impl Container {
     pub fn clean_up_record(record: &ContainerRecord) -> Result<(), ContainerError> {
         let probe = Container {
             record: record.clone(),
+            phases: None,
             console_stop: None,
         };
         if probe.is_running() {
