@@ -152,6 +152,9 @@ pub(crate) struct RenewArgs {
 
 /// Runs a `twine agent` subcommand; the exit code is the job's for `run`.
 pub(crate) fn agent(command: AgentCommand) -> ExitCode {
+    if let Err(p) = crate::oomd::init_logs() {
+        return finish(Err(p));
+    }
     let result = match command {
         AgentCommand::Run(args) => return run(&args),
         AgentCommand::Logs(args) => logs(&args),
@@ -264,7 +267,7 @@ fn run(args: &RunArgs) -> ExitCode {
             handle.stop();
         }
         if handle.reattached() {
-            eprintln!("twine agent: job {job} was running; reattached without restarting it");
+            tracing::info!("job {job} was running; reattached without restarting it");
         }
         let mut lines = handle.take_lines();
         let stop = handle.stopper();

@@ -30,7 +30,7 @@ pub(crate) fn daemon(state_dir: &Path, socket: &Path, rootfs: &Path) -> Result<(
             .map_err(|e| problem(format!("SIGTERM handler: {e}")))?;
         let service = AgentService::start(agent).await.map_err(problem)?;
         let listener = bind(socket).map_err(problem)?;
-        eprintln!("twine agent daemon: listening on {}", socket.display());
+        tracing::info!("listening on {}", socket.display());
         let server = tokio::spawn(serve(listener, std::sync::Arc::clone(&service)));
         tokio::select! {
             _ = sigint.recv() => {}

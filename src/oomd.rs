@@ -171,7 +171,7 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, Problems> {
 }
 
 /// Logs go to stderr; `TWINE_LOG` (error, warn, info, debug, trace) sets the level.
-fn init_logs() -> Result<(), Problems> {
+pub(crate) fn init_logs() -> Result<(), Problems> {
     let level = match std::env::var("TWINE_LOG") {
         Ok(text) => text.parse::<tracing::Level>().map_err(|_| {
             problem(format!(

@@ -228,7 +228,20 @@ impl JobHandle {
 impl Agent {
     /// Opens the state directory and takes its lock; a second agent on the
     /// same directory gets [`StateError::Locked`].
-    pub fn open(state: StateDir, settings: AgentSettings) -> Result<Agent, AgentError> {
+    pub fn open(state: StateDir, mut settings: AgentSettings) -> Result<Agent, AgentError> {
+        // Containers pivot into paths under the state directory and the rootfs:
+        // relative ones would be resolved from the wrong directory.
+        let absolute = |path: &std::path::Path| {
+            std::path::absolute(path).map_err(|source| {
+                AgentError::State(StateError::Io {
+                    action: "making the path absolute".into(),
+                    path: path.to_path_buf(),
+                    source,
+                })
+            })
+        };
+        let state = StateDir::new(absolute(state.root())?);
+        settings.rootfs = absolute(&settings.rootfs)?;
         let lock = AgentLock::acquire(&state)?;
         Ok(Agent {
             state,

@@ -397,6 +397,14 @@ impl Container {
             return Err(ContainerError::NotRoot { uid });
         }
         check_name(&config.name)?;
+        for path in [&config.rootfs, &config.scratch] {
+            if !path.is_absolute() {
+                return Err(ContainerError::BadPath {
+                    path: path.clone(),
+                    reason: "must be absolute (the container pivots into it)",
+                });
+            }
+        }
         let systemd = rootfs::systemd_in(&config.rootfs)?;
         let cgroup_parent = &config.cgroup_parent;
         if !rootfs::confined(cgroup_parent) {

@@ -669,6 +669,13 @@ impl WatchState {
         let mut status = self.last.get(unit)?.clone();
         let signal = PropertiesChanged::from_message(msg.clone())?;
         let args = signal.args().ok()?;
+        tracing::trace!(
+            "{unit}: {} changed {:?}, invalidated {:?}",
+            args.interface,
+            args.changed.keys().collect::<Vec<_>>(),
+            args.invalidated
+        );
+        let (mut exec_code, mut exec_status) = (None, None);
         for (name, value) in args.changed.iter() {
             let text = || String::try_from(value.try_clone().ok()?).ok();
             let int = || i32::try_from(value.try_clone().ok()?).ok();
@@ -708,35 +715,33 @@ impl WatchState {
                             service.n_restarts = v;
                         }
                     }
-                    "ExecMainCode" | "ExecMainStatus" => {
-                        let (mut code, mut st) = service.exec_main.code_and_status();
-                        if let Some(v) = int() {
-                            if *name == "ExecMainCode" {
-                                code = v;
-                            } else {
-                                st = v;
-                            }
-                            service.exec_main = ExecMain::from_code(code, st);
-                        }
-                    }
+                    "ExecMainCode" => exec_code = int(),
+                    "ExecMainStatus" => exec_status = int(),
                     _ => {}
                 }
             }
         }
+        // Code and status come as a pair, in any order within the signal.
+        if let Some(service) = status.service.as_mut()
+            && (exec_code.is_some() || exec_status.is_some())
+        {
+            let (code, st) = service.exec_main.code_and_status();
+            service.exec_main =
+                ExecMain::from_code(exec_code.unwrap_or(code), exec_status.unwrap_or(st));
+        }
         Some(status)
     }
 
+    /// Reports unit `i` after a change: from the signal's values on top of the
+    /// last status when there is one (systemd sends the new values of every
+    /// property the status holds), else from a fresh read. A read is avoided
+    /// where it can be: systemd loads a collected unit again when its object
+    /// is read, and would answer with a fresh unit's blank exit status.
     async fn refresh(&mut self, i: usize, from_signal: Option<UnitStatus>) {
         let (unit, path) = &self.units[i];
-        let read = match self.bus.status_at(unit, path).await {
-            Err(e) if !matches!(e, BusError::Disconnected { .. }) => match from_signal {
-                Some(status) => {
-                    tracing::debug!("reading {unit} failed ({e}); using the signal's values");
-                    Ok(status)
-                }
-                None => Err(e),
-            },
-            other => other,
+        let read = match from_signal {
+            Some(status) => Ok(status),
+            None => self.bus.status_at(unit, path).await,
         };
         match read {
             Ok(status) => {

@@ -28,6 +28,9 @@ use super::{AgentError, AgentSettings, Control, JobHandle, JobRecord, job_key, o
 
 /// How long the container's systemd may take to accept a D-Bus connection.
 const BUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after the target's stop job the watch may still deliver the
+/// main's exit before the supervisor reads it itself.
+const SETTLE_GRACE: Duration = Duration::from_millis(500);
 /// How often the supervisor checks that PID 1 is still there.
 const LIVENESS: Duration = Duration::from_millis(500);
 
@@ -396,6 +399,7 @@ async fn run(
     let mut liveness = tokio::time::interval(LIVENESS);
     let mut stop_task: Option<tokio::task::JoinHandle<()>> = None;
     let (stop_done_tx, mut stop_done) = mpsc::unbounded_channel::<()>();
+    let mut settle_at: Option<Instant> = None;
     while !sup.terminal() {
         let wait_deadline = async {
             match deadline {
@@ -412,6 +416,12 @@ async fn run(
         let start_done = async {
             match started.as_mut() {
                 Some(rx) => rx.await,
+                None => std::future::pending().await,
+            }
+        };
+        let settle_wait = async {
+            match settle_at {
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -489,7 +499,12 @@ async fn run(
             },
             Some(()) = stop_done.recv() => {
                 // The stop job is over. A main that was already down (or never
-                // started) gives no further change: settle it from its status.
+                // started) gives no further change: settle it from its status,
+                // once the watch has had a moment to deliver the main's exit.
+                settle_at = Some(Instant::now() + SETTLE_GRACE);
+            }
+            () = settle_wait => {
+                settle_at = None;
                 sup.settle_after_stop(&bus).await?;
             }
             () = wait_deadline => {
