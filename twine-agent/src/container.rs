@@ -703,6 +703,7 @@ fn step_name(plan: &spawn::Plan, step: u32) -> String {
         spawn::STEP_FORK => "the second fork".into(),
         spawn::STEP_PIVOT => "pivot_root".into(),
         spawn::STEP_HOSTNAME => "sethostname".into(),
+        spawn::STEP_CAPS => "dropping capabilities from the bounding set".into(),
         spawn::STEP_EXEC => format!("execve {}", plan.exe.to_string_lossy()),
         i => plan
             .steps

@@ -64,6 +64,20 @@ fn boots_systemd_as_pid1_with_the_container_interface_and_cleans_up() {
         state == "running" || state == "degraded",
         "system state {state}"
     );
+    // No container may load kernel modules or do raw I/O (as with nspawn).
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+        .expect("CapBnd");
+    assert_eq!(bounding & (1 << 16), 0, "CAP_SYS_MODULE dropped");
+    assert_eq!(bounding & (1 << 17), 0, "CAP_SYS_RAWIO dropped");
+    assert_ne!(
+        bounding & (1 << 21),
+        0,
+        "CAP_SYS_ADMIN kept (systemd needs it)"
+    );
     let out = realsys::nsenter(pid, &["hostname"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), cfg.name);
     // /sys and the identity bind are read-only; the cgroup is delegated (writable).
