@@ -524,3 +524,61 @@ fn a_cgroup_that_cannot_be_written_is_a_clear_error_and_nothing_is_left() {
     assert!(text.contains(&parent_name), "names the cgroup: {text}");
     assert_clean(dir.path(), &job);
 }
+
+#[test]
+fn an_update_restarts_the_job_on_a_fresh_container() {
+    use twine_agent::agent::AgentService;
+    use twine_agent::daemon::Handler as _;
+    if !realsys::available() {
+        return;
+    }
+    let dir = realsys::scratch("update");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
+    let job = realsys::unique("update");
+    let version = |v: &str| {
+        spec(&format!(
+            "name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/sh\", \"-c\", \"echo version {v}; exec sleep infinity\"]\n"
+        ))
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let service = AgentService::start(agent(dir.path()))
+            .await
+            .expect("service");
+        service.submit(version("one")).await.expect("v1");
+        wait_line(dir.path(), &job, "version one", Duration::from_secs(30)).await;
+        let first = read_record(dir.path(), &job);
+        assert_eq!(first.generation, 1);
+        let first_pid = first.container.expect("running").pid;
+        // The same spec again is a no-op; a changed one is an update.
+        service.submit(version("one")).await.expect("same");
+        assert_eq!(read_record(dir.path(), &job).generation, 1);
+        service.submit(version("two")).await.expect("v2");
+        wait_line(dir.path(), &job, "version two", Duration::from_secs(30)).await;
+        let second = read_record(dir.path(), &job);
+        assert_eq!(second.generation, 2, "a fresh container");
+        let second_pid = second.container.expect("running").pid;
+        assert_ne!(second_pid, first_pid);
+        assert!(
+            !Path::new(&format!("/proc/{first_pid}/cgroup")).exists()
+                || fs::read_to_string(format!("/proc/{first_pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "the first container is gone"
+        );
+        let statuses = service.status(Some(job.clone())).await.expect("status");
+        assert_eq!(statuses[0].generation, 2);
+        assert_eq!(statuses[0].state, TaskState::Running);
+        service.stop_all().await;
+    });
+    assert_clean(dir.path(), &job);
+}
+
+fn read_record(dir: &Path, job: &str) -> twine_agent::agent::JobRecord {
+    twine_agent::state::read_record(
+        &dir.join("state/jobs")
+            .join(job_key(job))
+            .join("record.json"),
+    )
+    .expect("record")
+    .expect("exists")
+}
