@@ -268,7 +268,10 @@ impl Agent {
     /// Runs `spec`. If this state directory already has the same job running
     /// with the same spec (a restarted agent), the agent reattaches to it
     /// without restarting anything. A job running with a different spec is
-    /// updated by restarting it on a fresh container.
+    /// updated by restarting it on a fresh container. A job this agent is
+    /// already driving must be stopped and waited for through its
+    /// [`JobHandle`] first, or two supervisors would drive one container;
+    /// [`AgentService`] does that for the daemon.
     pub async fn run(&self, spec: JobSpec) -> Result<JobHandle, AgentError> {
         let name = spec.name.clone();
         let job = spec.validate().map_err(|e| AgentError::Spec {

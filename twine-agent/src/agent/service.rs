@@ -18,6 +18,8 @@ struct Entry {
     spec: JobSpec,
     stop: Box<dyn Fn() + Send + Sync>,
     state: watch::Receiver<TaskState>,
+    /// Turns true once the job has ended and its container is cleaned up.
+    finished: watch::Receiver<bool>,
 }
 
 /// An [`Agent`] serving the daemon protocol: submit, stop, status, events.
@@ -63,15 +65,15 @@ impl AgentService {
     /// told to exit and should leave nothing running). Jobs keep running
     /// when the daemon is killed instead.
     pub async fn stop_all(&self) {
-        let entries: Vec<watch::Receiver<TaskState>> = {
+        let entries: Vec<watch::Receiver<bool>> = {
             let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
             for entry in jobs.values() {
                 (entry.stop)();
             }
-            jobs.values().map(|e| e.state.clone()).collect()
+            jobs.values().map(|e| e.finished.clone()).collect()
         };
-        for mut state in entries {
-            let _ = state.wait_for(TaskState::is_terminal).await;
+        for mut finished in entries {
+            let _ = finished.wait_for(|done| *done).await;
         }
     }
 
@@ -94,10 +96,12 @@ impl AgentService {
                 }
             }
         });
+        let (finished_tx, finished) = watch::channel(false);
         let entry = Entry {
             spec,
             stop: Box::new(handle.stopper()),
             state: handle.watch_state(),
+            finished,
         };
         self.jobs
             .lock()
@@ -108,6 +112,7 @@ impl AgentService {
                 Ok(state) => tracing::info!(%job, "job ended: {state}"),
                 Err(e) => tracing::warn!(%job, "job ended with an error: {e}"),
             }
+            finished_tx.send_replace(true);
         });
     }
 
@@ -118,11 +123,12 @@ impl AgentService {
         (!entry.state.borrow().is_terminal()).then(|| entry.spec.clone())
     }
 
-    fn stop_entry(&self, job: &str) -> Option<watch::Receiver<TaskState>> {
+    /// Asks `job` to stop; the receiver turns true once it is cleaned up.
+    fn stop_entry(&self, job: &str) -> Option<watch::Receiver<bool>> {
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = jobs.get(job)?;
         (entry.stop)();
-        Some(entry.state.clone())
+        Some(entry.finished.clone())
     }
 }
 
@@ -134,8 +140,8 @@ impl Handler for AgentService {
                 return Ok(job);
             }
             // An update: stop the running generation, then start a fresh one.
-            if let Some(mut state) = self.stop_entry(&job) {
-                let _ = state.wait_for(TaskState::is_terminal).await;
+            if let Some(mut finished) = self.stop_entry(&job) {
+                let _ = finished.wait_for(|done| *done).await;
             }
         }
         let handle = self.agent.run(spec.clone()).await.map_err(|e| match e {
