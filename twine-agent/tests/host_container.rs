@@ -207,3 +207,43 @@ fn systemd_that_never_becomes_ready_is_reported_with_its_console_and_cleaned_up(
         "cgroup removed"
     );
 }
+
+#[test]
+fn a_private_network_has_only_loopback_and_systemd_brings_it_up() {
+    if !realsys::available() {
+        return;
+    }
+    let dir = realsys::scratch("net");
+    let mut cfg = config("net", dir.path());
+    cfg.network = twine_agent::container::Network::Private;
+    let guard = realsys::Guard::new(Container::start(&cfg).expect("container boots"));
+    let pid = guard.get().pid();
+    // A network namespace of its own, not the host's.
+    let ns = |p: &str| fs::read_link(format!("/proc/{p}/ns/net")).expect("net ns");
+    assert_ne!(ns(&pid.to_string()), ns("self"), "a new network namespace");
+    let out = realsys::nsenter(pid, &["ls", "/sys/class/net"]);
+    let links = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert_eq!(links, ["lo"], "only loopback");
+    let out = realsys::nsenter(
+        pid,
+        &[
+            "cat",
+            "/sys/class/net/lo/operstate",
+            "/sys/class/net/lo/flags",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let flags = text
+        .lines()
+        .nth(1)
+        .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .expect("flags");
+    assert_ne!(flags & 1, 0, "lo is up (IFF_UP): {text}");
+    guard
+        .take()
+        .shutdown(Duration::from_secs(20))
+        .expect("shutdown");
+}
