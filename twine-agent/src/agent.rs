@@ -452,8 +452,10 @@ impl Agent {
     }
 }
 
-/// Opens a job's log store (for `twine agent logs`) without the agent's lock:
-/// the store is append-only and readable while an agent writes it.
+/// The directory of a job's log store, for reading it with
+/// [`LogStore::read`](crate::logs::LogStore::read) (as `twine agent logs` does)
+/// without the agent's lock: the store is append-only and readable while an
+/// agent writes it.
 pub fn log_dir(state: &StateDir, job: &str) -> PathBuf {
     state.job(&job_key(job)).logs()
 }
