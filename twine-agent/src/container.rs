@@ -13,7 +13,9 @@
 //! failure path of [`Container::start`]) removes both.
 
 mod cgroup;
+mod config;
 mod console;
+mod error;
 mod mounts;
 mod notify;
 mod rootfs;
@@ -31,94 +33,11 @@ use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+pub use config::{Bind, ContainerConfig, Network, SeedFile};
+pub use error::ContainerError;
 pub use mounts::NOTIFY_INSIDE;
 
-/// The container's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    /// The host's network namespace.
-    #[default]
-    Host,
-    /// A new network namespace with only loopback (systemd brings `lo` up).
-    Private,
-}
-
-/// A host directory or file bind-mounted into the container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bind {
-    /// The host path.
-    pub source: PathBuf,
-    /// The absolute path inside the container.
-    pub target: PathBuf,
-    /// Whether the container sees it read-only.
-    pub read_only: bool,
-}
-
-/// A file placed into the container's writable layer before boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SeedFile {
-    /// A regular file.
-    File {
-        /// Path relative to the container's root (confined: no `..`).
-        path: PathBuf,
-        /// Contents.
-        contents: Vec<u8>,
-        /// Permission bits.
-        mode: u32,
-    },
-    /// A symbolic link (for example a unit masked to `/dev/null`).
-    Symlink {
-        /// Path relative to the container's root (confined: no `..`).
-        path: PathBuf,
-        /// What it points to.
-        to: PathBuf,
-    },
-}
-
-/// What a container is made of.
-#[derive(Debug, Clone)]
-pub struct ContainerConfig {
-    /// The container's name: its hostname and its cgroup's directory name.
-    /// Letters, digits, `-`, `_` and `.`, at most 64 bytes, not starting with `.`.
-    pub name: String,
-    /// The read-only base root file system (shared by many containers).
-    pub rootfs: PathBuf,
-    /// The container's scratch directory on the host (overlay layers, notify
-    /// socket, console log); created, and removed at shutdown.
-    pub scratch: PathBuf,
-    /// The network.
-    pub network: Network,
-    /// Extra bind mounts.
-    pub binds: Vec<Bind>,
-    /// Files seeded into the writable layer.
-    pub seed: Vec<SeedFile>,
-    /// The parent of the container's cgroup, relative to the cgroup2 mount.
-    pub cgroup_parent: PathBuf,
-    /// How long systemd may take to report `READY=1`.
-    pub ready_timeout: Duration,
-}
-
-impl ContainerConfig {
-    /// A configuration with the defaults: host network, no binds, no seed
-    /// files, cgroup parent `twine`, 30 s to become ready.
-    pub fn new(
-        name: impl Into<String>,
-        rootfs: impl Into<PathBuf>,
-        scratch: impl Into<PathBuf>,
-    ) -> ContainerConfig {
-        ContainerConfig {
-            name: name.into(),
-            rootfs: rootfs.into(),
-            scratch: scratch.into(),
-            network: Network::Host,
-            binds: Vec::new(),
-            seed: Vec::new(),
-            cgroup_parent: PathBuf::from("twine"),
-            ready_timeout: Duration::from_secs(30),
-        }
-    }
-}
+use config::check_name;
 
 /// What identifies a running container across agent restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,143 +55,6 @@ pub struct ContainerRecord {
     pub scratch: PathBuf,
     /// The container's machine id (its journal directory's name).
     pub machine_id: String,
-}
-
-/// Why a container could not be started, reattached or stopped.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ContainerError {
-    /// The agent is not root.
-    #[error("containers need root (running as uid {uid})")]
-    NotRoot {
-        /// The effective uid.
-        uid: u32,
-    },
-    /// The rootfs does not exist or is not a directory.
-    #[error("{path}: no such rootfs directory", path = path.display())]
-    MissingRootfs {
-        /// The path given.
-        path: PathBuf,
-    },
-    /// The rootfs has no executable systemd.
-    #[error("{rootfs}: no systemd in this rootfs (looked for usr/lib/systemd/systemd and lib/systemd/systemd)", rootfs = rootfs.display())]
-    NoSystemd {
-        /// The rootfs.
-        rootfs: PathBuf,
-    },
-    /// The container name is not usable as a hostname and cgroup name.
-    #[error("container name {name:?}: {reason}")]
-    BadName {
-        /// The name.
-        name: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// A path cannot be used.
-    #[error("{path}: {reason}", path = path.display())]
-    BadPath {
-        /// The path.
-        path: PathBuf,
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// A path from the configuration would leave its root.
-    #[error("{what} {path}: must be a confined path (no '..', absolute inside the container)", path = path.display())]
-    Unconfined {
-        /// What the path is for.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-    },
-    /// No cgroup2 file system is mounted on the host.
-    #[error("no cgroup2 mount in /proc/self/mountinfo")]
-    NoCgroup2,
-    /// The container's cgroup exists already (another container of that name).
-    #[error("{path}: the container's cgroup exists already", path = path.display())]
-    CgroupExists {
-        /// The cgroup.
-        path: PathBuf,
-    },
-    /// A cgroup file could not be written.
-    #[error("{path}: {source}", path = path.display())]
-    Cgroup {
-        /// The cgroup file or directory.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// Processes survived `cgroup.kill`.
-    #[error("{cgroup}: processes {pids:?} survived cgroup.kill", cgroup = cgroup.display())]
-    Unkillable {
-        /// The cgroup.
-        cgroup: PathBuf,
-        /// What is left.
-        pids: Vec<i32>,
-    },
-    /// A file operation failed.
-    #[error("{what}: {path}: {source}", path = path.display())]
-    Io {
-        /// What the agent was doing.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// Starting PID 1 failed at a named step.
-    #[error("starting the container failed at {step}: {errno}")]
-    Spawn {
-        /// The step (a mount, `unshare`, `pivot_root`, `execve` ...).
-        step: String,
-        /// The error.
-        errno: nix::errno::Errno,
-    },
-    /// systemd did not report `READY=1` in time.
-    #[error(
-        "systemd in the container did not become ready within {timeout:?} (last status: {status:?}); console:\n{console}"
-    )]
-    NeverReady {
-        /// The deadline.
-        timeout: Duration,
-        /// The last `STATUS=` systemd sent.
-        status: Option<String>,
-        /// The end of the console log.
-        console: String,
-    },
-    /// PID 1 exited before it was ready.
-    #[error(
-        "systemd in the container exited before it was ready (last status: {status:?}); console:\n{console}"
-    )]
-    DiedBeforeReady {
-        /// The last `STATUS=` systemd sent.
-        status: Option<String>,
-        /// The end of the console log.
-        console: String,
-    },
-    /// The recorded container is no longer running.
-    #[error("container {name} (pid {pid}) is gone")]
-    Gone {
-        /// The container.
-        name: String,
-        /// Its recorded pid.
-        pid: i32,
-    },
-    /// The container still runs where it was expected to be gone.
-    #[error("container {name} (pid {pid}) is still running")]
-    StillRunning {
-        /// The container.
-        name: String,
-        /// Its PID 1.
-        pid: i32,
-    },
-    /// Cleanup after another failure failed too; both are reported.
-    #[error("{first}; cleaning up also failed: {cleanup}")]
-    CleanupFailed {
-        /// The original failure.
-        first: Box<ContainerError>,
-        /// The cleanup failure.
-        cleanup: Box<ContainerError>,
-    },
 }
 
 /// Where the time of one [`Container::start`] went, for benchmarks and
@@ -325,29 +107,6 @@ pub enum Shutdown {
     /// The deadline passed; the rest was killed through `cgroup.kill`.
     Killed,
 }
-
-fn check_name(name: &str) -> Result<(), ContainerError> {
-    let bad = |reason| {
-        Err(ContainerError::BadName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() || name.len() > 64 {
-        return bad("must be 1 to 64 bytes");
-    }
-    if name.starts_with('.') {
-        return bad("must not start with '.'");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return bad("may hold only letters, digits, '-', '_' and '.'");
-    }
-    Ok(())
-}
-
 fn cstring(path: &Path) -> Result<CString, ContainerError> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| ContainerError::BadPath {
         path: path.into(),
@@ -715,14 +474,6 @@ fn step_name(plan: &spawn::Plan, step: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_checked() {
-        for bad in ["", ".x", "a/b", "a b", &"x".repeat(65)] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-        check_name("web-1.gen_2").expect("fine");
-    }
 
     #[test]
     fn proc_stat_reads_our_own_process() {
