@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 use twine::spec::JobSpec;
-use twine_agent::agent::{Agent, AgentSettings, log_dir};
+use twine_agent::agent::{Agent, AgentSettings, log_dir, renew_identity};
 use twine_agent::container::Network;
 use twine_agent::lifecycle::{FailReason, TaskState};
 use twine_agent::logs::{LogLine, LogStore};
@@ -354,16 +354,5 @@ fn renew(args: &RenewArgs) -> Result<(), Problems> {
         .iter()
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
-    let state = StateDir::new(&args.state_dir);
-    let dirs = state.job(&twine_agent::agent::job_key(&args.job));
-    if !dirs.root().exists() {
-        return Err(problem(format!(
-            "{}: no job {:?} in this state directory",
-            args.state_dir.display(),
-            args.job
-        )));
-    }
-    twine_agent::identity::Identity::new(dirs.identity())
-        .renew(&refs)
-        .map_err(problem)
+    renew_identity(&StateDir::new(&args.state_dir), &args.job, &refs).map_err(problem)
 }

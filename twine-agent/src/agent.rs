@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
+use twine_spec::job::KillPolicy;
 use twine_spec::{JobSpec, UnitSet};
 
 use crate::container::{Container, ContainerError, Network};
@@ -160,7 +161,7 @@ pub(crate) enum Control {
 /// A job driven by the agent.
 #[derive(Debug)]
 pub struct JobHandle {
-    job: String,
+    spec: JobSpec,
     control: mpsc::UnboundedSender<Control>,
     state: watch::Receiver<TaskState>,
     events: broadcast::Sender<Event>,
@@ -172,7 +173,12 @@ pub struct JobHandle {
 impl JobHandle {
     /// The job's name.
     pub fn job(&self) -> &str {
-        &self.job
+        &self.spec.name
+    }
+
+    /// The spec the job runs.
+    pub fn spec(&self) -> &JobSpec {
+        &self.spec
     }
 
     /// Whether this handle took over a container a previous agent started.
@@ -217,7 +223,7 @@ impl JobHandle {
     /// Waits until the job has ended for good and everything is cleaned up;
     /// returns the final state.
     pub async fn wait(self) -> Result<TaskState, AgentError> {
-        let job = self.job.clone();
+        let job = self.spec.name;
         self.done.await.map_err(|e| AgentError::Internal {
             job,
             what: format!("the supervisor task failed: {e}"),
@@ -274,14 +280,7 @@ impl Agent {
     /// [`AgentService`] does that for the daemon.
     pub async fn run(&self, spec: JobSpec) -> Result<JobHandle, AgentError> {
         let name = spec.name.clone();
-        let job = spec.validate().map_err(|e| AgentError::Spec {
-            job: name.clone(),
-            message: e.to_string(),
-        })?;
-        let units = twine_spec::translate(&job).map_err(|e| AgentError::Spec {
-            job: name.clone(),
-            message: e.to_string(),
-        })?;
+        let (kill, units) = record::translate(&spec)?;
         let key = job_key(&name);
         let dirs = self.state.job(&key);
         let previous: Option<JobRecord> = read_record(&dirs.record())?;
@@ -298,15 +297,12 @@ impl Agent {
             if let Some(container) = previous.container.clone() {
                 match Container::reattach(container.clone()) {
                     Ok(running) if previous.spec == spec => {
-                        return self.attach(previous, running, units).await;
+                        return self.attach(previous, running, kill, units).await;
                     }
                     Ok(running) => {
                         // An update: the old container goes, the new one starts fresh.
-                        let old_units = previous.units().map_err(|message| AgentError::Spec {
-                            job: name.clone(),
-                            message,
-                        })?;
-                        let handle = self.attach(previous, running, old_units).await?;
+                        let (old_kill, old_units) = previous.translate()?;
+                        let handle = self.attach(previous, running, old_kill, old_units).await?;
                         handle.stop();
                         handle.wait().await?;
                     }
@@ -322,7 +318,7 @@ impl Agent {
                 }
             }
         }
-        self.start_fresh(spec, units, generation).await
+        self.start_fresh(spec, kill, units, generation).await
     }
 
     /// Reattaches to every job whose container is still running (after an
@@ -338,12 +334,9 @@ impl Agent {
                 continue;
             };
             let name = record.spec.name.clone();
-            let units = record.units().map_err(|message| AgentError::Spec {
-                job: name.clone(),
-                message,
-            })?;
+            let (kill, units) = record.translate()?;
             match Container::reattach(container.clone()) {
-                Ok(running) => handles.push(self.attach(record, running, units).await?),
+                Ok(running) => handles.push(self.attach(record, running, kill, units).await?),
                 Err(_) => {
                     let mut record = record;
                     let _ = record.lifecycle.apply(Input::ContainerGone);
@@ -361,27 +354,15 @@ impl Agent {
         Ok(handles)
     }
 
-    /// Renews the job's credentials: the whole set is replaced atomically, and
-    /// the running container sees it at [`IDENTITY_INSIDE`] without a restart.
+    /// Renews the job's credentials; see [`renew_identity`].
     pub fn renew_identity(&self, job: &str, files: &[(&str, &[u8])]) -> Result<(), AgentError> {
-        let dirs = self.state.job(&job_key(job));
-        if !dirs.root().exists() {
-            return Err(AgentError::UnknownJob {
-                job: job.to_owned(),
-                state: self.state.root().to_path_buf(),
-            });
-        }
-        Identity::new(dirs.identity())
-            .renew(files)
-            .map_err(|source| AgentError::Identity {
-                job: job.to_owned(),
-                source,
-            })
+        renew_identity(&self.state, job, files)
     }
 
     async fn start_fresh(
         &self,
         spec: JobSpec,
+        kill: KillPolicy,
         units: UnitSet,
         generation: u64,
     ) -> Result<JobHandle, AgentError> {
@@ -428,6 +409,7 @@ impl Agent {
             Arc::clone(&self.settings),
             record,
             container,
+            kill,
             units,
             false,
         )
@@ -438,6 +420,7 @@ impl Agent {
         &self,
         record: JobRecord,
         container: Container,
+        kill: KillPolicy,
         units: UnitSet,
     ) -> Result<JobHandle, AgentError> {
         supervise::launch(
@@ -445,11 +428,36 @@ impl Agent {
             Arc::clone(&self.settings),
             record,
             container,
+            kill,
             units,
             true,
         )
         .await
     }
+}
+
+/// Renews a job's credentials: the whole set is replaced atomically, and the
+/// running container sees it at [`IDENTITY_INSIDE`] without a restart. Needs
+/// no agent lock (the renewal is atomic on its own), so `twine agent renew`
+/// works beside a running agent.
+pub fn renew_identity(
+    state: &StateDir,
+    job: &str,
+    files: &[(&str, &[u8])],
+) -> Result<(), AgentError> {
+    let dirs = state.job(&job_key(job));
+    if !dirs.root().exists() {
+        return Err(AgentError::UnknownJob {
+            job: job.to_owned(),
+            state: state.root().to_path_buf(),
+        });
+    }
+    Identity::new(dirs.identity())
+        .renew(files)
+        .map_err(|source| AgentError::Identity {
+            job: job.to_owned(),
+            source,
+        })
 }
 
 /// The directory of a job's log store, for reading it with

@@ -2,7 +2,10 @@
 //! container, the units and the lifecycle where the last agent left them.
 
 use serde::{Deserialize, Serialize};
+use twine_spec::job::KillPolicy;
 use twine_spec::{JobSpec, UnitSet};
+
+use super::AgentError;
 
 use crate::container::ContainerRecord;
 use crate::lifecycle::Lifecycle;
@@ -31,9 +34,20 @@ impl JobRecord {
         }
     }
 
-    /// The job's units, translated again from the recorded spec.
-    pub fn units(&self) -> Result<UnitSet, String> {
-        let job = self.spec.validate().map_err(|e| e.to_string())?;
-        twine_spec::translate(&job).map_err(|e| e.to_string())
+    /// The job's kill policy and units, from the recorded spec validated and
+    /// translated again.
+    pub(crate) fn translate(&self) -> Result<(KillPolicy, UnitSet), AgentError> {
+        translate(&self.spec)
     }
+}
+
+/// Validates and translates `spec`: its kill policy and its units.
+pub(crate) fn translate(spec: &JobSpec) -> Result<(KillPolicy, UnitSet), AgentError> {
+    let refused = |message: String| AgentError::Spec {
+        job: spec.name.clone(),
+        message,
+    };
+    let job = spec.validate().map_err(|e| refused(e.to_string()))?;
+    let units = twine_spec::translate(&job).map_err(|e| refused(e.to_string()))?;
+    Ok((job.task.kill, units))
 }

@@ -48,15 +48,7 @@ impl AgentService {
             events,
         });
         for handle in service.agent.reattach_all().await? {
-            let spec = service
-                .agent
-                .record(handle.job())?
-                .map(|r| r.spec)
-                .ok_or_else(|| AgentError::Internal {
-                    job: handle.job().to_owned(),
-                    what: "a reattached job has no record".into(),
-                })?;
-            service.adopt(spec, handle);
+            service.adopt(handle);
         }
         Ok(service)
     }
@@ -77,7 +69,8 @@ impl AgentService {
         }
     }
 
-    fn adopt(&self, spec: JobSpec, handle: JobHandle) {
+    fn adopt(&self, handle: JobHandle) {
+        let spec = handle.spec().clone();
         let job = handle.job().to_owned();
         let mut events = handle.events();
         let forward = self.events.clone();
@@ -144,7 +137,7 @@ impl Handler for AgentService {
                 let _ = finished.wait_for(|done| *done).await;
             }
         }
-        let handle = self.agent.run(spec.clone()).await.map_err(|e| match e {
+        let handle = self.agent.run(spec).await.map_err(|e| match e {
             AgentError::Spec { .. } => HandlerError::Refused {
                 message: e.to_string(),
             },
@@ -152,7 +145,7 @@ impl Handler for AgentService {
                 message: other.to_string(),
             },
         })?;
-        self.adopt(spec, handle);
+        self.adopt(handle);
         Ok(job)
     }
 

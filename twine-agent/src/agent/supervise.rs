@@ -81,10 +81,7 @@ impl Supervisor {
     /// Turns one unit change into lifecycle inputs.
     fn on_change(&mut self, change: UnitChange) -> Result<(), AgentError> {
         let status = change.status;
-        let result = status
-            .service
-            .as_ref()
-            .map_or(ServiceResult::Success, |s| ServiceResult::parse(&s.result));
+        let result = service_result(&status);
         self.feed(Input::UnitChanged {
             unit: change.unit.clone(),
             active_state: status.active_state.as_str().to_owned(),
@@ -179,10 +176,7 @@ impl Supervisor {
                     .service
                     .as_ref()
                     .and_then(|s| main_exit(&s.exec_main));
-                let result = status
-                    .service
-                    .as_ref()
-                    .map_or(ServiceResult::Success, |s| ServiceResult::parse(&s.result));
+                let result = service_result(&status);
                 let n_restarts = status.service.as_ref().map_or(0, |s| s.n_restarts);
                 let exit = exit.unwrap_or_else(|| self.assumed_exit());
                 self.feed(Input::MainExited {
@@ -224,6 +218,14 @@ impl Supervisor {
     }
 }
 
+/// systemd's `Result` of a service; `success` for units that are not services.
+fn service_result(status: &UnitStatus) -> ServiceResult {
+    status
+        .service
+        .as_ref()
+        .map_or(ServiceResult::Success, |s| ServiceResult::parse(&s.result))
+}
+
 /// The lifecycle's view of systemd's `ExecMainCode`/`ExecMainStatus`.
 fn main_exit(exec_main: &ExecMain) -> Option<MainExit> {
     match *exec_main {
@@ -242,19 +244,12 @@ pub(super) async fn launch(
     settings: Arc<AgentSettings>,
     record: JobRecord,
     container: Container,
+    kill: KillPolicy,
     units: UnitSet,
     reattached: bool,
 ) -> Result<JobHandle, AgentError> {
-    let job = record.spec.name.clone();
-    let kill = match record.spec.validate() {
-        Ok(valid) => valid.task.kill,
-        Err(e) => {
-            return Err(AgentError::Spec {
-                job,
-                message: e.to_string(),
-            });
-        }
-    };
+    let spec = record.spec.clone();
+    let job = spec.name.clone();
     let names: Vec<String> = units.units().iter().map(|u| u.name.to_string()).collect();
     let main = units.main().to_string();
     let graph = units.graph();
@@ -345,7 +340,7 @@ pub(super) async fn launch(
         sup, container, bus, changes, control_rx, started, logs, logs_stop,
     ));
     Ok(JobHandle {
-        job,
+        spec,
         control,
         state: state_rx,
         events,
@@ -357,12 +352,8 @@ pub(super) async fn launch(
 
 /// Kills the container after a failed launch and records the failure.
 async fn abort(mut sup: Supervisor, container: Container, error: AgentError) -> AgentError {
-    let _ = sup.feed(Input::ContainerStartFailed {
-        message: error.to_string(),
-    });
-    if !sup.terminal() {
-        let _ = sup.feed(Input::BusLost);
-    }
+    // The container is up (Starting or Running): losing systemd is the reason.
+    let _ = sup.feed(Input::BusLost);
     let killed = tokio::task::spawn_blocking(move || container.kill()).await;
     sup.record.container = None;
     let _ = write_record(&sup.state.job(&job_key(&sup.job)).record(), &sup.record);
