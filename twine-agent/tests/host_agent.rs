@@ -300,12 +300,7 @@ command = ["/bin/sh", "-c", "last=; while :; do t=$(cat /run/twine/identity/toke
             Duration::from_secs(30),
         )
         .await;
-        let pid = agent
-            .record(&job)
-            .expect("record")
-            .and_then(|r| r.container)
-            .expect("container")
-            .pid;
+        let pid = container_pid(&agent, &job);
         agent
             .renew_identity(&job, &[("token", b"one")])
             .expect("renew");
@@ -400,20 +395,15 @@ fn a_spec_the_agent_cannot_run_is_refused_with_its_field() {
     assert!(err.to_string().contains("task.command[0]"), "{err}");
 }
 
-#[test]
-fn dbus_going_away_mid_run_fails_the_task_and_cleans_up() {
-    if !realsys::available() {
-        return;
-    }
-    let dir = realsys::scratch("bus");
-    let _reaper = realsys::Reaper::new(dir.path().join("state"));
-    let job = realsys::unique("bus");
+/// Runs `sleep infinity` as a job until it is running, applies `fault` to
+/// its container's PID 1, and returns the job's name and final state (within 30 s).
+fn fault_while_running(dir: &Path, tag: &str, fault: impl FnOnce(i32)) -> (String, TaskState) {
+    let job = realsys::unique(tag);
     let spec = spec(&format!(
         "name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/sleep\", \"infinity\"]\n"
     ));
-    let rt = runtime();
-    let state = rt.block_on(async {
-        let agent = agent(dir.path());
+    let state = runtime().block_on(async {
+        let agent = agent(dir);
         let handle = agent.run(spec).await.expect("starts");
         wait_state(
             &handle,
@@ -421,12 +411,32 @@ fn dbus_going_away_mid_run_fails_the_task_and_cleans_up() {
             Duration::from_secs(30),
         )
         .await;
-        let pid = agent
-            .record(&job)
-            .expect("record")
-            .and_then(|r| r.container)
-            .expect("container")
-            .pid;
+        fault(container_pid(&agent, &job));
+        tokio::time::timeout(Duration::from_secs(30), handle.wait())
+            .await
+            .expect("ends in time")
+            .expect("ends")
+    });
+    (job, state)
+}
+
+fn container_pid(agent: &Agent, job: &str) -> i32 {
+    agent
+        .record(job)
+        .expect("record")
+        .and_then(|r| r.container)
+        .expect("container")
+        .pid
+}
+
+#[test]
+fn dbus_going_away_mid_run_fails_the_task_and_cleans_up() {
+    if !realsys::available() {
+        return;
+    }
+    let dir = realsys::scratch("bus");
+    let _reaper = realsys::Reaper::new(dir.path().join("state"));
+    let (job, state) = fault_while_running(dir.path(), "bus", |pid| {
         // Re-executing systemd closes every private-bus connection while the container keeps running.
         let out = realsys::nsenter(pid, &["systemctl", "daemon-reexec"]);
         assert!(
@@ -434,10 +444,6 @@ fn dbus_going_away_mid_run_fails_the_task_and_cleans_up() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        tokio::time::timeout(Duration::from_secs(30), handle.wait())
-            .await
-            .expect("ends in time")
-            .expect("ends")
     });
     assert_eq!(
         state,
@@ -455,35 +461,12 @@ fn a_container_killed_from_outside_is_reported_gone_and_cleaned_up() {
     }
     let dir = realsys::scratch("gone");
     let _reaper = realsys::Reaper::new(dir.path().join("state"));
-    let job = realsys::unique("gone");
-    let spec = spec(&format!(
-        "name = \"{job}\"\nentitlement = \"t\"\n[task]\ncommand = [\"/bin/sleep\", \"infinity\"]\n"
-    ));
-    let rt = runtime();
-    let state = rt.block_on(async {
-        let agent = agent(dir.path());
-        let handle = agent.run(spec).await.expect("starts");
-        wait_state(
-            &handle,
-            |s| *s == TaskState::Running,
-            Duration::from_secs(30),
-        )
-        .await;
-        let pid = agent
-            .record(&job)
-            .expect("record")
-            .and_then(|r| r.container)
-            .expect("container")
-            .pid;
+    let (job, state) = fault_while_running(dir.path(), "gone", |pid| {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         )
         .expect("kill PID 1");
-        tokio::time::timeout(Duration::from_secs(30), handle.wait())
-            .await
-            .expect("ends in time")
-            .expect("ends")
     });
     assert!(
         matches!(
