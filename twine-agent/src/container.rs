@@ -381,25 +381,6 @@ impl Container {
         self.record.pid
     }
 
-    /// The container systemd's private D-Bus socket, as seen from the host.
-    pub fn private_bus(&self) -> PathBuf {
-        PathBuf::from(format!(
-            "/proc/{}/root/run/systemd/private",
-            self.record.pid
-        ))
-    }
-
-    /// A path inside the container, as seen from the host (through PID 1's root).
-    pub fn host_path(&self, inside: &Path) -> PathBuf {
-        let mut out = PathBuf::from(format!("/proc/{}/root", self.record.pid));
-        out.extend(
-            inside
-                .components()
-                .filter(|c| matches!(c, std::path::Component::Normal(_))),
-        );
-        out
-    }
-
     /// Whether PID 1 is still the recorded process and still running.
     pub fn is_running(&self) -> bool {
         matches!(proc_stat(self.record.pid), Some((state, start)) if state != 'Z' && start == self.record.start_time)
