@@ -123,7 +123,7 @@ impl Allocator {
         let mut counts: BTreeMap<UnplacedReason, u32> = BTreeMap::new();
         let mut available = 0u32;
         for (hid, h) in self.host_records() {
-            match self.first_failure(p, jr, e, hid, h) {
+            match self.first_failure(p, jr, e, hid, h, None) {
                 Some(r) => *counts.entry(r).or_insert(0) += 1,
                 None => available += 1,
             }
@@ -138,16 +138,25 @@ impl Allocator {
         })
     }
 
-    fn first_failure(
+    /// The first check host `hid` fails for `p`, in the order placement applies them.
+    /// `moving_from`: the host of a task being moved, whose job counts include it.
+    pub(crate) fn first_failure(
         &self,
         p: &Placement<'_>,
         jr: &JobRecord,
         e: &Entitlement,
         hid: HostId,
         h: &Host,
+        moving_from: Option<&Host>,
     ) -> Option<UnplacedReason> {
         let (ent, cons, demand) = (p.ent, p.cons, &p.demand);
         let rack = FaultLevel::Rack.index();
+        let in_rack = jr.in_domain(rack, h.domains[rack]);
+        // The moving task itself is counted in its own rack, which it leaves.
+        let in_rack = match moving_from {
+            Some(f) if f.domains[rack] == h.domains[rack] => in_rack.saturating_sub(1),
+            _ => in_rack,
+        };
         let attrs_ok = self
             .attr_sets
             .resolve(h.attrs.0)
@@ -173,11 +182,7 @@ impl Allocator {
             .is_some_and(|k| jr.on_host(hid) >= k)
         {
             UnplacedReason::MaxPerHost
-        } else if cons
-            .prefs
-            .max_per_rack
-            .is_some_and(|k| jr.in_domain(rack, h.domains[rack]) >= k)
-        {
+        } else if cons.prefs.max_per_rack.is_some_and(|k| in_rack >= k) {
             UnplacedReason::MaxPerRack
         } else if r.cpu_milli > h.free.cpu_milli {
             UnplacedReason::InsufficientCpu

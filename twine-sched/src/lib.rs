@@ -41,6 +41,7 @@
 //! | [`fleet`], [`entitlement`], [`request`] | hosts and fault domains, quotas, Twine-shaped requests |
 //! | [`allocator`] | online placement with incremental indexes (the design and its cost are in its docs) |
 //! | [`explain`] | why a task was not placed; host-profile switch proposals |
+//! | [`rebalance`] | the ReBalancer: proposals that empty hosts or even out spread, with gain and cost, under a move budget and a rate limit |
 //! | [`trace`], [`pack`] | the openb trace CSV; offline packing against the lower bound with twine's policy and the classic ones, and an independent check of any packing |
 
 pub mod allocator;
@@ -49,6 +50,7 @@ pub mod explain;
 pub mod fleet;
 mod index;
 pub mod pack;
+pub mod rebalance;
 pub mod request;
 pub mod resources;
 pub mod score;
@@ -56,7 +58,7 @@ pub mod trace;
 
 pub use allocator::{
     AllocError, Allocation, Allocator, AllocatorConfig, Bookkeeping, Evacuation, Moved, Placed,
-    Resized,
+    Relocated, Resized, TaskView,
 };
 pub use entitlement::{EntitlementId, Quota, QuotaExcess};
 pub use explain::{ProfileSwitch, Unplaced, UnplacedReason};

@@ -80,6 +80,7 @@
 
 mod ledger;
 mod outcome;
+mod relocate;
 mod search;
 
 #[cfg(feature = "test-util")]
@@ -101,6 +102,7 @@ use crate::resources::{Demand, GPU_MILLI, GpuDemand, GpuDevices, GpuGrant};
 pub(crate) use ledger::{JobRecord, TaskRecord};
 use ledger::{Moves, internal};
 pub use outcome::{AllocError, Allocation, Bookkeeping, Evacuation, Moved, Placed, Resized};
+pub use relocate::{Relocated, TaskView};
 pub(crate) use search::{Placement, class_matches};
 
 /// Tuning knobs; the defaults suit fleets from thousands to a million hosts.

@@ -1,7 +1,7 @@
 //! What the allocator's calls answer: the outcomes and the errors.
 
 use crate::entitlement::{EntitlementId, QuotaExcess};
-use crate::explain::{ProfileSwitch, Unplaced};
+use crate::explain::{ProfileSwitch, Unplaced, UnplacedReason};
 use crate::fleet::HostId;
 use crate::request::{JobId, TaskId};
 use crate::resources::{GpuDemand, GpuGrant};
@@ -89,6 +89,25 @@ pub enum AllocError {
     /// More entitlements than ids.
     #[error("too many entitlements")]
     TooManyEntitlements,
+    /// A move of a task to the host it already runs on.
+    #[error("{task} already runs on {host}")]
+    MoveToSameHost {
+        /// The task.
+        task: TaskId,
+        /// Its host.
+        host: HostId,
+    },
+    /// A move the destination refuses: the first rule it fails, checked as a placement
+    /// checks it. Nothing changed.
+    #[error("{task} cannot move to {to}: {reason}")]
+    MoveRefused {
+        /// The task.
+        task: TaskId,
+        /// The destination.
+        to: HostId,
+        /// The first rule the destination fails.
+        reason: Box<UnplacedReason>,
+    },
     /// The allocator's books disagree with themselves: a bug in twine-sched, reported
     /// instead of a quietly wrong fleet. The allocator's state is unspecified afterwards.
     #[error("internal error on {host}: {what} (a bug in twine-sched)")]
@@ -122,6 +141,9 @@ pub enum Bookkeeping {
     /// A task on the host's list has no record.
     #[error("{0} is on the host but has no record")]
     TaskRecordMissing(TaskId),
+    /// Moving one task changed the owner of more than one host on either side.
+    #[error("moving {0} changed the owner of several hosts")]
+    SeveralOwnerChanges(TaskId),
     /// A job with a placed task has no record, or no entitlement.
     #[error("{0} has a task on the host but no record")]
     JobRecordMissing(JobId),

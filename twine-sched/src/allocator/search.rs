@@ -21,6 +21,23 @@ pub(crate) struct Placement<'a> {
     pub(crate) demand: Demand,
 }
 
+/// Where a search may look.
+#[derive(Clone, Copy)]
+pub(crate) struct Scope<'a> {
+    /// Whether free-pool hosts may join the entitlement.
+    pub(crate) free_pool: bool,
+    /// Hosts to pass over.
+    pub(crate) exclude: Option<&'a dyn Fn(HostId) -> bool>,
+}
+
+impl Scope<'_> {
+    /// The whole fleet the entitlement may use.
+    pub(crate) const ANYWHERE: Scope<'static> = Scope {
+        free_pool: true,
+        exclude: None,
+    };
+}
+
 /// The best candidate so far; smaller `rank` is better.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
@@ -79,6 +96,17 @@ impl Allocator {
         p: &Placement<'_>,
         moving_from: Option<HostId>,
     ) -> Result<Option<HostId>, AllocError> {
+        self.choose_in(p, moving_from, Scope::ANYWHERE)
+    }
+
+    /// [`choose`](Self::choose) within `scope`: hosts it excludes are passed over, and
+    /// with `free_pool` false only hosts of the entitlement are considered.
+    pub(crate) fn choose_in(
+        &self,
+        p: &Placement<'_>,
+        moving_from: Option<HostId>,
+        scope: Scope<'_>,
+    ) -> Result<Option<HostId>, AllocError> {
         let (cons, demand) = (p.cons, &p.demand);
         let rack = FaultLevel::Rack.index();
         let empty = JobRecord::default();
@@ -113,7 +141,10 @@ impl Allocator {
         });
         let mut best: Option<Candidate> = None;
         for (tier, owner) in [(0u8, Owner::Entitlement(p.ent)), (1, Owner::FreePool)] {
-            if tier == 1 && best.is_some_and(|b| cons.prefs.spread.is_none() || b.spread <= floor) {
+            if tier == 1
+                && (!scope.free_pool
+                    || best.is_some_and(|b| cons.prefs.spread.is_none() || b.spread <= floor))
+            {
                 break;
             }
             let mut feasible = 0usize;
@@ -144,7 +175,11 @@ impl Allocator {
                         continue;
                     }
                     let (hid, h) = self.indexed_host(key)?;
-                    if !demand.resources.fits_in(&h.free) || !h.gpus.fits(demand.gpu) {
+                    if !demand.resources.fits_in(&h.free)
+                        || !h.gpus.fits(demand.gpu)
+                        || Some(hid) == moving_from
+                        || scope.exclude.is_some_and(|x| x(hid))
+                    {
                         continue;
                     }
                     if tier == 1 && !e.admits(h) {

@@ -1,0 +1,136 @@
+//! Moving one placed task to a host the caller names: what the ReBalancer and the drain
+//! flows do, checked here against every rule a placement obeys, so a move can never
+//! break capacity, GPU devices, hard requirements, quota or the job's limits, whoever
+//! proposed it.
+
+use super::ledger::{Moves, internal};
+use super::search::Scope;
+use super::{AllocError, Allocator, Bookkeeping, Moved, Placement};
+use crate::fleet::HostId;
+use crate::request::{JobId, TaskId};
+use crate::resources::{Demand, GpuGrant};
+
+/// A placed task, read-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskView<'a> {
+    /// Where it runs.
+    pub host: HostId,
+    /// Its job.
+    pub job: JobId,
+    /// What it holds.
+    pub demand: Demand,
+    /// The GPU devices it holds.
+    pub gpus: &'a GpuGrant,
+}
+
+/// The outcome of [`Allocator::move_task`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relocated {
+    /// Where from and where to, with the devices it holds there.
+    pub moved: Moved,
+    /// The destination, if it joined the entitlement from the free pool.
+    pub host_joined: Option<HostId>,
+    /// The source, if the move emptied it and it went back to the free pool.
+    pub host_released: Option<HostId>,
+}
+
+impl Allocator {
+    /// A placed task: its host, job, demand and GPU devices.
+    pub fn task_view(&self, task: TaskId) -> Result<TaskView<'_>, AllocError> {
+        let t = self.tasks.get(&task).ok_or(AllocError::UnknownTask(task))?;
+        Ok(TaskView {
+            host: t.host,
+            job: t.job,
+            demand: t.demand,
+            gpus: &t.grant,
+        })
+    }
+
+    /// Moves a placed task to host `to`, under the rules it was placed with. Refused
+    /// with [`AllocError::MoveRefused`] naming the first rule `to` fails (the same
+    /// checks, in the same order, as a placement); nothing changes then.
+    pub fn move_task(&mut self, task: TaskId, to: HostId) -> Result<Relocated, AllocError> {
+        let rec = self
+            .tasks
+            .get(&task)
+            .ok_or(AllocError::UnknownTask(task))?
+            .clone();
+        if rec.host == to {
+            return Err(AllocError::MoveToSameHost { task, host: to });
+        }
+        let dest = self
+            .hosts
+            .get(to.0 as usize)
+            .ok_or(AllocError::UnknownHost(to))?;
+        let from = self
+            .hosts
+            .get(rec.host.0 as usize)
+            .ok_or(AllocError::Internal {
+                host: rec.host,
+                what: Bookkeeping::TaskRecordMissing(task),
+            })?;
+        let ent = self.job_entitlement(rec.host, rec.job)?;
+        let p = Placement {
+            job: rec.job,
+            ent,
+            cons: &rec.constraints,
+            demand: rec.demand,
+        };
+        let jr = self.jobs.get(&rec.job).ok_or(AllocError::Internal {
+            host: rec.host,
+            what: Bookkeeping::JobRecordMissing(rec.job),
+        })?;
+        let e = self.entitlement(ent)?;
+        if let Some(reason) = self.first_failure(&p, jr, e, to, dest, Some(from)) {
+            return Err(AllocError::MoveRefused {
+                task,
+                to,
+                reason: Box::new(reason),
+            });
+        }
+        let mut moves = Moves::default();
+        self.unassign(task, &mut moves)?;
+        let gpus = self.commit(&p, task, to, &mut moves)?;
+        let one = |v: Vec<HostId>| match v.as_slice() {
+            [] => Ok(None),
+            [h] => Ok(Some(*h)),
+            _ => Err(internal(to)(Bookkeeping::SeveralOwnerChanges(task))),
+        };
+        Ok(Relocated {
+            moved: Moved {
+                task,
+                from: rec.host,
+                to,
+                gpus,
+            },
+            host_joined: one(moves.joined)?,
+            host_released: one(moves.released)?,
+        })
+    }
+
+    /// The best host of the task's entitlement (never the free pool, never its own
+    /// host, never one `exclude` names) that would take the task, by the rules and
+    /// the policy it was placed with; `None` if there is none.
+    pub(crate) fn move_target(
+        &self,
+        task: TaskId,
+        exclude: &dyn Fn(HostId) -> bool,
+    ) -> Result<Option<HostId>, AllocError> {
+        let rec = self.tasks.get(&task).ok_or(AllocError::UnknownTask(task))?;
+        let ent = self.job_entitlement(rec.host, rec.job)?;
+        let p = Placement {
+            job: rec.job,
+            ent,
+            cons: &rec.constraints,
+            demand: rec.demand,
+        };
+        self.choose_in(
+            &p,
+            Some(rec.host),
+            Scope {
+                free_pool: false,
+                exclude: Some(exclude),
+            },
+        )
+    }
+}
