@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
+use twine_sched::rebalance::{Goal, RateLimit, ReBalancer, RebalanceConfig};
 use twine_sched::{
     AllocError, Allocator, AllocatorConfig, AttrPredicate, Demand, EntitlementId, FaultLevel,
     GpuDemand, GpuGrant, HostId, HostSpec, HostState, JobId, Owner, Policy, Preferences, Quota,
@@ -61,14 +62,44 @@ fn host_gen() -> impl Strategy<Value = HostGen> {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Allocate { job: u64, tasks: Vec<Demand> },
-    Free { pick: usize },
-    Resize { pick: usize, demand: Demand },
-    Down { host: usize },
-    Up { host: usize },
-    Drain { host: usize },
-    Quota { ent: usize, small: u32, big: u32 },
-    Switch { host: usize },
+    Allocate {
+        job: u64,
+        tasks: Vec<Demand>,
+    },
+    Free {
+        pick: usize,
+    },
+    Resize {
+        pick: usize,
+        demand: Demand,
+    },
+    Down {
+        host: usize,
+    },
+    Up {
+        host: usize,
+    },
+    Drain {
+        host: usize,
+    },
+    Quota {
+        ent: usize,
+        small: u32,
+        big: u32,
+    },
+    Switch {
+        host: usize,
+    },
+    /// `Allocator::move_task` of a live task to a host of the caller's choosing.
+    Move {
+        pick: usize,
+        host: usize,
+    },
+    /// A ReBalancer round, `advance_ms` after the one before.
+    Rebalance {
+        advance_ms: u64,
+        free_hosts: Option<usize>,
+    },
 }
 
 fn demand_gen() -> impl Strategy<Value = Demand> {
@@ -87,6 +118,22 @@ fn demand_gen() -> impl Strategy<Value = Demand> {
         })
 }
 
+/// Churn: many small tasks come and go, with rebalancing rounds in between.
+fn churn_gen() -> impl Strategy<Value = Op> {
+    let small = (100u64..2_500, 100u64..4_000).prop_map(|(cpu, mem)| Demand {
+        resources: Resources::new(cpu, mem),
+        gpu: GpuDemand::None,
+    });
+    prop_oneof![
+        4 => (0u64..5, prop::collection::vec(small, 1..6))
+            .prop_map(|(job, tasks)| Op::Allocate { job, tasks }),
+        4 => any::<usize>().prop_map(|pick| Op::Free { pick }),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(pick, host)| Op::Move { pick, host }),
+        3 => (0u64..900_000, prop::option::of(1usize..4))
+            .prop_map(|(advance_ms, free_hosts)| Op::Rebalance { advance_ms, free_hosts }),
+    ]
+}
+
 fn op_gen() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0u64..5, prop::collection::vec(demand_gen(), 1..5))
@@ -98,6 +145,9 @@ fn op_gen() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|host| Op::Drain { host }),
         1 => (0usize..2, 0u32..6, 0u32..6).prop_map(|(ent, small, big)| Op::Quota { ent, small, big }),
         1 => any::<usize>().prop_map(|host| Op::Switch { host }),
+        2 => (any::<usize>(), any::<usize>()).prop_map(|(pick, host)| Op::Move { pick, host }),
+        2 => (0u64..900_000, prop::option::of(1usize..4))
+            .prop_map(|(advance_ms, free_hosts)| Op::Rebalance { advance_ms, free_hosts }),
     ]
 }
 
@@ -324,32 +374,35 @@ impl Shadow {
     /// A host that could take a task of `job` with demand `d` (`moving` is the task
     /// itself when it is being moved: its own counts do not hold it back).
     fn eligible(&self, job: u64, d: &Demand, moving: Option<TaskId>) -> Option<usize> {
+        (0..self.hosts.len()).find(|&h| self.eligible_on(job, d, moving, h))
+    }
+
+    /// Whether host `h` could take a task of `job` with demand `d`.
+    fn eligible_on(&self, job: u64, d: &Demand, moving: Option<TaskId>, h: usize) -> bool {
         let r = rules(job);
-        (0..self.hosts.len()).find(|&h| {
-            let host = &self.hosts[h];
-            let owner_ok = match self.owner(h) {
-                Some(e) => e == r.ent,
-                None => {
-                    let mut held = self.owned(r.ent);
-                    held.push(h);
-                    self.within(r.ent, &held, self.quotas[r.ent])
-                }
-            };
-            let on_host = self.tasks_of(job, moving).filter(|t| t.host == h).count();
-            let in_rack = self
-                .tasks_of(job, moving)
-                .filter(|t| self.hosts[t.host].spec.rack == host.spec.rack)
-                .count();
-            let (cpu, mem, gpus) = self.free(h, None);
-            host.state == HostState::Up
-                && owner_ok
-                && host.meets(&r)
-                && r.max_per_host.is_none_or(|k| on_host < k as usize)
-                && r.max_per_rack.is_none_or(|k| in_rack < k as usize)
-                && d.resources.cpu_milli <= cpu
-                && d.resources.memory_mib <= mem
-                && fits_gpu(&gpus, d.gpu)
-        })
+        let host = &self.hosts[h];
+        let owner_ok = match self.owner(h) {
+            Some(e) => e == r.ent,
+            None => {
+                let mut held = self.owned(r.ent);
+                held.push(h);
+                self.within(r.ent, &held, self.quotas[r.ent])
+            }
+        };
+        let on_host = self.tasks_of(job, moving).filter(|t| t.host == h).count();
+        let in_rack = self
+            .tasks_of(job, moving)
+            .filter(|t| self.hosts[t.host].spec.rack == host.spec.rack)
+            .count();
+        let (cpu, mem, gpus) = self.free(h, None);
+        host.state == HostState::Up
+            && owner_ok
+            && host.meets(&r)
+            && r.max_per_host.is_none_or(|k| on_host < k as usize)
+            && r.max_per_rack.is_none_or(|k| in_rack < k as usize)
+            && d.resources.cpu_milli <= cpu
+            && d.resources.memory_mib <= mem
+            && fits_gpu(&gpus, d.gpu)
     }
 
     /// An unplaced task must be a true negative.
@@ -603,6 +656,15 @@ fn run(hosts: &[HostGen], ops: &[Op], policy: Policy, seed: u64) -> Result<Vec<S
         quotas: initial,
     };
     let fail = |e: AllocError| e.to_string();
+    let mut rebalancer = ReBalancer::greedy(
+        RebalanceConfig::default()
+            .with_move_budget(MOVE_BUDGET)
+            .with_rate_limit(RATE_LIMIT),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut now_ms = 0u64;
+    // (time, moves) of every round, for the rate-limit check.
+    let mut rounds: Vec<(u64, usize)> = Vec::new();
     let mut next = 0u64;
     let mut log = Vec::new();
     for op in ops {
@@ -728,6 +790,78 @@ fn run(hosts: &[HostGen], ops: &[Op], policy: Policy, seed: u64) -> Result<Vec<S
                 }
                 format!("{r:?}")
             }
+            Op::Move { pick, host } if !live.is_empty() => {
+                let t = live[pick % live.len()];
+                let s = shadow.tasks[&t].clone();
+                let h = host % ids.len();
+                let may = h != s.host && shadow.eligible_on(s.job, &s.demand, Some(t), h);
+                let r = a.move_task(t, ids[h]);
+                match (&r, may) {
+                    (Ok(done), true) => {
+                        if done.moved.from != ids[s.host] || done.moved.to != ids[h] {
+                            return Err(format!("{t}: {done:?}"));
+                        }
+                        shadow.place(t, s.job, s.demand, ids[h], &done.moved.gpus);
+                        shadow.check_moves(
+                            &before,
+                            &Vec::from_iter(done.host_joined),
+                            &Vec::from_iter(done.host_released),
+                        )?;
+                    }
+                    (Err(AllocError::MoveRefused { .. }), false) => {}
+                    (Err(AllocError::MoveToSameHost { .. }), false) if h == s.host => {}
+                    _ => {
+                        return Err(format!(
+                            "move of {t} to {} answered {r:?}; shadow: may {may}",
+                            ids[h]
+                        ));
+                    }
+                }
+                format!("{r:?}")
+            }
+            Op::Rebalance {
+                advance_ms,
+                free_hosts,
+            } => {
+                now_ms += advance_ms;
+                let goal = match free_hosts {
+                    None => Goal::Compact,
+                    Some(count) => Goal::FreeHosts {
+                        count: *count,
+                        machine_type: None,
+                    },
+                };
+                let round = rebalancer
+                    .round(&mut a, &goal, now_ms)
+                    .map_err(|e| e.to_string())?;
+                if round.moved.len() > MOVE_BUDGET.min(round.budget) {
+                    return Err(format!(
+                        "{} moves over the budget: {round:?}",
+                        round.moved.len()
+                    ));
+                }
+                for m in &round.moved {
+                    let s = shadow.tasks[&m.task].clone();
+                    if m.from != shadow.ids[s.host] {
+                        return Err(format!(
+                            "{} moved from {}, shadow has it on {}",
+                            m.task, m.from, shadow.ids[s.host]
+                        ));
+                    }
+                    if !shadow.eligible_on(s.job, &s.demand, Some(m.task), shadow.index(m.to)) {
+                        return Err(format!(
+                            "{} moved to {}, which the shadow says could not take it",
+                            m.task, m.to
+                        ));
+                    }
+                    shadow.place(m.task, s.job, s.demand, m.to, &m.gpus);
+                }
+                // A round never takes hosts from the free pool.
+                shadow.check_moves(&before, &[], &round.hosts_released)?;
+                rounds.push((now_ms, round.moved.len()));
+                check_rate_limit(&rounds)?;
+                format!("{round:?}")
+            }
             _ => String::new(),
         };
         shadow.check(&a).map_err(|e| format!("after {op:?}: {e}"))?;
@@ -736,6 +870,31 @@ fn run(hosts: &[HostGen], ops: &[Op], policy: Policy, seed: u64) -> Result<Vec<S
         log.push(line);
     }
     Ok(log)
+}
+
+const MOVE_BUDGET: usize = 6;
+const RATE_LIMIT: RateLimit = RateLimit {
+    per_hour: 10,
+    burst: 3,
+};
+
+/// A token bucket of `burst` refilled at `per_hour` allows, in any window from one
+/// round to a later one, at most `burst + per_hour * window / 1 h` moves.
+fn check_rate_limit(rounds: &[(u64, usize)]) -> Result<(), String> {
+    for (i, &(start, _)) in rounds.iter().enumerate() {
+        let mut moves = 0u128;
+        for &(end, n) in &rounds[i..] {
+            moves += n as u128;
+            let allowed = u128::from(RATE_LIMIT.burst)
+                + u128::from(RATE_LIMIT.per_hour) * u128::from(end - start) / 3_600_000;
+            if moves > allowed {
+                return Err(format!(
+                    "{moves} moves from {start} ms to {end} ms; the rate limit allows {allowed}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn policy_gen() -> impl Strategy<Value = Policy> {
@@ -760,6 +919,17 @@ proptest! {
         seed in any::<u64>(),
     ) {
         run(&hosts, &ops, policy, seed).map_err(TestCaseError::fail)?;
+    }
+
+    /// Rebalancing under churn, with the policy that spreads most (so rounds have hosts
+    /// to empty): every move checked by the shadow, the budget and the rate limit held.
+    #[test]
+    fn rebalancing_under_churn_keeps_every_rule(
+        hosts in prop::collection::vec(host_gen(), 2..16),
+        ops in prop::collection::vec(churn_gen(), 1..60),
+        seed in any::<u64>(),
+    ) {
+        run(&hosts, &ops, Policy::Spread, seed).map_err(TestCaseError::fail)?;
     }
 
     #[test]
