@@ -513,6 +513,15 @@ impl Allocator {
         self.evacuate(id, false)
     }
 
+    /// Cordons a host: it takes no new tasks, and its tasks stay until they are moved
+    /// ([`move_task`](Self::move_task)) or freed, for a drain that asks each job first
+    /// (see [`crate::rebalance`]); once empty it leaves its entitlement.
+    pub fn cordon(&mut self, id: HostId) -> Result<(), AllocError> {
+        self.set_state(id, HostState::Draining)?;
+        let mut moves = Moves::default();
+        self.release_if_empty(id, &mut moves)
+    }
+
     /// The host is back (repaired, or drain cancelled): it takes tasks again.
     pub fn host_up(&mut self, id: HostId) -> Result<(), AllocError> {
         self.set_state(id, HostState::Up)
