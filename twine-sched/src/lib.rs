@@ -41,6 +41,7 @@
 //! | [`fleet`], [`entitlement`], [`request`] | hosts and fault domains, quotas, Twine-shaped requests |
 //! | [`allocator`] | online placement with incremental indexes (the design and its cost are in its docs) |
 //! | [`explain`] | why a task was not placed; host-profile switch proposals |
+//! | [`taskcontrol`] | the TaskControl protocol: operations acked by the application, a max-unavailable budget, advance notices with deadlines; a reference controller for replicated services |
 //! | [`trace`], [`pack`] | the openb trace CSV; offline packing against the lower bound with twine's policy and the classic ones, and an independent check of any packing |
 
 pub mod allocator;
@@ -52,6 +53,7 @@ pub mod pack;
 pub mod request;
 pub mod resources;
 pub mod score;
+pub mod taskcontrol;
 pub mod trace;
 
 pub use allocator::{
@@ -64,3 +66,4 @@ pub use fleet::{FaultLevel, HostId, HostSpec, HostState, HostView, Owner, Resour
 pub use request::{AttrPredicate, JobId, Preferences, Request, Requirements, TaskId};
 pub use resources::{Demand, GpuDemand, GpuDevices, GpuGrant, Resources};
 pub use score::{HostFit, Policy};
+pub use taskcontrol::{TaskControl, TaskControlError};
