@@ -152,14 +152,10 @@ impl ReplicatedService {
         for op in &req.request {
             self.acked.remove(&op.id);
         }
-        let failed: BTreeSet<TaskId> = req
-            .unhealthy
-            .iter()
-            .chain(&self.gone)
-            .copied()
-            .collect();
+        let failed: BTreeSet<TaskId> = req.unhealthy.iter().chain(&self.gone).copied().collect();
         let failed_per_shard = self.down_per_shard(&failed);
-        let mut down: BTreeSet<TaskId> = failed.iter().chain(self.acked.values()).copied().collect();
+        let mut down: BTreeSet<TaskId> =
+            failed.iter().chain(self.acked.values()).copied().collect();
         let mut down_per_shard = self.down_per_shard(&down);
 
         let (leader_ops, follower_ops): (Vec<Operation>, Vec<Operation>) =

@@ -422,13 +422,9 @@ impl TaskControl {
         let Some(id) = self.busy.remove(&task) else {
             return Ok(());
         };
-        let live = self
-            .ops
-            .remove(&id)
-            .ok_or(TaskControlError::Internal(Inconsistency::BusyWithoutOp {
-                task,
-                op: id,
-            }))?;
+        let live = self.ops.remove(&id).ok_or(TaskControlError::Internal(
+            Inconsistency::BusyWithoutOp { task, op: id },
+        ))?;
         if live.state == State::Acked {
             self.queue.retain(|&q| q != id);
         }
@@ -456,7 +452,11 @@ impl TaskControl {
         for id in std::mem::take(&mut self.queue) {
             let live = match self.ops.get_mut(&id) {
                 Some(l) if l.state == State::Acked => l,
-                _ => return Err(TaskControlError::Internal(Inconsistency::QueuedNotAcked(id))),
+                _ => {
+                    return Err(TaskControlError::Internal(Inconsistency::QueuedNotAcked(
+                        id,
+                    )));
+                }
             };
             let task = live.op.task;
             let already = self.unhealthy.contains(&task) || self.down.contains_key(&task);

@@ -347,9 +347,11 @@ fn a_move_in_flight_when_posted_handles_the_notice() {
         },
         |tc| tc.notice(notice(2, &[3, 3], 10)),
     );
-    refused(&mut tc, TaskControlError::DuplicateNotice(NoticeId(1)), |tc| {
-        tc.notice(notice(1, &[3], 10))
-    });
+    refused(
+        &mut tc,
+        TaskControlError::DuplicateNotice(NoticeId(1)),
+        |tc| tc.notice(notice(1, &[3], 10)),
+    );
     assert!(tc.tick(10).unwrap().forced.is_empty());
 }
 
@@ -373,7 +375,10 @@ fn shard_layouts_are_validated() {
             leader: TaskId(3)
         }
     );
-    assert_eq!(err.to_string(), "shard 1: leader task 3 is not one of its replicas");
+    assert_eq!(
+        err.to_string(),
+        "shard 1: leader task 3 is not one of its replicas"
+    );
     let err = ReplicatedService::new(vec![shard(1, &[1], 1), shard(1, &[2], 2)]).unwrap_err();
     assert_eq!(err, ShardLayoutError::DuplicateShard(ShardId(1)));
     let err = ReplicatedService::new(vec![shard(1, &[1, 2, 1], 1)]).unwrap_err();
@@ -430,7 +435,9 @@ fn rolling_restart(shards: &[Shard], tasks: u64, unhealthy: &[u64], budget: u32)
         if !in_flight.is_empty() {
             let done = in_flight.remove(0);
             started.extend(tc.complete(done.id, now).unwrap());
-            spans.entry(done.task).and_modify(|s: &mut (usize, usize)| s.1 = step);
+            spans
+                .entry(done.task)
+                .and_modify(|s: &mut (usize, usize)| s.1 = step);
         }
         for s in started {
             spans.insert(s.op.task, (step, usize::MAX));
@@ -449,10 +456,7 @@ fn paper_rolling_restart_never_takes_two_replicas_and_restarts_leaders_last() {
     let shards = paper_layout();
     let release = rolling_restart(&shards, 10, &[], 3);
     assert_eq!(release.worst, 1);
-    let last_follower_end = (3..10)
-        .map(|t| release.spans[&TaskId(t)].1)
-        .max()
-        .unwrap();
+    let last_follower_end = (3..10).map(|t| release.spans[&TaskId(t)].1).max().unwrap();
     for leader in 0..3 {
         assert!(release.spans[&TaskId(leader)].0 >= last_follower_end);
     }
@@ -474,7 +478,10 @@ fn a_failure_mid_release_holds_back_only_the_shards_it_hit() {
         .filter(|&s| shards[s].replicas.contains(&TaskId(3)))
         .collect();
     let acked: BTreeSet<TaskId> = resp.ack.iter().map(|id| TaskId(id.0)).collect();
-    assert!(acked.contains(&TaskId(3)), "the failed task's own restart goes");
+    assert!(
+        acked.contains(&TaskId(3)),
+        "the failed task's own restart goes"
+    );
     for &s in &hit {
         let others = shards[s].replicas.iter().filter(|&&t| t != TaskId(3));
         assert!(others.clone().all(|t| !acked.contains(t)), "{s}");
@@ -498,4 +505,36 @@ fn an_ack_that_never_landed_is_forgotten() {
     let second = tc.request();
     assert!(tc.respond(resp, 0).is_err());
     assert_eq!(svc.process(&second).ack, [OpId(2)]);
+}
+
+#[test]
+fn leaders_wait_for_a_follower_held_back_only_by_a_leader() {
+    // Shard 1: leader 1, follower 2. Shard 2: leader 3, followers 2 and 4. Shard 3: leader
+    // 5 alone. Task 4 fails: follower 2 is blocked by the failure, so leader 1 may go.
+    let layout = vec![
+        shard(1, &[1, 2], 1),
+        shard(2, &[3, 2, 4], 3),
+        shard(3, &[5], 5),
+    ];
+    let mut svc = ReplicatedService::new(layout).unwrap();
+    let mut tc = machine(10);
+    tc.set_unhealthy(TaskId(4), true);
+    tc.offer(restart(2, 2)).unwrap();
+    tc.offer(restart(1, 1)).unwrap();
+    let resp = svc.process(&tc.request());
+    assert_eq!(resp.ack, [OpId(1)]);
+    assert_eq!(ids(&tc.respond(resp, 0).unwrap()), [1]);
+    // Healed: now follower 2 is held back only by leader 1, which will end, so leader 5
+    // waits behind it.
+    tc.set_unhealthy(TaskId(4), false);
+    tc.offer(restart(5, 5)).unwrap();
+    let resp = svc.process(&tc.request());
+    assert!(resp.ack.is_empty());
+    tc.respond(resp, 1).unwrap();
+    tc.complete(OpId(1), 2).unwrap();
+    let resp = svc.process(&tc.request());
+    assert_eq!(resp.ack, [OpId(2)]);
+    tc.respond(resp, 3).unwrap();
+    tc.complete(OpId(2), 4).unwrap();
+    assert_eq!(svc.process(&tc.request()).ack, [OpId(5)]);
 }
