@@ -127,11 +127,6 @@ impl ReplicatedService {
         })
     }
 
-    /// The shards.
-    pub fn shards(&self) -> &[Shard] {
-        &self.shards
-    }
-
     /// Whether `task` leads any shard.
     pub fn is_leader(&self, task: TaskId) -> bool {
         self.leaders.contains(&task)

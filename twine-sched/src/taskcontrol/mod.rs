@@ -75,10 +75,14 @@
 //!
 //! # Where things are
 //!
-//! This file holds the machine; `protocol.rs` the messages and errors; `controller.rs` the
-//! reference controller.
+//! This file holds the machine and the protocol's round trip; `budget.rs` what counts as
+//! unavailable and the start of acked operations; `notices.rs` advance notices and their
+//! deadlines; `protocol.rs` the messages and errors; `controller.rs` the reference
+//! controller.
 
+mod budget;
 mod controller;
+mod notices;
 mod protocol;
 #[cfg(test)]
 mod tests;
@@ -169,22 +173,6 @@ impl TaskControl {
         self.job
     }
 
-    /// How many tasks of the job are unavailable now (see [the budget](self#the-budget)).
-    pub fn unavailable(&self) -> usize {
-        let in_flight: BTreeSet<TaskId> = self
-            .ops
-            .values()
-            .filter(|l| l.state == State::Started)
-            .map(|l| l.op.task)
-            .collect();
-        let sick = self.unhealthy.iter().filter(|t| !in_flight.contains(t));
-        let stopped = self
-            .down
-            .keys()
-            .filter(|t| !in_flight.contains(t) && !self.unhealthy.contains(t));
-        in_flight.len() + sick.count() + stopped.count()
-    }
-
     /// Offers an operation for approval; it is listed in requests until acked.
     ///
     /// Refused if its id is in use ([`TaskControlError::DuplicateOp`]) or its task already
@@ -219,37 +207,6 @@ impl TaskControl {
         } else {
             self.unhealthy.remove(&task);
         }
-    }
-
-    /// Posts an advance notice; its deadline is acted on by the first [`tick`](Self::tick)
-    /// at or after it (at once if it has passed).
-    ///
-    /// Refused if an open notice has its id, or it lists a task twice.
-    pub fn notice(&mut self, notice: Notice) -> Result<(), TaskControlError> {
-        if self.notices.contains_key(&notice.id) {
-            return Err(TaskControlError::DuplicateNotice(notice.id));
-        }
-        let mut remaining = BTreeSet::new();
-        for &task in &notice.tasks {
-            if !remaining.insert(task) {
-                return Err(TaskControlError::NoticeTaskTwice {
-                    notice: notice.id,
-                    task,
-                });
-            }
-        }
-        let handled: Vec<TaskId> = self
-            .ops
-            .values()
-            .filter(|l| l.state == State::Started && l.op.kind.leaves_host())
-            .map(|l| l.op.task)
-            .collect();
-        for task in handled {
-            remaining.remove(&task);
-        }
-        self.notices
-            .insert(notice.id, OpenNotice { notice, remaining });
-        Ok(())
     }
 
     /// The next request to the job's controller. Its sequence number is one more than the
@@ -369,44 +326,6 @@ impl TaskControl {
         self.start_waiting(now_ms)
     }
 
-    /// Time passes to `now_ms`: every notice whose deadline is at or before it
-    /// force-stops its remaining tasks (see [advance notices](self#advance-notices)), then
-    /// waiting operations start as the budget allows.
-    ///
-    /// Refused if time went back.
-    pub fn tick(&mut self, now_ms: u64) -> Result<Tick, TaskControlError> {
-        self.check_time(now_ms)?;
-        self.last_ms = now_ms;
-        let (mut due, open): (Vec<OpenNotice>, BTreeMap<NoticeId, OpenNotice>) = {
-            let mut due = Vec::new();
-            let mut open = BTreeMap::new();
-            for (id, n) in std::mem::take(&mut self.notices) {
-                if n.notice.deadline_ms <= now_ms {
-                    due.push(n);
-                } else {
-                    open.insert(id, n);
-                }
-            }
-            (due, open)
-        };
-        self.notices = open;
-        due.sort_by_key(|n| (n.notice.deadline_ms, n.notice.id));
-        let mut forced = Vec::new();
-        for n in due {
-            let notice = n.notice.id;
-            for task in n.remaining {
-                if self.down.contains_key(&task) {
-                    continue;
-                }
-                self.withdraw(task, notice)?;
-                self.down.insert(task, notice);
-                forced.push(Forced { task, notice });
-            }
-        }
-        let started = self.start_waiting(now_ms)?;
-        Ok(Tick { forced, started })
-    }
-
     fn check_time(&self, now_ms: u64) -> Result<(), TaskControlError> {
         if now_ms < self.last_ms {
             return Err(TaskControlError::TimeWentBack {
@@ -415,67 +334,5 @@ impl TaskControl {
             });
         }
         Ok(())
-    }
-
-    /// Ends the outstanding operation of a task being force-stopped, if it has one.
-    fn withdraw(&mut self, task: TaskId, notice: NoticeId) -> Result<(), TaskControlError> {
-        let Some(id) = self.busy.remove(&task) else {
-            return Ok(());
-        };
-        let live = self.ops.remove(&id).ok_or(TaskControlError::Internal(
-            Inconsistency::BusyWithoutOp { task, op: id },
-        ))?;
-        if live.state == State::Acked {
-            self.queue.retain(|&q| q != id);
-        }
-        self.ended.push(Completion {
-            op: live.op,
-            outcome: Outcome::Withdrawn { notice },
-        });
-        Ok(())
-    }
-
-    /// Starts waiting operations in ack order while the budget allows, skipping those whose
-    /// task a notice due at `now_ms` still covers.
-    fn start_waiting(&mut self, now_ms: u64) -> Result<Vec<Started>, TaskControlError> {
-        let covered: BTreeSet<TaskId> = self
-            .notices
-            .values()
-            .filter(|n| n.notice.deadline_ms <= now_ms)
-            .flat_map(|n| n.remaining.iter().copied())
-            .collect();
-        // A budget beyond the address space is no budget.
-        let budget = usize::try_from(self.policy.max_unavailable).unwrap_or(usize::MAX);
-        let mut unavailable = self.unavailable();
-        let mut started = Vec::new();
-        let mut waiting = VecDeque::new();
-        for id in std::mem::take(&mut self.queue) {
-            let live = match self.ops.get_mut(&id) {
-                Some(l) if l.state == State::Acked => l,
-                _ => {
-                    return Err(TaskControlError::Internal(Inconsistency::QueuedNotAcked(
-                        id,
-                    )));
-                }
-            };
-            let task = live.op.task;
-            let already = self.unhealthy.contains(&task) || self.down.contains_key(&task);
-            if covered.contains(&task) || !(already || unavailable < budget) {
-                waiting.push_back(id);
-                continue;
-            }
-            live.state = State::Started;
-            if !already {
-                unavailable += 1;
-            }
-            if live.op.kind.leaves_host() {
-                for n in self.notices.values_mut() {
-                    n.remaining.remove(&task);
-                }
-            }
-            started.push(Started { op: live.op });
-        }
-        self.queue = waiting;
-        Ok(started)
     }
 }

@@ -33,9 +33,10 @@ impl fmt::Display for NoticeId {
 /// user-configured threshold, no more tasks can be restarted").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct JobPolicy {
-    /// At most this many tasks of the job unavailable because of operations the job
-    /// approved (see [`TaskControl`](super::TaskControl) for what counts). With 0, only
-    /// operations on tasks that are already unavailable ever start.
+    /// An acked operation starts only if the job's unavailable tasks, counting its own,
+    /// stay at most this many, or if its task is unavailable already (see
+    /// [the budget](super#the-budget) for what counts). With 0, only operations on tasks
+    /// that are already unavailable ever start.
     pub max_unavailable: u32,
 }
 
@@ -126,8 +127,8 @@ pub struct TaskControlRequest {
     pub completed: Vec<Completion>,
     /// Open advance notices (deadline not yet acted on), by id, as posted.
     pub advance_notices: Vec<Notice>,
-    /// Every task of the job unavailable for a reason other than an operation: reported
-    /// unhealthy, or force-stopped by a notice and not yet brought back. Sorted.
+    /// The paper's `allUnhealthyTasks`, "unhealthy due to any reason": the tasks reported
+    /// unhealthy and those force-stopped by a notice and not yet brought back. Sorted.
     pub unhealthy: Vec<TaskId>,
 }
 
