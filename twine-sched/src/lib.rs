@@ -42,6 +42,7 @@
 //! | [`allocator`] | online placement with incremental indexes (the design and its cost are in its docs) |
 //! | [`explain`] | why a task was not placed; host-profile switch proposals |
 //! | [`rebalance`] | the ReBalancer: proposals that empty hosts or even out spread, with gain and cost, under a move budget and a rate limit |
+//! | [`taskcontrol`] | the TaskControl protocol: operations acked by the application, a max-unavailable budget, advance notices with deadlines; a reference controller for replicated services |
 //! | [`trace`], [`pack`] | the openb trace CSV; offline packing against the lower bound with twine's policy and the classic ones, and an independent check of any packing |
 
 pub mod allocator;
@@ -54,6 +55,7 @@ pub mod rebalance;
 pub mod request;
 pub mod resources;
 pub mod score;
+pub mod taskcontrol;
 pub mod trace;
 
 pub use allocator::{
@@ -66,3 +68,4 @@ pub use fleet::{FaultLevel, HostId, HostSpec, HostState, HostView, Owner, Resour
 pub use request::{AttrPredicate, JobId, Preferences, Request, Requirements, TaskId};
 pub use resources::{Demand, GpuDemand, GpuDevices, GpuGrant, Resources};
 pub use score::{HostFit, Policy};
+pub use taskcontrol::{TaskControl, TaskControlError};
