@@ -40,12 +40,14 @@
 //! | [`score`] | the classic scorers side by side: best fit, DotProduct, L2, Borg's stranded, kube's MostAllocated, Nomad's binpack, Tetris, spread |
 //! | [`fleet`], [`entitlement`], [`request`] | hosts and fault domains, quotas, Twine-shaped requests |
 //! | [`allocator`] | online placement with incremental indexes (the design and its cost are in its docs) |
+//! | [`drain`] | draining a host with each job's consent, stopping the rest at the notice's deadline, then a host-profile switch through the profiles side |
 //! | [`explain`] | why a task was not placed; host-profile switch proposals |
 //! | [`rebalance`] | the ReBalancer: proposals that empty hosts or even out spread, with gain and cost, under a move budget and a rate limit |
 //! | [`taskcontrol`] | the TaskControl protocol: operations acked by the application, a max-unavailable budget, advance notices with deadlines; a reference controller for replicated services |
 //! | [`trace`], [`pack`] | the openb trace CSV; offline packing against the lower bound with twine's policy and the classic ones, and an independent check of any packing |
 
 pub mod allocator;
+pub mod drain;
 pub mod entitlement;
 pub mod explain;
 pub mod fleet;

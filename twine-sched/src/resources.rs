@@ -223,6 +223,18 @@ impl GpuDevices {
         Some(grant)
     }
 
+    /// Takes exactly the devices of `grant` (to restore a task where it was); `None`,
+    /// and nothing taken, if one of them is missing or short.
+    pub(crate) fn take_exact(&mut self, grant: &GpuGrant) -> Option<()> {
+        let mut free = self.free.clone();
+        for &(i, m) in &grant.devices {
+            let f = free.get_mut(usize::from(i))?;
+            *f = f.checked_sub(m)?;
+        }
+        self.free = free;
+        Some(())
+    }
+
     /// Returns a grant taken from these devices, checked: the first device of the grant
     /// that is not on this host or would hold more than [`GPU_MILLI`] free is an error,
     /// and then nothing changed. A grant holds each device once (a share is one device,

@@ -72,6 +72,21 @@ impl Host {
         Ok(grant)
     }
 
+    /// Takes `demand` with exactly the devices of `grant`; the host is unchanged on error.
+    pub(super) fn take_exact(
+        &mut self,
+        demand: &Demand,
+        grant: &GpuGrant,
+    ) -> Result<GpuGrant, Bookkeeping> {
+        let free = self
+            .free
+            .checked_sub(&demand.resources)
+            .ok_or(Bookkeeping::FreeBelowDemand)?;
+        self.gpus.take_exact(grant).ok_or(Bookkeeping::GpuRefused)?;
+        self.free = free;
+        Ok(grant.clone())
+    }
+
     /// Gives back what a task held; the host is unchanged on error.
     pub(super) fn give(&mut self, held: &Resources, grant: &GpuGrant) -> Result<(), Bookkeeping> {
         let free = self
@@ -113,7 +128,7 @@ impl Allocator {
     }
 
     /// The entitlement of `job`, which has a task on `host`.
-    pub(super) fn job_entitlement(
+    pub(crate) fn job_entitlement(
         &self,
         host: HostId,
         job: JobId,
@@ -135,9 +150,24 @@ impl Allocator {
         id: HostId,
         moves: &mut Moves,
     ) -> Result<GpuGrant, AllocError> {
+        self.commit_with(p, task, id, moves, None)
+    }
+
+    /// [`commit`](Self::commit), with exactly the devices of `exact` if given.
+    pub(super) fn commit_with(
+        &mut self,
+        p: &Placement<'_>,
+        task: TaskId,
+        id: HostId,
+        moves: &mut Moves,
+        exact: Option<&GpuGrant>,
+    ) -> Result<GpuGrant, AllocError> {
         let ent = p.ent;
         let (grant, joined) = self.update_host(id, |h| {
-            let grant = h.take(&p.demand)?;
+            let grant = match exact {
+                Some(g) => h.take_exact(&p.demand, g)?,
+                None => h.take(&p.demand)?,
+            };
             let joined = h.owner == Owner::FreePool;
             if joined {
                 h.owner = Owner::Entitlement(ent);

@@ -108,12 +108,40 @@ impl Allocator {
         })
     }
 
-    /// The best host of the task's entitlement (never the free pool, never its own
-    /// host, never one `exclude` names) that would take the task, by the rules and
-    /// the policy it was placed with; `None` if there is none.
+    /// Undoes a move of this round's scratch work: puts `task` back on `host` with
+    /// exactly the devices `grant` it held there. Only for undoing moves made off `host`
+    /// (which then has that room free again); anything else is an internal error.
+    pub(crate) fn undo_move(
+        &mut self,
+        task: TaskId,
+        host: HostId,
+        grant: &GpuGrant,
+    ) -> Result<(), AllocError> {
+        let rec = self
+            .tasks
+            .get(&task)
+            .ok_or(AllocError::UnknownTask(task))?
+            .clone();
+        let ent = self.job_entitlement(rec.host, rec.job)?;
+        let p = Placement {
+            job: rec.job,
+            ent,
+            cons: &rec.constraints,
+            demand: rec.demand,
+        };
+        let mut moves = Moves::default();
+        self.unassign(task, &mut moves)?;
+        self.commit_with(&p, task, host, &mut moves, Some(grant))?;
+        Ok(())
+    }
+
+    /// The best host that would take the task, by the rules and the policy it was
+    /// placed with: of its entitlement, or with `free_pool` also from the pool within
+    /// quota; never its own host, never one `exclude` names. `None` if there is none.
     pub(crate) fn move_target(
         &self,
         task: TaskId,
+        free_pool: bool,
         exclude: &dyn Fn(HostId) -> bool,
     ) -> Result<Option<HostId>, AllocError> {
         let rec = self.tasks.get(&task).ok_or(AllocError::UnknownTask(task))?;
@@ -128,7 +156,7 @@ impl Allocator {
             &p,
             Some(rec.host),
             Scope {
-                free_pool: false,
+                free_pool,
                 exclude: Some(exclude),
             },
         )

@@ -18,7 +18,7 @@ const MS_PER_HOUR: u128 = 3_600_000;
 /// product: `elapsed_ms * per_hour * 1000 / 3_600_000` computed from the bucket's
 /// own anchor time).
 #[derive(Debug, Clone)]
-pub(super) struct TokenBucket {
+pub(crate) struct TokenBucket {
     limit: RateLimit,
     /// Thousandths of a token, at most `burst * 1000`.
     milli: u128,
@@ -28,7 +28,7 @@ pub(super) struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub(super) fn new(limit: RateLimit) -> Result<TokenBucket, RebalanceError> {
+    pub(crate) fn new(limit: RateLimit) -> Result<TokenBucket, RebalanceError> {
         for (field, value) in [
             ("rate_limit.per_hour", limit.per_hour),
             ("rate_limit.burst", limit.burst),
@@ -54,7 +54,7 @@ impl TokenBucket {
     }
 
     /// Adds what accrued since the last refill (callers never pass an earlier time).
-    pub(super) fn refill(&mut self, now_ms: u64) {
+    pub(crate) fn refill(&mut self, now_ms: u64) {
         let elapsed = self.at_ms.map_or(0, |at| now_ms.saturating_sub(at));
         self.at_ms = Some(now_ms);
         // Thousandths of a token accrued, times MS_PER_HOUR; the remainder carries.
@@ -67,13 +67,13 @@ impl TokenBucket {
     }
 
     /// Whole tokens available.
-    pub(super) fn whole(&self) -> usize {
+    pub(crate) fn whole(&self) -> usize {
         usize::try_from(self.milli / 1000).unwrap_or(usize::MAX)
     }
 
     /// Spends one token; false (and nothing spent) if there is no whole token.
     #[must_use]
-    pub(super) fn take_one(&mut self) -> bool {
+    pub(crate) fn take_one(&mut self) -> bool {
         match self.milli.checked_sub(1000) {
             Some(left) => {
                 self.milli = left;

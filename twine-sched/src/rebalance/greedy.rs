@@ -139,12 +139,15 @@ impl Search<'_> {
         }
         tasks.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut done: Vec<PlannedMove> = Vec::with_capacity(tasks.len());
+        // The devices each task held on `src`, to put it back exactly.
+        let mut grants = Vec::with_capacity(tasks.len());
         for &(_, t) in &tasks {
             let emptied = &self.emptied;
             let target = self
                 .work
-                .move_target(t, &|h: HostId| h == src || emptied.contains(&h))?;
+                .move_target(t, false, &|h: HostId| h == src || emptied.contains(&h))?;
             let Some(to) = target else { break };
+            grants.push(self.work.task_view(t)?.gpus.clone());
             self.work.move_task(t, to)?;
             done.push(PlannedMove {
                 task: t,
@@ -153,9 +156,11 @@ impl Search<'_> {
             });
         }
         if done.len() < tasks.len() {
-            // Undo, last first: each task goes back where it came from, which held it.
-            for m in done.iter().rev() {
-                self.work.move_task(m.task, m.from)?;
+            // Undo, last first: each task goes back onto the very devices it left, so
+            // the scratch copy is as before (a share put back best-fit could take the
+            // device a whole-GPU task needs).
+            for (m, grant) in done.iter().zip(&grants).rev() {
+                self.work.undo_move(m.task, m.from, grant)?;
             }
             return Ok(());
         }
@@ -282,7 +287,7 @@ impl Search<'_> {
             let from = w.task_view(t)?.host;
             let hosts = &w.hosts;
             // Only domains below the gap's top minus one take it, so the gap narrows.
-            let target = w.move_target(t, &|h: HostId| {
+            let target = w.move_target(t, false, &|h: HostId| {
                 hosts
                     .get(h.0 as usize)
                     .is_none_or(|x| jr.in_domain(l, x.domains[l]) + 1 >= high)

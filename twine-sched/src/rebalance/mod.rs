@@ -47,7 +47,7 @@
 //! the others, best fit under each task's own rules; even out spread one task at a
 //! time). Another solver plugs in through the [`Solver`] trait.
 
-mod budget;
+pub(crate) mod budget;
 mod greedy;
 
 use std::fmt;
