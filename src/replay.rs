@@ -83,7 +83,7 @@ pub(crate) struct ReplayArgs {
     #[arg(long)]
     hosts_shape: Option<String>,
     /// With --hosts-shape: this many hosts [default: as many as NODES.csv lists].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     hosts: Option<String>,
     /// Placement policy of every request.
     #[arg(long, value_enum, default_value = "best-fit")]
@@ -93,20 +93,20 @@ pub(crate) struct ReplayArgs {
     arrivals: ArrivalsArg,
     /// With --arrivals poisson: steady-state demand as a fraction of the fleet's capacity
     /// in its bottleneck dimension [default: 0.8].
-    #[arg(long, value_name = "FACTOR")]
+    #[arg(long, value_name = "FACTOR", allow_hyphen_values = true)]
     load: Option<String>,
     /// The replay covers [0, SECONDS] [default: 86400 for poisson, up to the trace's last
     /// creation or deletion for trace].
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
     duration: Option<String>,
     /// With --arrivals poisson: the seed of every random draw [default: 0].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     seed: Option<String>,
     /// A rebalance round at every multiple of this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_REBALANCE_EVERY_S.to_string())]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, default_value_t = DEFAULT_REBALANCE_EVERY_S.to_string())]
     rebalance_every: String,
     /// Moves per rebalance round, at most (0: never move).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MOVE_BUDGET.to_string())]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, default_value_t = DEFAULT_MOVE_BUDGET.to_string())]
     move_budget: String,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
