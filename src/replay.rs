@@ -9,7 +9,7 @@ use twine::sched::Policy;
 use twine::sched::pack::Hosts;
 use twine::sched::replay::{
     Arrivals, DEFAULT_MOVE_BUDGET, DEFAULT_REBALANCE_EVERY_S, Event, Replay, ReplayConfig,
-    ReplayError, replay,
+    ReplayError, Sample, replay,
 };
 use twine::sched::trace::{TraceNode, read_nodes, read_pods};
 
@@ -259,6 +259,9 @@ fn write_events(path: &Path, hosts: &Hosts, events: &[Event]) -> Result<(), Vec<
     out.flush().map_err(|e| failed(&e))
 }
 
+/// A line of the plot: its label, its colour, its value in a window.
+type Line = (&'static str, plotters::style::RGBColor, fn(&Sample) -> f64);
+
 /// Hosts in use (with and without rebalancing, and the lower bound) above, utilisation
 /// in the bottleneck dimension below, over trace time.
 fn plot(r: &Replay, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -281,7 +284,7 @@ fn plot(r: &Replay, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         })
         .fold(1.0, f64::max)
         * 1.1;
-    let mid = |s: &twine::sched::replay::Sample| (s.start_s + s.end_s) / 2.0 / scale;
+    let mid = |s: &Sample| (s.start_s + s.end_s) / 2.0 / scale;
     let area = SVGBackend::new(path, (1000, 700)).into_drawing_area();
     area.fill(&WHITE)?;
     let (upper, lower) = area.split_vertically(430);
@@ -302,7 +305,7 @@ fn plot(r: &Replay, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .y_desc("hosts in use")
         .x_desc(unit)
         .draw()?;
-    let lines: [(&str, RGBColor, fn(&twine::sched::replay::Sample) -> f64); 3] = [
+    let lines: [Line; 3] = [
         ("with rebalancing", BLUE, |s| s.hosts_in_use),
         ("without rebalancing", RED, |s| s.hosts_in_use_baseline),
         ("lower bound", BLACK, |s| s.lower_bound),
@@ -334,7 +337,7 @@ fn plot(r: &Replay, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         ))
         .x_desc(unit)
         .draw()?;
-    let lines: [(&str, RGBColor, fn(&twine::sched::replay::Sample) -> f64); 2] = [
+    let lines: [Line; 2] = [
         ("with rebalancing", BLUE, |s| s.utilisation),
         ("without rebalancing", RED, |s| s.utilisation_baseline),
     ];

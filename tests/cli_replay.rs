@@ -8,6 +8,8 @@
 //! The tests on the openb trace skip with a reason where it is absent and fail instead
 //! under `TWINE_REQUIRE_REALSYS=1`.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message.
+
 mod support;
 
 use std::collections::HashMap;

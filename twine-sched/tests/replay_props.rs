@@ -3,6 +3,8 @@
 //! independent capacity check (written here, from the pods' demands alone) accepts,
 //! whose hosts-in-use average and move count match the figures.
 
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message.
+
 mod support;
 
 use std::collections::HashMap;
