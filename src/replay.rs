@@ -283,7 +283,18 @@ fn plot(r: &Replay, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 .max(s.lower_bound)
         })
         .fold(1.0, f64::max)
-        * 1.1;
+        * 1.05;
+    // Start the axis near the lowest line, so a gap of a few percent shows.
+    let bottom = r
+        .series
+        .iter()
+        .map(|s| {
+            s.hosts_in_use
+                .min(s.hosts_in_use_baseline)
+                .min(s.lower_bound)
+        })
+        .fold(top, f64::min)
+        * 0.9;
     let mid = |s: &Sample| (s.start_s + s.end_s) / 2.0 / scale;
     let area = SVGBackend::new(path, (1000, 700)).into_drawing_area();
     area.fill(&WHITE)?;
@@ -299,7 +310,7 @@ fn plot(r: &Replay, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..end / scale, 0.0..top)?;
+        .build_cartesian_2d(0.0..end / scale, bottom.min(top - 1.0).max(0.0)..top)?;
     hosts
         .configure_mesh()
         .y_desc("hosts in use")
