@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod place;
+mod replay;
+mod trace_input;
 
 use std::io::Write as _;
 
@@ -61,6 +63,9 @@ enum Command {
     },
     /// Pack a trace's pods onto its nodes, or onto identical hosts, with as few hosts as possible.
     Place(place::PlaceArgs),
+    /// Replay a trace's pods arriving and leaving over time (its own times or Poisson churn),
+    /// placed online and rebalanced, against the lower bound and a run without rebalancing.
+    Replay(replay::ReplayArgs),
     /// The memory resizer (Senpai on PSI) and oomd-style kill policies.
     Oomd {
         #[command(subcommand)]
@@ -103,6 +108,11 @@ fn main() -> ExitCode {
         Command::Profile { command } => profile::profile(command),
         Command::Agent { command } => return agent::agent(command),
         Command::Place(args) => place::place(&args).map(|lines| {
+            for line in lines {
+                say!("{line}");
+            }
+        }),
+        Command::Replay(args) => replay::run(&args).map(|lines| {
             for line in lines {
                 say!("{line}");
             }

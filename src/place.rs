@@ -6,9 +6,11 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use clap::builder::PossibleValue;
+use twine::sched::GpuDemand;
 use twine::sched::pack::{GpuMode, Hosts, PackPolicy, Packing, Verified, pack, pool_gpus, verify};
 use twine::sched::trace::{TracePod, read_nodes, read_pods};
-use twine::sched::{GpuDemand, Resources};
+
+use crate::trace_input::{gpu_devices, host_name, parse_shape, read};
 
 /// A `--policy` value: any [`PackPolicy`], spelled as [`PackPolicy::name`].
 #[derive(Clone, Copy)]
@@ -60,46 +62,6 @@ pub(crate) struct PlaceArgs {
     /// the trace rows and the assignments alone); fail on any violation.
     #[arg(long)]
     verify: bool,
-}
-
-fn read<T>(
-    path: &Path,
-    parse: impl Fn(&str, std::fs::File) -> Result<T, twine::sched::trace::TraceError>,
-) -> Result<T, Vec<String>> {
-    let file = std::fs::File::open(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-    parse(&path.display().to_string(), file).map_err(|e| vec![e.to_string()])
-}
-
-fn parse_shape(text: &str) -> Result<Hosts, Vec<String>> {
-    let bad = |m: &str| {
-        vec![format!(
-            "--hosts-shape: {m} (got {text:?}; expected CPU_MILLI,MEMORY_MIB,GPUS[,GPU_MODEL])"
-        )]
-    };
-    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
-    if !(3..=4).contains(&parts.len()) {
-        return Err(bad("expected three or four comma-separated fields"));
-    }
-    let number = |s: &str, what: &str| {
-        s.parse::<u64>()
-            .map_err(|_| bad(&format!("{what} must be a whole number")))
-    };
-    let cpu = number(parts[0], "CPU_MILLI")?;
-    let mem = number(parts[1], "MEMORY_MIB")?;
-    let gpus =
-        u8::try_from(number(parts[2], "GPUS")?).map_err(|_| bad("GPUS must be at most 255"))?;
-    if cpu == 0 || mem == 0 {
-        return Err(bad("CPU_MILLI and MEMORY_MIB must be positive"));
-    }
-    let gpu_model = parts
-        .get(3)
-        .filter(|m| !m.is_empty())
-        .map(|m| (*m).to_owned());
-    Ok(Hosts::Identical {
-        capacity: Resources::new(cpu, mem),
-        gpus,
-        gpu_model,
-    })
 }
 
 struct Run {
@@ -178,17 +140,6 @@ impl Trace<'_> {
     }
 }
 
-/// The name of host `index`: its node's name, or `host-NNNNN` for identical hosts.
-fn host_name(hosts: &Hosts, index: usize) -> Result<String, String> {
-    match hosts {
-        Hosts::Listed(nodes) => nodes
-            .get(index)
-            .map(|n| n.name.clone())
-            .ok_or_else(|| format!("internal error: no node #{index} among {}", nodes.len())),
-        _ => Ok(format!("host-{index:05}")),
-    }
-}
-
 /// The rows of the assignments file: `pod,host,gpu_devices`, placed pods in input order.
 fn assignment_rows(
     hosts: &Hosts,
@@ -198,11 +149,10 @@ fn assignment_rows(
     let mut rows = Vec::new();
     for (pod, placement) in pods.iter().zip(&packing.placements) {
         let Some(p) = placement else { continue };
-        let devices: Vec<String> = p.gpus.indexes().map(|i| i.to_string()).collect();
         rows.push([
             pod.name.clone(),
             host_name(hosts, p.host)?,
-            devices.join("|"),
+            gpu_devices(&p.gpus),
         ]);
     }
     Ok(rows)

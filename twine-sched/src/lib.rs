@@ -44,6 +44,7 @@
 //! | [`explain`] | why a task was not placed; host-profile switch proposals |
 //! | [`rebalance`] | the ReBalancer: proposals that empty hosts or even out spread, with gain and cost, under a move budget and a rate limit |
 //! | [`taskcontrol`] | the TaskControl protocol: operations acked by the application, a max-unavailable budget, advance notices with deadlines; a reference controller for replicated services |
+//! | [`replay`] | tasks arriving and leaving over time (the trace's times or Poisson churn), placed online and rebalanced, against the lower bound |
 //! | [`trace`], [`pack`] | the openb trace CSV; offline packing against the lower bound with twine's policy and the classic ones, and an independent check of any packing |
 
 pub mod allocator;
@@ -54,6 +55,7 @@ pub mod fleet;
 mod index;
 pub mod pack;
 pub mod rebalance;
+pub mod replay;
 pub mod request;
 pub mod resources;
 pub mod score;

@@ -7,7 +7,9 @@
 //! devices throughout: a host is only chosen if the task fits on its devices.
 //!
 //! [`pack`] runs a [`PackPolicy`]; [`verify`] checks any packing against the trace rows
-//! alone, independently of the packer's bookkeeping.
+//! alone, independently of the packer's bookkeeping. [`lower_bound`] recomputes the
+//! bound from the pods; [`BoundTable`] and [`DemandSums`] give the same bound from
+//! running per-dimension sums, for callers whose tasks come and go.
 //!
 //! # twine's policy
 //!
@@ -47,10 +49,12 @@ use crate::score::{Policy, UnknownPolicy};
 use crate::trace::{TraceNode, TracePod};
 
 mod bins;
+mod bound;
 mod classic;
 mod twine;
 mod verify;
 
+pub use bound::{BoundTable, DemandSums, SumUnderflow};
 pub use verify::{GpuMode, Verified, Violation, verify};
 
 use bins::{NodeShape, Opener, reference_bin, unplaceable};
