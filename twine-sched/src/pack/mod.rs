@@ -48,10 +48,14 @@ use crate::trace::{TraceNode, TracePod};
 
 mod bins;
 mod classic;
+#[cfg(feature = "lp")]
+mod lp;
 mod twine;
 mod verify;
 
 pub use verify::{GpuMode, Verified, Violation, verify};
+#[cfg(feature = "lp")]
+pub use lp::{LpBound, LpBoundError, lp_lower_bound};
 
 use bins::{NodeShape, Opener, reference_bin, unplaceable};
 
