@@ -313,6 +313,8 @@ impl Mip {
             mine.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let start = dests.len();
             dests.extend(mine.into_iter().take(self.max_destinations).map(|(_, id)| id));
+            // Sources receive too, as long as they are not emptied themselves.
+            dests.extend(ranked.iter().filter(|r| r.1 == ent).map(|r| r.0));
             dests_of.insert(ent, start..dests.len());
         }
 
@@ -324,7 +326,7 @@ impl Mip {
             for &t in &host(alloc, src)?.tasks {
                 let mut cands = Vec::new();
                 for di in range.clone() {
-                    if alloc.move_refusal(t, dests[di])?.is_none() {
+                    if dests[di] != src && alloc.move_refusal(t, dests[di])?.is_none() {
                         cands.push(di);
                     }
                 }
@@ -379,9 +381,18 @@ impl Mip {
             }
             x.push(xs);
         }
+        let y_of: HashMap<HostId, Variable> = sources.iter().map(|s| s.host).zip(y.iter().copied()).collect();
         for (di, moves) in onto.iter().enumerate() {
             if moves.is_empty() {
                 continue;
+            }
+            if let Some(&yd) = y_of.get(&dests[di]) {
+                // A host being emptied takes nothing: sum x + n y <= n.
+                let n = float(moves.len() as u64);
+                let mut row: Vec<(Variable, f64)> = moves.iter().map(|&(v, _)| (v, 1.0)).collect();
+                row.push((yd, n));
+                m.problem.add_constraint(row, ComparisonOp::Le, n);
+                m.constraints += 1;
             }
             let h = host(alloc, dests[di])?;
             let free = dims(&h.free, h.gpus.free_milli());
