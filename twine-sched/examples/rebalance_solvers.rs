@@ -50,7 +50,8 @@ fn fragmented_fleet(hosts: usize) -> anyhow::Result<Allocator> {
         let job = JobId(jobs.len() as u64);
         let gpu_job = jobs.len() % 4 == 3;
         let machine = if gpu_job { "big" } else { "small" };
-        let mut req = Request::new(ent, job).require(Requirements::default().machine_types([machine]));
+        let mut req =
+            Request::new(ent, job).require(Requirements::default().machine_types([machine]));
         for _ in 0..8 {
             let demand = if gpu_job {
                 let gpu = match rng.range(0, 3) {
@@ -124,12 +125,18 @@ fn main() -> anyhow::Result<()> {
     let mip = Mip::default();
     let solvers: Vec<(&str, Box<dyn Solver>)> = vec![
         ("greedy", Box::new(Greedy::default())),
-        ("greedy-32", Box::new(Greedy::default().with_max_sources(32))),
+        (
+            "greedy-32",
+            Box::new(Greedy::default().with_max_sources(32)),
+        ),
         ("mip", Box::new(mip)),
     ];
     for (name, solver) in solvers {
         let mut a = fleet.clone();
-        let mut rb = ReBalancer::new(RebalanceConfig::default().with_move_budget(budget), Box::new(Greedy::default()))?;
+        let mut rb = ReBalancer::new(
+            RebalanceConfig::default().with_move_budget(budget),
+            Box::new(Greedy::default()),
+        )?;
         let (mut freed, mut moves, mut secs) = (0, 0, 0.0);
         for r in 1..=rounds {
             let start = Instant::now();
@@ -137,8 +144,15 @@ fn main() -> anyhow::Result<()> {
                 let round = mip.solve(&a, &Goal::Compact, budget)?;
                 let note = format!(
                     " [{} sources, {} destinations, {} vars, {} rows, {} nodes, optimal {}, chosen {}, dropped {}, repaired {}]",
-                    round.sources, round.destinations, round.variables, round.constraints, round.nodes,
-                    round.proven_optimal, round.chosen, round.dropped, round.repaired
+                    round.sources,
+                    round.destinations,
+                    round.variables,
+                    round.constraints,
+                    round.nodes,
+                    round.proven_optimal,
+                    round.chosen,
+                    round.dropped,
+                    round.repaired
                 );
                 (round.plan, note)
             } else {

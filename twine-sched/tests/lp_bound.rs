@@ -42,14 +42,13 @@ fn pods() -> impl Strategy<Value = Vec<TracePod>> {
 }
 
 fn hosts() -> impl Strategy<Value = Hosts> {
-    let identical =
-        (8_000u64..40_000, 16_000u64..80_000, 0u8..=4).prop_map(|(cpu, mem, gpus)| {
-            Hosts::Identical {
-                capacity: Resources::new(cpu, mem),
-                gpus,
-                gpu_model: None,
-            }
-        });
+    let identical = (8_000u64..40_000, 16_000u64..80_000, 0u8..=4).prop_map(|(cpu, mem, gpus)| {
+        Hosts::Identical {
+            capacity: Resources::new(cpu, mem),
+            gpus,
+            gpu_model: None,
+        }
+    });
     let node = (
         prop_oneof![Just(16_000u64), Just(32_000), 8_000u64..40_000],
         16_000u64..80_000,
@@ -128,13 +127,20 @@ fn openb_lp_bound() {
             p.hosts_used,
             start.elapsed()
         );
-        assert!(b.bound <= p.hosts_used && b.bound >= p.lower_bound, "{what}: {b:?}");
+        assert!(
+            b.bound <= p.hosts_used && b.bound >= p.lower_bound,
+            "{what}: {b:?}"
+        );
         let published = match what {
             // CPU binds (84,836 cores over 96 a host); the devices do not (6,047 GPUs).
             "identical" => (884, 884, 902),
             // 7,230 pods on the nodes: shapes and GPU models bite, 830 against 812.
             _ => (830, 812, 1_034),
         };
-        assert_eq!((b.bound, b.per_dimension, p.hosts_used), published, "{what}");
+        assert_eq!(
+            (b.bound, b.per_dimension, p.hosts_used),
+            published,
+            "{what}"
+        );
     }
 }

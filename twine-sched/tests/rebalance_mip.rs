@@ -3,6 +3,9 @@
 //! proposal emptying its host; on a constructed fleet it frees a host that Greedy's
 //! largest-first best fit cannot. `PROPTEST_CASES=N` runs N cases instead of 64.
 
+// The fleet builders are helpers of the tests: a panic with its message is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use proptest::prelude::*;
@@ -99,13 +102,23 @@ fn mip_respects_budget_and_goal() {
         count: 0,
         machine_type: None,
     };
-    assert!(Mip::default().solve(&alloc, &goal, 100).unwrap().plan.proposals.is_empty());
+    assert!(
+        Mip::default()
+            .solve(&alloc, &goal, 100)
+            .unwrap()
+            .plan
+            .proposals
+            .is_empty()
+    );
 }
+
+/// A job: its entitlement (0 or 1), its per-host limit, its tasks (CPU, memory, GPUs).
+type Job = (usize, Option<u32>, Vec<(u64, u64, GpuDemand)>);
 
 #[derive(Debug, Clone)]
 struct Fleet {
     hosts: Vec<(u64, u64, u8)>,
-    jobs: Vec<(usize, Option<u32>, Vec<(u64, u64, GpuDemand)>)>,
+    jobs: Vec<Job>,
     frees: Vec<usize>,
 }
 

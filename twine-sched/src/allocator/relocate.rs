@@ -111,6 +111,7 @@ impl Allocator {
     /// Why [`move_task`](Self::move_task) would refuse to move `task` to `to` now, or
     /// `None` if it would make the move; nothing changes. The same checks, in the same
     /// order, so solvers that weigh many candidate moves at once ask once per pair.
+    #[cfg(feature = "lp")]
     pub(crate) fn move_refusal(
         &self,
         task: TaskId,

@@ -328,7 +328,9 @@ pub fn lp_lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> Result<LpBound, LpBo
             shapes: shapes.len(),
         });
     }
-    let lowered = (lp_optimum - TOLERANCE * lp_optimum.max(1.0)).ceil().max(0.0);
+    let lowered = (lp_optimum - TOLERANCE * lp_optimum.max(1.0))
+        .ceil()
+        .max(0.0);
     // The optimum is at most the hosts of some packing, far below 2^52.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let lp_ceil = lowered as usize;

@@ -53,9 +53,9 @@ mod lp;
 mod twine;
 mod verify;
 
-pub use verify::{GpuMode, Verified, Violation, verify};
 #[cfg(feature = "lp")]
 pub use lp::{LpBound, LpBoundError, lp_lower_bound};
+pub use verify::{GpuMode, Verified, Violation, verify};
 
 use bins::{NodeShape, Opener, reference_bin, unplaceable};
 

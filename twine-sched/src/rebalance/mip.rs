@@ -143,7 +143,9 @@ pub enum MipError {
     #[error(transparent)]
     Alloc(#[from] AllocError),
     /// microlp failed (its own words); the model's size helps reproduce it.
-    #[error("mip: the solver failed on {variables} variables and {constraints} constraints: {message}")]
+    #[error(
+        "mip: the solver failed on {variables} variables and {constraints} constraints: {message}"
+    )]
     Solver {
         /// What the solver said.
         message: String,
@@ -255,7 +257,8 @@ impl Mip {
                     if h.state == HostState::Up
                         && !h.tasks.is_empty()
                         && h.tasks.len() <= budget
-                        && machine_type.is_none_or(|m| alloc.names.resolve(h.machine_type) == m) =>
+                        && machine_type
+                            .is_none_or(|m| alloc.names.resolve(h.machine_type) == m) =>
                 {
                     Some((load(h), h.tasks.len(), id, e))
                 }
@@ -312,7 +315,11 @@ impl Mip {
                 .collect();
             mine.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let start = dests.len();
-            dests.extend(mine.into_iter().take(self.max_destinations).map(|(_, id)| id));
+            dests.extend(
+                mine.into_iter()
+                    .take(self.max_destinations)
+                    .map(|(_, id)| id),
+            );
             // Sources receive too, as long as they are not emptied themselves.
             dests.extend(ranked.iter().filter(|r| r.1 == ent).map(|r| r.0));
             dests_of.insert(ent, start..dests.len());
@@ -381,7 +388,11 @@ impl Mip {
             }
             x.push(xs);
         }
-        let y_of: HashMap<HostId, Variable> = sources.iter().map(|s| s.host).zip(y.iter().copied()).collect();
+        let y_of: HashMap<HostId, Variable> = sources
+            .iter()
+            .map(|s| s.host)
+            .zip(y.iter().copied())
+            .collect();
         for (di, moves) in onto.iter().enumerate() {
             if moves.is_empty() {
                 continue;
@@ -396,9 +407,7 @@ impl Mip {
             }
             let h = host(alloc, dests[di])?;
             let free = dims(&h.free, h.gpus.free_milli());
-            let demand = |t: TaskId| -> Result<_, AllocError> {
-                Ok(alloc.task_view(t)?.demand)
-            };
+            let demand = |t: TaskId| -> Result<_, AllocError> { Ok(alloc.task_view(t)?.demand) };
             for (k, &room) in free.iter().enumerate() {
                 let mut terms = Vec::new();
                 for &(v, t) in moves {
@@ -458,8 +467,16 @@ impl Mip {
 
         let mut options = SolveOptions::default();
         options.node_limit = Some(self.node_limit);
-        // The empty plan is feasible: the search always has an answer to return.
-        options.warm_start = Some(m.vars.iter().map(|&v| (v, 0.0)).collect());
+        // Start from a feasible point (at worst the empty plan), so the search always
+        // has an answer and never returns less than best fit within the model.
+        let start = self.warm_start(alloc, &sources, &dests, &y, &x, budget, want)?;
+        let mut values: Vec<(Variable, f64)> = m.vars.iter().map(|&v| (v, 0.0)).collect();
+        for v in start {
+            if let Some(slot) = values.get_mut(v.idx()) {
+                slot.1 = 1.0;
+            }
+        }
+        options.warm_start = Some(values);
         let solver_error = |message: String| MipError::Solver {
             message,
             variables: round.variables,
@@ -570,6 +587,167 @@ impl Mip {
             });
         }
         Ok(round)
+    }
+}
+
+/// What is left of a destination in the model's terms, for the warm start.
+struct Residual {
+    free: [u64; DIMS],
+    capacity: [u64; DIMS],
+    idle: u64,
+    big: u64,
+    /// Tasks with a per-host limit planned onto it, per job.
+    limited: HashMap<JobId, u32>,
+    /// A source the warm start empties (it then takes nothing).
+    emptied: bool,
+    /// A source that took a task (it is then not emptied).
+    received: bool,
+}
+
+impl Mip {
+    /// A feasible point of the model: sources in rank order, each emptied if every task
+    /// finds a best-fit candidate within the model's rows (resources, devices, per-host
+    /// limits) and the budget. Returns the variables set to 1.
+    #[allow(clippy::too_many_arguments)]
+    fn warm_start(
+        &self,
+        alloc: &Allocator,
+        sources: &[Source],
+        dests: &[HostId],
+        y: &[Variable],
+        x: &[Vec<Vec<Variable>>],
+        budget: usize,
+        want: Option<usize>,
+    ) -> Result<Vec<Variable>, AllocError> {
+        let mut res: Vec<Residual> = Vec::with_capacity(dests.len());
+        for &d in dests {
+            let h = host(alloc, d)?;
+            res.push(Residual {
+                free: dims(&h.free, h.gpus.free_milli()),
+                capacity: dims(&h.capacity, h.gpus.count() as u64 * u64::from(GPU_MILLI)),
+                idle: h.gpus.idle() as u64,
+                big: h.gpus.free().iter().filter(|&&f| f > GPU_MILLI / 2).count() as u64,
+                limited: HashMap::new(),
+                emptied: false,
+                received: false,
+            });
+        }
+        let index: HashMap<HostId, usize> =
+            dests.iter().enumerate().map(|(i, &d)| (d, i)).collect();
+        let (mut on, mut moves, mut emptied) = (Vec::new(), 0usize, 0usize);
+        for (si, s) in sources.iter().enumerate() {
+            if moves + s.tasks.len() > budget || want.is_some_and(|n| emptied >= n) {
+                continue;
+            }
+            if index.get(&s.host).is_some_and(|&i| res[i].received) {
+                continue;
+            }
+            let mut order: Vec<(usize, (u64, u64, u64))> = Vec::with_capacity(s.tasks.len());
+            for (ti, (t, _)) in s.tasks.iter().enumerate() {
+                let d = alloc.task_view(*t)?.demand;
+                order.push((
+                    ti,
+                    (
+                        exclusive_devices(d.gpu),
+                        d.gpu.milli(),
+                        d.resources.cpu_milli,
+                    ),
+                ));
+            }
+            order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            // Trial assignments: (task index, candidate index, destination index).
+            let mut trial: Vec<(usize, usize, usize)> = Vec::new();
+            let mut ok = true;
+            for (ti, _) in order {
+                let (t, cands) = &s.tasks[ti];
+                let rec = alloc.tasks.get(t).ok_or(AllocError::UnknownTask(*t))?;
+                let d = rec.demand;
+                let a = dims(&d.resources, d.gpu.milli());
+                let whole = match d.gpu {
+                    GpuDemand::Whole(n) => u64::from(n),
+                    _ => 0,
+                };
+                let excl = exclusive_devices(d.gpu);
+                let limit = rec.constraints.prefs.max_per_host;
+                let mut best: Option<(f64, usize, usize)> = None;
+                for (ci, &di) in cands.iter().enumerate() {
+                    let r = &res[di];
+                    let on_host = alloc
+                        .jobs
+                        .get(&rec.job)
+                        .map_or(0, |jr| jr.on_host(dests[di]));
+                    let planned = r.limited.get(&rec.job).copied().unwrap_or(0);
+                    let fits = !r.emptied
+                        && dests[di] != s.host
+                        && (0..DIMS).all(|k| a[k] <= r.free[k])
+                        && whole <= r.idle
+                        && excl <= r.big
+                        && limit.is_none_or(|k| on_host + planned < k);
+                    if !fits {
+                        continue;
+                    }
+                    let left: f64 = (0..DIMS)
+                        .filter(|&k| r.capacity[k] > 0)
+                        .map(|k| ratio(r.free[k] - a[k], r.capacity[k]))
+                        .sum();
+                    if best.is_none_or(|b| left < b.0) {
+                        best = Some((left, ci, di));
+                    }
+                }
+                let Some((_, ci, di)) = best else {
+                    ok = false;
+                    break;
+                };
+                let r = &mut res[di];
+                // `fits` checked every amount against what is left.
+                for (f, x) in r.free.iter_mut().zip(a) {
+                    *f -= x;
+                }
+                r.idle -= whole;
+                r.big -= excl;
+                if limit.is_some() {
+                    *r.limited.entry(rec.job).or_default() += 1;
+                }
+                trial.push((ti, ci, di));
+            }
+            if !ok {
+                // Give the trial back.
+                for &(ti, _, di) in &trial {
+                    let rec = alloc
+                        .tasks
+                        .get(&s.tasks[ti].0)
+                        .ok_or(AllocError::UnknownTask(s.tasks[ti].0))?;
+                    let d = rec.demand;
+                    let a = dims(&d.resources, d.gpu.milli());
+                    let r = &mut res[di];
+                    for (f, x) in r.free.iter_mut().zip(a) {
+                        *f += x;
+                    }
+                    r.idle += match d.gpu {
+                        GpuDemand::Whole(n) => u64::from(n),
+                        _ => 0,
+                    };
+                    r.big += exclusive_devices(d.gpu);
+                    if rec.constraints.prefs.max_per_host.is_some()
+                        && let Some(n) = r.limited.get_mut(&rec.job)
+                    {
+                        *n -= 1;
+                    }
+                }
+                continue;
+            }
+            if let Some(&i) = index.get(&s.host) {
+                res[i].emptied = true;
+            }
+            for &(ti, ci, di) in &trial {
+                res[di].received = true;
+                on.push(x[si][ti][ci]);
+            }
+            on.push(y[si]);
+            moves += s.tasks.len();
+            emptied += 1;
+        }
+        Ok(on)
     }
 }
 
