@@ -1,55 +1,4 @@
-//! A lower bound on hosts from a linear-programming relaxation that knows GPU devices
-//! are indivisible (feature `lp`).
-//!
-//! [`lower_bound`](super::lower_bound) divides each dimension's total by a host's
-//! capacity. On GPU workloads that is loose: eight 600-milli shares are 4,800 milli,
-//! "five hosts' worth" of a 1-GPU shape by the milli count, yet each needs a device of
-//! its own. [`lp_lower_bound`] solves a small LP over *pod classes* (pods with the same
-//! demand and `gpu_spec`) and *host shapes* (the identical shape, or the distinct shapes
-//! of a listed fleet with their counts) that adds one device constraint per shape.
-//!
-//! # The LP
-//!
-//! Classes `c` with `n_c` pods and demand `d_ck` in each dimension `k` (CPU, memory, the
-//! extras, GPU milli); shapes `s` with capacity `cap_sk`, `g_s` GPU devices and, for a
-//! listed fleet, `count_s` nodes. Variables `z_s >= 0` (hosts of shape `s` used, at most
-//! `count_s` for listed nodes) and `x_cs >= 0` (pods of class `c` on shape `s`), the
-//! latter only where one pod of the class fits an empty host of the shape (GPU model,
-//! devices, every dimension).
-//!
-//! ```text
-//! minimise   sum_s z_s
-//! subject to sum_s x_cs = n_c                                   every class c
-//!            sum_c d_ck x_cs <= cap_sk z_s                      every shape s, dimension k
-//!            sum_c (whole_c + [share_c > 500]) x_cs <= g_s z_s  every shape s
-//! ```
-//!
-//! where `whole_c` is the number of whole devices a pod of class `c` holds and
-//! `[share_c > 500]` is 1 for a pod holding a share of more than 500 thousandths.
-//!
-//! **Why it is a lower bound.** Take any packing and let `z_s` be the hosts of shape `s`
-//! it uses and `x_cs` the pods of class `c` it puts on them. Every pod is placed once
-//! (first row). On each host, the pods' demands fit its capacity; summing over the hosts
-//! of a shape gives the second row. On each host, a whole-device pod holds its devices
-//! alone, and a device holding a share above 500 has less than 500 left, so it holds no
-//! whole-device pod and no second share above 500: the devices so held are distinct,
-//! at most `g_s` per host, and summing gives the third row. So every packing is a
-//! feasible point, whose objective is its host count; the LP optimum is at most the best
-//! packing's host count, which is an integer, so `ceil(optimum)` is a bound too.
-//! Solvers stop within a tolerance, so the optimum is first lowered by a relative 1e-6
-//! (which only ever makes the bound smaller). The reported [`LpBound::bound`] is the
-//! larger of that and the per-dimension bound, both valid.
-//!
-//! # Why microlp, and its limits
-//!
-//! The model is written with `good_lp` (a modelling layer: another solver, for example
-//! HiGHS, plugs in as a feature of `good_lp`) and solved by `microlp`, a pure-Rust
-//! simplex: no system solver, no C or C++ toolchain, so the feature builds wherever
-//! `cargo` does, CI included. Its simplex is dense in places and single-threaded; the
-//! LP has `classes x shapes + shapes` variables, which stays small because pods with
-//! equal demand share a class (the openb trace: a few hundred classes, one shape for
-//! identical hosts, about twenty for its node list). A workload with tens of thousands of
-//! distinct demands would want a bigger solver.
+//! The LP lower bound (feature `lp`). See [`lp_lower_bound`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -62,7 +11,7 @@ use super::{Hosts, lower_bound};
 use crate::resources::{DIMS, Demand, GPU_MILLI, GpuDemand, GpuDevices, Resources, dims};
 use crate::trace::TracePod;
 
-/// A lower bound on hosts from the LP relaxation (see the [module docs](self)).
+/// A lower bound on hosts from the LP relaxation (see [`lp_lower_bound`]).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LpBound {
@@ -220,8 +169,62 @@ fn f(x: u64) -> f64 {
     x as f64
 }
 
-/// A lower bound on the hosts `pods` need on `hosts`, from the LP relaxation in the
-/// [module docs](self), never below [`lower_bound`](super::lower_bound). Pure and
+/// A lower bound on hosts from a linear-programming relaxation that knows GPU devices
+/// are indivisible (feature `lp`).
+///
+/// [`lower_bound`](super::lower_bound) divides each dimension's total by a host's
+/// capacity. On GPU workloads that is loose: eight 600-milli shares are 4,800 milli,
+/// "five hosts' worth" of a 1-GPU shape by the milli count, yet each needs a device of
+/// its own. [`lp_lower_bound`] solves a small LP over *pod classes* (pods with the same
+/// demand and `gpu_spec`) and *host shapes* (the identical shape, or the distinct shapes
+/// of a listed fleet with their counts) that adds one device constraint per shape.
+///
+/// # The LP
+///
+/// Classes `c` with `n_c` pods and demand `d_ck` in each dimension `k` (CPU, memory, the
+/// extras, GPU milli); shapes `s` with capacity `cap_sk`, `g_s` GPU devices and, for a
+/// listed fleet, `count_s` nodes. Variables `z_s >= 0` (hosts of shape `s` used, at most
+/// `count_s` for listed nodes) and `x_cs >= 0` (pods of class `c` on shape `s`), the
+/// latter only where one pod of the class fits an empty host of the shape (GPU model,
+/// devices, every dimension).
+///
+/// ```text
+/// minimise   sum_s z_s
+/// subject to sum_s x_cs = n_c                                   every class c
+///            sum_c d_ck x_cs <= cap_sk z_s                      every shape s, dimension k
+///            sum_c (whole_c + [share_c > 500]) x_cs <= g_s z_s  every shape s
+/// ```
+///
+/// where `whole_c` is the number of whole devices a pod of class `c` holds and
+/// `[share_c > 500]` is 1 for a pod holding a share of more than 500 thousandths.
+///
+/// **Why it is a lower bound.** Take any packing and let `z_s` be the hosts of shape `s`
+/// it uses and `x_cs` the pods of class `c` it puts on them. Every pod is placed once
+/// (first row). On each host, the pods' demands fit its capacity; summing over the hosts
+/// of a shape gives the second row. On each host, a whole-device pod holds its devices
+/// alone, and a device holding a share above 500 has less than 500 left, so it holds no
+/// whole-device pod and no second share above 500: the devices so held are distinct,
+/// at most `g_s` per host, and summing gives the third row. So every packing is a
+/// feasible point, whose objective is its host count; the LP optimum is at most the best
+/// packing's host count, which is an integer, so `ceil(optimum)` is a bound too.
+/// Solvers stop within a tolerance, so the optimum is first lowered by a relative 1e-6
+/// (which only ever makes the bound smaller). The reported [`LpBound::bound`] is the
+/// larger of that and the per-dimension bound, both valid.
+///
+/// # Why microlp, and its limits
+///
+/// The model is written with `good_lp` (a modelling layer: another solver, for example
+/// HiGHS, plugs in as a feature of `good_lp`) and solved by `microlp`, a pure-Rust
+/// simplex: no system solver, no C or C++ toolchain, so the feature builds wherever
+/// `cargo` does, CI included. Its simplex is dense in places and single-threaded; the
+/// LP has `classes x shapes + shapes` variables, which stays small because pods with
+/// equal demand share a class (the openb trace: a few hundred classes, one shape for
+/// identical hosts, about twenty for its node list). A workload with tens of thousands of
+/// distinct demands would want a bigger solver.
+///
+/// # Use
+///
+/// The bound is never below [`lower_bound`](super::lower_bound). Pure and
 /// deterministic. Pass only pods that some host can take (for example those
 /// [`pack`](super::pack) placed); a pod no shape fits is an error, not a silent drop.
 pub fn lp_lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> Result<LpBound, LpBoundError> {

@@ -1,60 +1,4 @@
-//! A mixed-integer solver for emptying hosts (feature `lp`): which hosts to empty, and
-//! where each of their tasks goes, decided together rather than one host at a time.
-//!
-//! [`Greedy`](super::Greedy) empties the least-loaded host it can, task by task, best
-//! fit; a task that takes the last good slot on a host may leave no room for a task of
-//! the next host. [`Mip`] looks at the [`Mip::max_sources`] least-loaded entitlement
-//! hosts at once (the *sources*) and the [`Mip::max_destinations`] other hosts of each
-//! entitlement with the most free room (the *destinations*; sources never receive).
-//!
-//! # The model
-//!
-//! Binary `y_s` (source `s` is emptied) and `x_td` (task `t` of a source moves to
-//! destination `d`), the latter only for pairs [`Allocator::move_task`] would accept
-//! now, each move on its own (every hard requirement, the job's limits, and room).
-//!
-//! ```text
-//! maximise   sum_s (1 - n_s / (B + 1)) y_s                 n_s tasks on s, B the budget
-//! subject to sum_d x_td = y_s(t)                           every task t of a source
-//!            sum_t a_tk x_td <= free_dk                    every destination d, dimension k
-//!            sum_t whole_t x_td <= idle_d                  idle devices of d
-//!            sum_t (whole_t + [share_t > 500]) x_td <= big_d   devices of d with > 500 free
-//!            sum_{t of job j} x_td <= k_j - on_host_j(d)   jobs with at most k_j per host
-//!            sum_s n_s y_s <= B                            the move budget
-//!            sum_s y_s <= count                            with Goal::FreeHosts
-//! ```
-//!
-//! The weights make one more emptied host worth more than any number of saved moves
-//! (fewer moves break ties). Rows that cannot bind (the candidates' total fits anyway)
-//! are left out. The device rows are necessary conditions, not sufficient ones: which
-//! device a share lands on is not modelled, nor are the per-rack limits. So the plan is
-//! then **replayed** through [`Allocator::move_task`] on a scratch copy, source by
-//! source, whole-device tasks first. A move the allocator refuses is *repaired* once: the
-//! task goes to the best other host of its entitlement by its own policy (never a host
-//! being emptied), as Greedy would place it; if there is none, that source is dropped
-//! whole and its moves undone. Repairs and drops are counted in [`MipRound`], never
-//! hidden. The result is therefore always a valid plan by the allocator's own rules.
-//!
-//! Mip only empties hosts; it does not even out spread (use [`Greedy`](super::Greedy)
-//! for that), and [`Goal::Compact`] means "empty as many as the budget allows".
-//!
-//! # Why microlp, and its limits
-//!
-//! `microlp` is a pure-Rust simplex with branch and bound: no system solver, no C or C++
-//! toolchain, so this builds wherever `cargo` does, CI included. The model is built on
-//! microlp directly rather than through `good_lp` (which the [`pack`](crate::pack) LP
-//! uses) because microlp's *node limit* is deterministic and `good_lp` 1.15 passes only
-//! a wall-clock limit: a plan that depended on the machine's speed would break this
-//! crate's promise that the same input gives the same output. The search starts from the
-//! empty plan (a feasible point), so at the node limit there is always an answer, the best
-//! found; [`MipRound::proven_optimal`] says whether it was proven best.
-//!
-//! Instance size is the limit: about `sources x tasks per source x destinations` binary
-//! variables (32 x 10 x 256 is about 80,000). microlp's simplex is single-threaded and
-//! its branch and bound is plain; the defaults keep one round within about a second on
-//! fleets of a few hundred hosts (see the `rebalance_solvers` example). For tens of
-//! thousands of candidate moves a round, a stronger solver (HiGHS through `good_lp`)
-//! would be the next step.
+//! The MIP solver of the ReBalancer (feature `lp`). See [`Mip`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -67,7 +11,63 @@ use crate::fleet::{Host, HostId, HostState, Owner};
 use crate::request::{JobId, TaskId};
 use crate::resources::{DIMS, GPU_MILLI, GpuDemand, dims};
 
-/// Mixed-integer host emptying (see the [module docs](self)).
+/// A mixed-integer solver for emptying hosts (feature `lp`): which hosts to empty, and
+/// where each of their tasks goes, decided together rather than one host at a time.
+///
+/// [`Greedy`](super::Greedy) empties the least-loaded host it can, task by task, best
+/// fit; a task that takes the last good slot on a host may leave no room for a task of
+/// the next host. [`Mip`] looks at the [`Mip::max_sources`] least-loaded entitlement
+/// hosts at once (the *sources*) and the [`Mip::max_destinations`] other hosts of each
+/// entitlement with the most free room (the *destinations*; sources never receive).
+///
+/// # The model
+///
+/// Binary `y_s` (source `s` is emptied) and `x_td` (task `t` of a source moves to
+/// destination `d`), the latter only for pairs [`Allocator::move_task`] would accept
+/// now, each move on its own (every hard requirement, the job's limits, and room).
+///
+/// ```text
+/// maximise   sum_s (1 - n_s / (B + 1)) y_s                 n_s tasks on s, B the budget
+/// subject to sum_d x_td = y_s(t)                           every task t of a source
+///            sum_t a_tk x_td <= free_dk                    every destination d, dimension k
+///            sum_t whole_t x_td <= idle_d                  idle devices of d
+///            sum_t (whole_t + [share_t > 500]) x_td <= big_d   devices of d with > 500 free
+///            sum_{t of job j} x_td <= k_j - on_host_j(d)   jobs with at most k_j per host
+///            sum_s n_s y_s <= B                            the move budget
+///            sum_s y_s <= count                            with Goal::FreeHosts
+/// ```
+///
+/// The weights make one more emptied host worth more than any number of saved moves
+/// (fewer moves break ties). Rows that cannot bind (the candidates' total fits anyway)
+/// are left out. The device rows are necessary conditions, not sufficient ones: which
+/// device a share lands on is not modelled, nor are the per-rack limits. So the plan is
+/// then **replayed** through [`Allocator::move_task`] on a scratch copy, source by
+/// source, whole-device tasks first. A move the allocator refuses is *repaired* once: the
+/// task goes to the best other host of its entitlement by its own policy (never a host
+/// being emptied), as Greedy would place it; if there is none, that source is dropped
+/// whole and its moves undone. Repairs and drops are counted in [`MipRound`], never
+/// hidden. The result is therefore always a valid plan by the allocator's own rules.
+///
+/// Mip only empties hosts; it does not even out spread (use [`Greedy`](super::Greedy)
+/// for that), and [`Goal::Compact`] means "empty as many as the budget allows".
+///
+/// # Why microlp, and its limits
+///
+/// `microlp` is a pure-Rust simplex with branch and bound: no system solver, no C or C++
+/// toolchain, so this builds wherever `cargo` does, CI included. The model is built on
+/// microlp directly rather than through `good_lp` (which the [`pack`](crate::pack) LP
+/// uses) because microlp's *node limit* is deterministic and `good_lp` 1.15 passes only
+/// a wall-clock limit: a plan that depended on the machine's speed would break this
+/// crate's promise that the same input gives the same output. The search starts from the
+/// empty plan (a feasible point), so at the node limit there is always an answer, the best
+/// found; [`MipRound::proven_optimal`] says whether it was proven best.
+///
+/// Instance size is the limit: about `sources x tasks per source x destinations` binary
+/// variables (32 x 10 x 256 is about 80,000). microlp's simplex is single-threaded and
+/// its branch and bound is plain; the defaults keep one round within about a second on
+/// fleets of a few hundred hosts (see the `rebalance_solvers` example). For tens of
+/// thousands of candidate moves a round, a stronger solver (HiGHS through `good_lp`)
+/// would be the next step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Mip {
