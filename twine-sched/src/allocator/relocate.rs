@@ -135,6 +135,45 @@ impl Allocator {
         Ok(())
     }
 
+    /// Why [`move_task`](Self::move_task) would refuse to move `task` to `to` now, or
+    /// `None` if it would make the move; nothing changes. The same checks, in the same
+    /// order, so solvers that weigh many candidate moves at once ask once per pair.
+    #[cfg(feature = "lp")]
+    pub(crate) fn move_refusal(
+        &self,
+        task: TaskId,
+        to: HostId,
+    ) -> Result<Option<crate::explain::UnplacedReason>, AllocError> {
+        let rec = self.tasks.get(&task).ok_or(AllocError::UnknownTask(task))?;
+        if rec.host == to {
+            return Err(AllocError::MoveToSameHost { task, host: to });
+        }
+        let dest = self
+            .hosts
+            .get(to.0 as usize)
+            .ok_or(AllocError::UnknownHost(to))?;
+        let from = self
+            .hosts
+            .get(rec.host.0 as usize)
+            .ok_or(AllocError::Internal {
+                host: rec.host,
+                what: Bookkeeping::TaskRecordMissing(task),
+            })?;
+        let ent = self.job_entitlement(rec.host, rec.job)?;
+        let p = Placement {
+            job: rec.job,
+            ent,
+            cons: &rec.constraints,
+            demand: rec.demand,
+        };
+        let jr = self.jobs.get(&rec.job).ok_or(AllocError::Internal {
+            host: rec.host,
+            what: Bookkeeping::JobRecordMissing(rec.job),
+        })?;
+        let e = self.entitlement(ent)?;
+        Ok(self.first_failure(&p, jr, e, to, dest, Some(from)))
+    }
+
     /// The best host that would take the task, by the rules and the policy it was
     /// placed with: of its entitlement, or with `free_pool` also from the pool within
     /// quota; never its own host, never one `exclude` names. `None` if there is none.

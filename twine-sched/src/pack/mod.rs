@@ -51,10 +51,14 @@ use crate::trace::{TraceNode, TracePod};
 mod bins;
 mod bound;
 mod classic;
+#[cfg(feature = "lp")]
+mod lp;
 mod twine;
 mod verify;
 
 pub use bound::{BoundTable, DemandSums, SumUnderflow};
+#[cfg(feature = "lp")]
+pub use lp::{LpBound, LpBoundError, lp_lower_bound};
 pub use verify::{GpuMode, Verified, Violation, verify};
 
 use bins::{NodeShape, Opener, reference_bin, unplaceable};

@@ -49,6 +49,8 @@
 
 pub(crate) mod budget;
 mod greedy;
+#[cfg(feature = "lp")]
+mod mip;
 
 use std::fmt;
 
@@ -60,6 +62,8 @@ use crate::resources::Resources;
 pub use budget::RateLimit;
 use budget::TokenBucket;
 pub use greedy::Greedy;
+#[cfg(feature = "lp")]
+pub use mip::{Mip, MipError, MipRound};
 
 /// What a round aims at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +240,10 @@ pub enum RebalanceError {
     /// A move was made with no token left: a bug in the ReBalancer's own accounting.
     #[error("the rate limit was overdrawn (a bug in twine-sched)")]
     RateLimitOverdrawn,
+    /// The [`Mip`] solver failed.
+    #[cfg(feature = "lp")]
+    #[error(transparent)]
+    Mip(#[from] MipError),
     /// A solver failed.
     #[error("solver {solver}: {message}")]
     Solver {
