@@ -402,8 +402,6 @@ fn json(r: &Replay, config: &ReplayConfig, seed: Option<u64>, wall_s: f64) -> se
         "fragmentation_avg_without_rebalance": b.fragmentation_avg,
         "moves": m.moves,
         "rounds": m.rounds,
-        "failed_rounds": m.failed_rounds,
-        "first_round_failure": m.first_round_failure,
         "max_moves_in_a_round": m.max_moves_in_a_round,
         "pending_task_seconds": m.pending_task_seconds,
         "pending_task_seconds_without_rebalance": b.pending_task_seconds,
@@ -455,12 +453,6 @@ fn summary(r: &Replay, config: &ReplayConfig, wall_s: f64) -> Vec<String> {
             m.moves, m.rounds, m.max_moves_in_a_round, config.move_budget, config.rebalance_every_s
         ),
     ];
-    if let Some(why) = &m.first_round_failure {
-        lines.push(format!(
-            "failed rounds {} (the solver's plan was refused; first {why})",
-            m.failed_rounds
-        ));
-    }
     lines.push(format!("wall {wall_s:.2} s"));
     lines
 }
@@ -478,12 +470,6 @@ pub(crate) fn run(args: &ReplayArgs) -> Result<Vec<String>, Vec<String>> {
     }
     if let Some(path) = &args.plot {
         plot(&r, path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-    }
-    if let Some(why) = &r.main.first_round_failure {
-        eprintln!(
-            "warning: {} rebalance rounds failed and moved nothing (the solver's plan was refused on its own copy; first {why})",
-            r.main.failed_rounds
-        );
     }
     if args.json {
         return Ok(vec![json(&r, &config, seed, wall_s).to_string()]);

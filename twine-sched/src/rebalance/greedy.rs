@@ -1,21 +1,4 @@
-//! The default solver: greedy local search on a scratch copy of the allocator.
-//!
-//! **Emptying.** Hosts of entitlements are ranked by load (their fullest dimension as a
-//! fraction of capacity, then task count), least loaded first. For each, the solver
-//! tries to move every task onto another host of the same entitlement: best fit under
-//! the task's own rules and policy, never onto a host emptied or being emptied this
-//! round, never into the free pool. If every task finds a place within the budget, the
-//! host is emptied (it goes back to the pool); else its trial moves are undone. A host
-//! that took tasks this round is not emptied again, so no task moves twice.
-//!
-//! **Spread.** Then, for jobs whose preference spreads them over a fault-domain level,
-//! one task at a time moves from the job's fullest domain to its emptiest, while the gap
-//! is two or more.
-//!
-//! Every trial move goes through [`Allocator::move_task`] on the scratch copy, so the
-//! plan is valid move by move by the allocator's own rules. Cost: a clone of the
-//! allocator, a sort of the entitlement hosts, then one bounded candidate search per
-//! task tried; [`Greedy::max_sources`] bounds the hosts tried per round.
+//! The default solver, [`Greedy`].
 
 use std::collections::HashSet;
 
@@ -25,7 +8,24 @@ use crate::fleet::{FaultLevel, Host, HostId, HostState, Owner};
 use crate::request::{JobId, TaskId};
 use crate::resources::{DIMS, GPU_MILLI, dims};
 
-/// Greedy local search (see the [module docs](self)).
+/// The default solver: greedy local search on a scratch copy of the allocator.
+///
+/// **Emptying.** Hosts of entitlements are ranked by load (their fullest dimension as a
+/// fraction of capacity, then task count), least loaded first. For each, the solver
+/// tries to move every task onto another host of the same entitlement: best fit under
+/// the task's own rules and policy, never onto a host emptied or being emptied this
+/// round, never into the free pool. If every task finds a place within the budget, the
+/// host is emptied (it goes back to the pool); else its trial moves are undone. A host
+/// that took tasks this round is not emptied again, so no task moves twice.
+///
+/// **Spread.** Then, for jobs whose preference spreads them over a fault-domain level,
+/// one task at a time moves from the job's fullest domain to its emptiest, while the gap
+/// is two or more.
+///
+/// Every trial move goes through [`Allocator::move_task`] on the scratch copy, so the
+/// plan is valid move by move by the allocator's own rules. Cost: a clone of the
+/// allocator, a sort of the entitlement hosts, then one bounded candidate search per
+/// task tried; [`Greedy::max_sources`] bounds the hosts tried per round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Greedy {

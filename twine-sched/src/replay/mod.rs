@@ -261,14 +261,6 @@ pub struct RunFigures {
     pub rounds: usize,
     /// The most moves one round made.
     pub max_moves_in_a_round: usize,
-    /// Rounds whose plan failed on the solver's scratch copy of the allocator (a move it
-    /// planned was refused there); such a round moves nothing and the replay goes on.
-    /// Not counted in [`RunFigures::rounds`]. The greedy solver's undo of a host it
-    /// could not empty puts GPU shares back best fit, not on their old devices, so a
-    /// whole-GPU task can find no idle device to go back to.
-    pub failed_rounds: usize,
-    /// What the first failed round said, with its time.
-    pub first_round_failure: Option<String>,
 }
 
 /// What was replayed.

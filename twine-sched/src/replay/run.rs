@@ -9,11 +9,11 @@ use super::series::{Sample, Track, ms};
 use super::{
     Event, EventKind, Replay, ReplayConfig, ReplayError, RunFigures, SERIES_POINTS, Workload,
 };
-use crate::allocator::{AllocError, Allocator, AllocatorConfig};
+use crate::allocator::{Allocator, AllocatorConfig};
 use crate::entitlement::{EntitlementId, Quota};
 use crate::fleet::{HostId, HostSpec};
 use crate::pack::{BoundTable, DemandSums, Hosts};
-use crate::rebalance::{Goal, ReBalancer, RebalanceConfig, RebalanceError};
+use crate::rebalance::{Goal, ReBalancer, RebalanceConfig};
 use crate::request::{JobId, Preferences, Request, Requirements, TaskId};
 use crate::resources::{GpuDemand, GpuDevices, GpuGrant, Resources};
 use crate::score::Policy;
@@ -252,8 +252,6 @@ impl Sim {
                 moves: 0,
                 rounds: 0,
                 max_moves_in_a_round: 0,
-                failed_rounds: 0,
-                first_round_failure: None,
             },
             tracks: Tracks {
                 hosts: track(),
@@ -376,20 +374,8 @@ impl Sim {
         if !self.changed {
             return Ok(());
         }
-        // The plan is made on a scratch copy, so a solver that fails leaves the fleet as
-        // it was: the round counts as failed (see `RunFigures::failed_rounds`), the
-        // replay goes on.
-        let plan = match rebalancer.propose(&self.alloc, &Goal::Compact, t) {
-            Ok(plan) => plan,
-            Err(e @ RebalanceError::Alloc(AllocError::MoveRefused { .. })) => {
-                self.figures.failed_rounds += 1;
-                self.figures
-                    .first_round_failure
-                    .get_or_insert_with(|| format!("at {t} ms: {e}"));
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        // A solver that fails is a bug, reported as such: the replay stops.
+        let plan = rebalancer.propose(&self.alloc, &Goal::Compact, t)?;
         let round = rebalancer.execute(&mut self.alloc, &plan, t, |_| true)?;
         self.figures.rounds += 1;
         self.figures.moves += round.moved.len();
