@@ -69,7 +69,8 @@ pub(crate) fn run(guest_timeout: Duration) -> i32 {
     step("cargo test --workspace", &mut || {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["test", "--workspace"]);
+        // The LP backend of twine-sched is a feature; its tests only build with it.
+        cmd.args(["test", "--workspace", "--features", "twine-sched/lp"]);
         if std::env::var_os("TWINE_ROOTFS").is_none() {
             cmd.env("TWINE_ROOTFS", rootfs::path());
         }
