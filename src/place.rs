@@ -67,12 +67,22 @@ pub(crate) struct PlaceArgs {
 struct Run {
     policy: PackPolicy,
     packing: Packing,
+    /// The LP relaxation's bound on the placed pods (with the `lp` feature).
+    lp_bound: Option<usize>,
     seconds: f64,
     /// What the independent checker counted, with `--verify`.
     verified: Option<Verified>,
 }
 
 impl Run {
+    /// Hosts used over the LP bound.
+    fn lp_ratio(&self) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)] // host counts; f64 is exact far beyond them
+        self.lp_bound
+            .filter(|&b| b > 0)
+            .map(|b| self.packing.hosts_used as f64 / b as f64)
+    }
+
     fn placements_per_sec(&self) -> f64 {
         #[allow(clippy::cast_precision_loss)]
         let placed = self.packing.placed() as f64;
@@ -90,6 +100,8 @@ impl Run {
             "hosts_used": p.hosts_used,
             "lower_bound": p.lower_bound,
             "ratio": (p.ratio() * 10_000.0).round() / 10_000.0,
+            "lp_lower_bound": self.lp_bound,
+            "lp_ratio": self.lp_ratio().map(|r| (r * 10_000.0).round() / 10_000.0),
             "placed": p.placed(),
             "unplaced": pods - p.placed(),
             "unplaced_reasons": p.unplaced_reasons.iter().map(|(r, n)| (r.to_string(), *n)).collect::<BTreeMap<_, _>>(),
@@ -106,12 +118,37 @@ impl Run {
 fn run(hosts: &Hosts, pods: &[TracePod], policy: PackPolicy) -> Result<Run, Vec<String>> {
     let start = Instant::now();
     let packing = pack(hosts, pods, policy).map_err(|e| vec![format!("{}: {e}", policy.name())])?;
+    let seconds = start.elapsed().as_secs_f64();
+    let lp_bound =
+        lp_bound(hosts, pods, &packing).map_err(|e| vec![format!("{}: {e}", policy.name())])?;
     Ok(Run {
         policy,
         packing,
-        seconds: start.elapsed().as_secs_f64(),
+        lp_bound,
+        seconds,
         verified: None,
     })
+}
+
+/// The LP relaxation's bound on the pods `packing` placed (a tighter bound than the
+/// per-dimension one where GPU devices or mixed node shapes bind).
+#[cfg(feature = "lp")]
+fn lp_bound(hosts: &Hosts, pods: &[TracePod], packing: &Packing) -> Result<Option<usize>, String> {
+    let placed: Vec<&TracePod> = pods
+        .iter()
+        .zip(&packing.placements)
+        .filter(|(_, p)| p.is_some())
+        .map(|(p, _)| p)
+        .collect();
+    twine::sched::pack::lp_lower_bound(hosts, &placed)
+        .map(|b| Some(b.bound))
+        .map_err(|e| format!("LP lower bound: {e}"))
+}
+
+#[cfg(not(feature = "lp"))]
+#[allow(clippy::unnecessary_wraps)] // the same signature as with the feature
+fn lp_bound(_: &Hosts, _: &[TracePod], _: &Packing) -> Result<Option<usize>, String> {
+    Ok(None)
 }
 
 /// The trace as read, before any GPU pooling: what `--verify` checks against.
@@ -274,8 +311,12 @@ pub(crate) fn place(args: &PlaceArgs) -> Result<Vec<String>, Vec<String>> {
     )];
     for r in std::iter::once(&main).chain(&others) {
         let p = &r.packing;
+        let lp = match (r.lp_bound, r.lp_ratio()) {
+            (Some(b), Some(ratio)) => format!("  LP bound {b:>6} ({ratio:.3})"),
+            _ => String::new(),
+        };
         lines.push(format!(
-            "{:<15} hosts {:>6}  lower bound {:>6}  ratio {:.3}  placed {:>6}  unplaced {:>4}  {:>10.0} placements/s",
+            "{:<15} hosts {:>6}  lower bound {:>6}  ratio {:.3}{lp}  placed {:>6}  unplaced {:>4}  {:>10.0} placements/s",
             r.policy.name(),
             p.hosts_used,
             p.lower_bound,

@@ -271,6 +271,45 @@ fn place_on_identical_hosts_compares_every_policy() {
     assert_eq!(json["lower_bound"], 2);
 }
 
+/// Three 600-thousandth shares fit the GPU milli of one 2-device host (1,800 of 2,000),
+/// but no device holds two of them: the LP bound sees the third device a packing needs.
+#[test]
+fn place_reports_the_lp_bound_beside_the_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = "name,cpu_milli,memory_mib,num_gpu,gpu_milli\ns0,1000,1024,1,600\ns1,1000,1024,1,600\ns2,1000,1024,1,600\n";
+    let out = place_in(
+        dir.path(),
+        pods,
+        &["--hosts-shape", "16000,65536,2", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            &json["hosts_used"],
+            &json["lower_bound"],
+            &json["lp_lower_bound"]
+        ),
+        (&2.into(), &1.into(), &2.into()),
+        "{json}"
+    );
+    assert_eq!(json["lp_ratio"], 1.0, "{json}");
+    let text = place_in(dir.path(), pods, &["--hosts-shape", "16000,65536,2"]);
+    assert!(
+        stdout_of(&text).contains("LP bound      2 (1.000)"),
+        "{}",
+        stdout_of(&text)
+    );
+}
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn place_reports_bad_input_by_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
