@@ -789,19 +789,22 @@ fn replay_a_day_on_identical_hosts_stays_within_5_percent_of_the_bound() {
     assert_eq!(j["moves"], 13_475, "{j}");
 }
 
+/// A day of Poisson churn on the trace's own nodes (GPU-bound): the figures of
+/// docs/BENCHMARKS.md, with the events checked.
 #[test]
 fn replay_poisson_on_the_trace_nodes_passes_the_checker() {
     let Some((nodes, pods)) = openb() else {
         return;
     };
-    let j = replay_checked(
-        &nodes,
-        &pods,
-        None,
-        &["--arrivals", "poisson", "--duration", "1200", "--seed", "2"],
-    );
+    let j = replay_checked(&nodes, &pods, None, &["--arrivals", "poisson"]);
     assert_eq!(j["hosts"], 1_523);
     assert_eq!(j["bottleneck"], "gpu", "{j}");
+    let (ratio, without) = (
+        j["ratio"].as_f64().unwrap(),
+        j["ratio_without_rebalance"].as_f64().unwrap(),
+    );
+    assert_eq!(format!("{ratio:.3} {without:.3}"), "1.351 1.593", "{j}");
+    assert_eq!(j["moves"], 3_891, "{j}");
 }
 
 #[test]
@@ -817,4 +820,11 @@ fn replay_trace_arrivals_pass_the_checker() {
         8_152,
         "{j}"
     );
+    // The figures of docs/BENCHMARKS.md.
+    let (ratio, without) = (
+        j["ratio"].as_f64().unwrap(),
+        j["ratio_without_rebalance"].as_f64().unwrap(),
+    );
+    assert_eq!(format!("{ratio:.3} {without:.3}"), "3.570 5.447", "{j}");
+    assert_eq!(j["moves"], 2_275, "{j}");
 }
