@@ -131,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         ),
         ("mip", Box::new(mip)),
     ];
+    let mut totals = Vec::new();
     for (name, solver) in solvers {
         let mut a = fleet.clone();
         let mut rb = ReBalancer::new(
@@ -175,6 +176,20 @@ fn main() -> anyhow::Result<()> {
             secs * 1e3,
             in_use(&a)
         );
+        totals.push((name, freed, moves, in_use(&a)));
+    }
+    // With the default arguments, the figures docs/BENCHMARKS.md states.
+    if (hosts, budget, rounds) == (400, 100, 5) {
+        let want = [
+            ("greedy", 82, 292, 282),
+            ("greedy-32", 82, 292, 282),
+            ("mip", 82, 291, 282),
+        ];
+        anyhow::ensure!(
+            totals == want,
+            "the figures changed: {totals:?}, docs/BENCHMARKS.md has {want:?}"
+        );
+        println!("figures as in docs/BENCHMARKS.md");
     }
     Ok(())
 }
