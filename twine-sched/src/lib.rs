@@ -44,6 +44,7 @@
 //! | [`explain`] | why a task was not placed; host-profile switch proposals |
 //! | [`rebalance`] | the ReBalancer: proposals that empty hosts or even out spread, with gain and cost, under a move budget and a rate limit |
 //! | [`taskcontrol`] | the TaskControl protocol: operations acked by the application, a max-unavailable budget, advance notices with deadlines; a reference controller for replicated services |
+//! | [`freshness`] | every task restarted on a fresh container within a max age (90 days), offered through TaskControl at a level fleet-wide rate; identities renewed in place; a seeded fleet simulation |
 //! | [`replay`] | tasks arriving and leaving over time (the trace's times or Poisson churn), placed online and rebalanced, against the lower bound |
 //! | [`trace`], [`pack`] | the openb trace CSV; offline packing against the lower bound with twine's policy and the classic ones, and an independent check of any packing |
 
@@ -52,6 +53,7 @@ pub mod drain;
 pub mod entitlement;
 pub mod explain;
 pub mod fleet;
+pub mod freshness;
 mod index;
 pub mod pack;
 pub mod rebalance;
