@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod freshness;
 mod place;
 mod replay;
 mod trace_input;
@@ -66,6 +67,12 @@ enum Command {
     /// Replay a trace's pods arriving and leaving over time (its own times or Poisson churn),
     /// placed online and rebalanced, against the lower bound and a run without rebalancing.
     Replay(replay::ReplayArgs),
+    /// Job freshness: every task restarted on a fresh container within a max age, through
+    /// TaskControl at a level rate; identities renewed in place.
+    Freshness {
+        #[command(subcommand)]
+        command: freshness::FreshnessCommand,
+    },
     /// The memory resizer (Senpai on PSI) and oomd-style kill policies.
     Oomd {
         #[command(subcommand)]
@@ -108,6 +115,11 @@ fn main() -> ExitCode {
         Command::Profile { command } => profile::profile(command),
         Command::Agent { command } => return agent::agent(command),
         Command::Place(args) => place::place(&args).map(|lines| {
+            for line in lines {
+                say!("{line}");
+            }
+        }),
+        Command::Freshness { command } => freshness::run(&command).map(|lines| {
             for line in lines {
                 say!("{line}");
             }

@@ -92,8 +92,8 @@ pub use simulate::{ControllerKind, SimConfig, SimError, SimReport, simulate};
 
 use crate::request::{JobId, TaskId};
 use crate::taskcontrol::{
-    JobPolicy, OpId, OpKind, Operation, Started, TaskControl, TaskControlError,
-    TaskControlRequest, TaskControlResponse,
+    JobPolicy, OpId, OpKind, Operation, Started, TaskControl, TaskControlError, TaskControlRequest,
+    TaskControlResponse,
 };
 
 /// Milliseconds in a day.
@@ -469,6 +469,9 @@ impl Freshness {
         }
         for (&(_, i), &d) in idle.iter().zip(&due) {
             let t = &mut self.tasks[i];
+            if t.due_ms == d && self.idle.contains(&(d, i)) {
+                continue;
+            }
             self.idle.remove(&(t.due_ms, i));
             t.due_ms = d;
             self.idle.insert((d, i));

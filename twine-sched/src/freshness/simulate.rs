@@ -118,7 +118,7 @@ pub struct SimReport {
     /// Restarts not started through TaskControl, plus renewals that changed a task's
     /// container start or restart offer (0 when renewals never restart).
     pub restarts_by_renewal: u64,
-    /// Identities seen expired at a step.
+    /// Identities seen expired, summed over the first step of each day.
     pub identities_expired: u64,
     /// All tasks over one cycle (`max_age − margin`), in restarts per day.
     pub level_rate_per_day: f64,
@@ -164,7 +164,10 @@ enum Ev {
 
 enum Controller {
     Replicated(ReplicatedService),
-    Acker { budget: usize, acked: BTreeSet<OpId> },
+    Acker {
+        budget: usize,
+        acked: BTreeSet<OpId>,
+    },
     Veto,
 }
 
@@ -460,7 +463,9 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, SimError> {
                 what: What::Renew,
             });
         }
-        identities_expired += expiry.iter().filter(|&&e| e <= now).count() as u64;
+        if (now - t0) % DAY_MS < config.step_ms {
+            identities_expired += expiry.iter().filter(|&&e| e <= now).count() as u64;
+        }
         overdue_jobs.extend(plan.overdue.iter().map(|o| o.job));
         now += config.step_ms;
     }
@@ -587,7 +592,10 @@ fn check_log(
     }
     Ok(Checked {
         restarts_per_day,
-        oldest_age_days: oldest_ms.iter().map(|&ms| ms as f64 / DAY_MS as f64).collect(),
+        oldest_age_days: oldest_ms
+            .iter()
+            .map(|&ms| ms as f64 / DAY_MS as f64)
+            .collect(),
         budget_violations,
         restarts_not_started,
         tasks_over_max_age: over.len() as u64,
