@@ -283,11 +283,22 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, SimError> {
                 _ => ControllerKind::Acker,
             }
         };
+        // The pace each controller keeps, as the planner's assumption: a poll and a
+        // restart per slot; the slow acker uses one slot of the budget's.
+        let allowance = match kind {
+            ControllerKind::SlowAcker => 7 * 3_600_000 * budget,
+            _ => 3_600_000,
+        };
+        // Containers start young enough for the job to restart them all at its pace
+        // before they are due: an older start is a fleet out of policy from the outset,
+        // which no planner can bring back in time.
+        let youngest_due = cycle.saturating_sub(size.div_ceil(budget) * allowance);
         let age = if rng.random_bool(0.4) {
             clumps[rng.random_range(0..clumps.len())]
         } else {
             rng.random_range(0..cycle.max(1))
-        };
+        }
+        .min(youngest_due);
         let first = task_job.len() as u64;
         let mut clocks = Vec::new();
         for k in 0..size {
@@ -329,12 +340,6 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, SimError> {
         };
         // At most 25 (a quarter of 100 tasks).
         let budget = u32::try_from(budget).map_err(|_| SimError::Internal("budget beyond u32"))?;
-        // The pace each controller keeps, as the planner's assumption: a poll and a
-        // restart per slot; the slow acker uses one slot of the budget's.
-        let allowance = match kind {
-            ControllerKind::SlowAcker => 7 * 3_600_000 * u64::from(budget),
-            _ => 3_600_000,
-        };
         fresh.add_job_paced(
             id,
             JobPolicy {
