@@ -16,10 +16,9 @@
 //! use twine_sched::freshness::*;
 //! use twine_sched::taskcontrol::{JobPolicy, TaskControlResponse};
 //!
-//! let config = FreshnessConfig::default();
-//! let mut fresh = Freshness::new(config, 0)?;
-//! // Two tasks started 80 and 10 days ago; identities valid for 20 more days.
 //! let now = 100 * DAY_MS;
+//! let mut fresh = Freshness::new(FreshnessConfig::default(), now)?;
+//! // Two tasks started 80 and 10 days ago; identities valid for 20 more days.
 //! fresh.add_job(JobId(1), JobPolicy { max_unavailable: 1 }, &[
 //!     TaskClock { task: TaskId(1), started_ms: now - 80 * DAY_MS, identity_expires_ms: now + 20 * DAY_MS },
 //!     TaskClock { task: TaskId(2), started_ms: now - 10 * DAY_MS, identity_expires_ms: now + 20 * DAY_MS },

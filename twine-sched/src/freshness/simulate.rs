@@ -247,7 +247,20 @@ fn check(config: &SimConfig) -> Result<(), SimError> {
     Ok(())
 }
 
-/// Runs the simulation (see the [module docs](self)); deterministic for a configuration.
+/// Runs a seeded fleet through the planner; deterministic for a configuration.
+///
+/// Jobs of 1 to 100 tasks (70% of 1 to 5, 25% of 6 to 20, 5% of 21 to 100), each with a
+/// max-unavailable budget of 1 to a quarter of its tasks, and a controller (see
+/// [`ControllerKind`]): a [`ReplicatedService`] over rings of three-replica shards, a
+/// budget-respecting acker, a slow acker, or (the first `vetoing_jobs`) a veto. A job's
+/// tasks start together, 40% of jobs on one of five shared days (clumps), young enough for
+/// the job to restart them all at its pace before they are due. Restarts take 1 to 30
+/// minutes; identities are issued for `identity_lifetime_ms` and renewed as the plan says.
+///
+/// Every figure of the report but `level_rate_per_day` and `overdue_jobs` comes from the
+/// run's event log (restart started, restart done, identity renewed), read back by a pass
+/// that shares nothing with the planner or TaskControl: it counts each job's restarts in
+/// flight against its budget and each container's age, day by day.
 ///
 /// Refused if the configuration is out of range; a planner refusal is a bug, reported.
 pub fn simulate(config: &SimConfig) -> Result<SimReport, SimError> {
