@@ -156,12 +156,14 @@ enum What {
     Renew,
 }
 
+/// What happens next to a job: its controller answers, or a restart finishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Poll(usize),
     Done(usize, OpId, usize),
 }
 
+/// A job's controller, the application's side of TaskControl.
 enum Controller {
     Replicated(ReplicatedService),
     Acker {
@@ -337,13 +339,11 @@ pub fn simulate(config: &SimConfig) -> Result<SimReport, SimError> {
                         leader: tasks[s],
                     })
                     .collect();
-                Controller::Replicated(ReplicatedService::new(shards).map_err(|_| {
-                    SimError::InvalidConfig {
-                        field: "jobs",
-                        value: size,
-                        reason: "shard layout refused",
-                    }
-                })?)
+                // Rings of three distinct tasks (jobs of three or more), each led by its first.
+                Controller::Replicated(
+                    ReplicatedService::new(shards)
+                        .map_err(|_| SimError::Internal("a shard layout was refused"))?,
+                )
             }
             ControllerKind::Veto => Controller::Veto,
             _ => Controller::Acker {
