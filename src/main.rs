@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod place;
 mod replay;
+mod rollout;
 mod trace_input;
 
 use std::io::Write as _;
@@ -66,6 +67,11 @@ enum Command {
     /// Replay a trace's pods arriving and leaving over time (its own times or Poisson churn),
     /// placed online and rebalanced, against the lower bound and a run without rebalancing.
     Replay(replay::ReplayArgs),
+    /// Fleet-wide host updates in waves across fault domains, with the jobs' consent.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
     /// The memory resizer (Senpai on PSI) and oomd-style kill policies.
     Oomd {
         #[command(subcommand)]
@@ -108,6 +114,11 @@ fn main() -> ExitCode {
         Command::Profile { command } => profile::profile(command),
         Command::Agent { command } => return agent::agent(command),
         Command::Place(args) => place::place(&args).map(|lines| {
+            for line in lines {
+                say!("{line}");
+            }
+        }),
+        Command::Rollout { command } => rollout::run(&command).map(|lines| {
             for line in lines {
                 say!("{line}");
             }

@@ -113,7 +113,7 @@ impl Runner {
             let blocker = match s {
                 Status::Updated => continue,
                 Status::Waiting => Blocker::NotReached { wave },
-                Status::Queued => match self.full_level(host) {
+                Status::Queued | Status::Resuming => match self.full_level(host) {
                     Some(level) => Blocker::FaultDomainLimit {
                         level,
                         domain: alloc.host(host)?.domain(level).to_owned(),
@@ -122,7 +122,7 @@ impl Runner {
                 },
                 Status::Deferred(Deferral::Down) => Blocker::HostDown,
                 Status::Deferred(Deferral::Elsewhere) => Blocker::HeldElsewhere,
-                Status::Draining { deadline_ms } => {
+                Status::Draining { deadline_ms, .. } => {
                     if self.stop_waiting.contains(&host) {
                         match self.job_short_of_budget(alloc, host)? {
                             Some(job) => Blocker::JobBudget { job },

@@ -196,8 +196,11 @@ pub(crate) enum Status {
     Queued,
     /// Skipped; retried later.
     Deferred(Deferral),
-    /// Its drain runs.
-    Draining { deadline_ms: u64 },
+    /// Its drain runs; `parked` once it waits on consent past the grace, without a
+    /// fault-domain slot.
+    Draining { deadline_ms: u64, parked: bool },
+    /// Drained after waiting parked; queued (at the head of its rack) for a slot.
+    Resuming,
     /// A step runs.
     Doing(HostStep),
     /// Done and healthy.
@@ -504,7 +507,12 @@ impl Runner {
                 if let Some(q) = self.queues.get_mut(&rack) {
                     q.pop_front();
                 }
-                self.start_host(alloc, host, now_ms, out)?;
+                if self.status[host.0 as usize] == Status::Resuming {
+                    self.take_slot(host, out);
+                    self.begin_update(host, out);
+                } else {
+                    self.start_host(alloc, host, now_ms, out)?;
+                }
             }
         }
         Ok(())
@@ -533,10 +541,7 @@ impl Runner {
                 return Ok(());
             }
         }
-        for l in 0..3 {
-            *self.in_flight[l].entry(self.domains[i][l]).or_insert(0) += 1;
-        }
-        out.push(Action::InFlight { host });
+        self.take_slot(host, out);
         if !self.config.update.drains() {
             self.status[i] = Status::Doing(HostStep::Update);
             out.push(Action::Do {
@@ -551,7 +556,10 @@ impl Runner {
             .map_err(|source| RolloutError::Drain { host, source })?;
         let has_jobs = matches!(drain.phase(), Phase::Draining { tasks_left } if tasks_left > 0);
         self.drains.insert(host, drain);
-        self.status[i] = Status::Draining { deadline_ms };
+        self.status[i] = Status::Draining {
+            deadline_ms,
+            parked: false,
+        };
         self.wakes.insert((deadline_ms, host));
         if has_jobs {
             self.wakes
@@ -572,14 +580,22 @@ impl Runner {
     ) -> Result<(), RolloutError> {
         let i = host.0 as usize;
         match self.status[i] {
-            Status::Draining { deadline_ms } => {
+            Status::Draining {
+                deadline_ms,
+                parked,
+            } => {
                 // The consent grace is over, or the deadline came, or a retry is due.
-                if now_ms >= deadline_ms
-                    || self.drains.get(&host).is_some_and(
-                        |d| matches!(d.phase(), Phase::Draining { tasks_left } if tasks_left > 0),
-                    )
-                {
+                let waiting = self.drains.get(&host).is_some_and(
+                    |d| matches!(d.phase(), Phase::Draining { tasks_left } if tasks_left > 0),
+                );
+                if waiting && !parked {
+                    // Waiting on its jobs: it gives its wave and its slot back.
                     self.release_wave(host);
+                    self.status[i] = Status::Draining {
+                        deadline_ms,
+                        parked: true,
+                    };
+                    self.land(host, out);
                 }
                 self.tick_drain(alloc, host, now_ms, out)?;
             }
@@ -606,7 +622,11 @@ impl Runner {
         now_ms: u64,
         out: &mut Vec<Action>,
     ) -> Result<(), RolloutError> {
-        let Status::Draining { deadline_ms } = self.status[host.0 as usize] else {
+        let Status::Draining {
+            deadline_ms,
+            parked,
+        } = self.status[host.0 as usize]
+        else {
             return Ok(());
         };
         if now_ms >= deadline_ms {
@@ -629,13 +649,32 @@ impl Runner {
         }
         if held {
             self.release_wave(host);
-            self.status[host.0 as usize] = Status::Doing(HostStep::Update);
-            out.push(Action::Do {
-                host,
-                step: HostStep::Update,
-            });
+            if parked {
+                let rack = self.domains[host.0 as usize][0];
+                self.status[host.0 as usize] = Status::Resuming;
+                self.queues.entry(rack).or_default().push_front(host);
+                self.dirty.insert(rack);
+            } else {
+                self.begin_update(host, out);
+            }
         }
         Ok(())
+    }
+
+    fn begin_update(&mut self, host: HostId, out: &mut Vec<Action>) {
+        self.status[host.0 as usize] = Status::Doing(HostStep::Update);
+        out.push(Action::Do {
+            host,
+            step: HostStep::Update,
+        });
+    }
+
+    fn take_slot(&mut self, host: HostId, out: &mut Vec<Action>) {
+        let d = self.domains[host.0 as usize];
+        for (counts, name) in self.in_flight.iter_mut().zip(d) {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        out.push(Action::InFlight { host });
     }
 
     fn drain_event(&mut self, host: HostId, e: DrainEvent, now_ms: u64, out: &mut Vec<Action>) {
@@ -837,8 +876,24 @@ impl Runner {
             self.drains.remove(&host);
             self.stop_waiting.remove(&host);
             alloc.host_up(host)?;
+            let was = std::mem::replace(&mut self.status[host.0 as usize], Status::Halted);
+            if !matches!(was, Status::Draining { parked: true, .. }) {
+                self.land(host, &mut out);
+            }
+        }
+        let resuming: Vec<HostId> = self
+            .drains
+            .keys()
+            .copied()
+            .filter(|h| self.status[h.0 as usize] == Status::Resuming)
+            .collect();
+        for host in resuming {
+            if let Some(mut drain) = self.drains.remove(&host) {
+                drain
+                    .release(alloc)
+                    .map_err(|source| RolloutError::Drain { host, source })?;
+            }
             self.status[host.0 as usize] = Status::Halted;
-            self.land(host, &mut out);
         }
         for (i, s) in self.status.iter_mut().enumerate() {
             if matches!(s, Status::Waiting | Status::Queued | Status::Deferred(_)) {
