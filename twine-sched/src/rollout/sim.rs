@@ -189,13 +189,15 @@ pub struct SimOutcome {
     pub halted_at: Option<usize>,
     /// Hosts proposed for rollback by a failed gate.
     pub rollback: Vec<HostId>,
+    /// When a gate failed and the rollout halted, if it did.
+    pub halted_ms: Option<u64>,
     /// When the simulation ended.
     pub end_ms: u64,
     /// Times a job had more tasks down than its budget, counted from the log.
     pub budget_violations: usize,
     /// Times a fault domain had more hosts in flight than its limit, counted from the log.
     pub fault_domain_violations: usize,
-    /// When the first host started (its wave's start); wave times count from 0.
+    /// The fault-domain limits it ran with.
     pub limits: DomainLimits,
     /// The fleet at the end.
     pub alloc: Allocator,
@@ -270,6 +272,7 @@ struct Sim {
     curve: Vec<(u64, usize)>,
     waves: Vec<SimWave>,
     halted_at: Option<usize>,
+    halted_ms: Option<u64>,
     rollback: Vec<HostId>,
     health_failure_at: Option<usize>,
 }
@@ -387,6 +390,7 @@ impl Sim {
                 }
                 Action::Halted { wave, rollback } => {
                     self.halted_at = Some(wave);
+                    self.halted_ms = Some(now);
                     self.rollback = rollback;
                 }
                 _ => {}
@@ -513,6 +517,7 @@ pub fn simulate(config: &SimConfig) -> Result<SimOutcome, RolloutError> {
         curve: vec![(0, 0)],
         waves: sim_waves,
         halted_at: None,
+        halted_ms: None,
         rollback: Vec::new(),
         health_failure_at: config.health_failure_at,
     };
@@ -563,6 +568,7 @@ pub fn simulate(config: &SimConfig) -> Result<SimOutcome, RolloutError> {
         log: sim.log,
         halted_at: sim.halted_at,
         rollback: sim.rollback,
+        halted_ms: sim.halted_ms,
         end_ms: now,
         budget_violations,
         fault_domain_violations,
