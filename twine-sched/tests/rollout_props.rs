@@ -160,7 +160,7 @@ proptest! {
         let later: usize = out.waves.iter().skip(wave + 1).map(|w| w.size).sum();
         prop_assert!(out.trailing.len() >= later);
         prop_assert!(out.waves.iter().skip(wave + 1).all(|w| w.started_ms.is_none()));
-        let done_at_halt = out.curve.iter().filter(|&&(t, _)| t <= halted).map(|&(_, n)| n).last().unwrap_or(0);
+        let done_at_halt = out.curve.iter().filter(|&&(t, _)| t <= halted).map(|&(_, n)| n).next_back().unwrap_or(0);
         prop_assert_eq!(out.rollback.len(), done_at_halt);
         for h in &out.rollback {
             prop_assert!(!out.trailing.iter().any(|t| t.host == *h), "{} proposed for rollback but not done", h);
