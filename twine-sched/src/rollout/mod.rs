@@ -50,8 +50,15 @@
 //!   room for all of its tasks on the host, so a vetoing job is never taken below its
 //!   budget: the deadline bounds the veto, the budget paces what follows it.
 //! - A wave ends when each of its hosts is updated, failed, set aside (down, held
-//!   elsewhere), or waiting on its jobs past the consent grace; the hosts waiting on
-//!   consent keep their fault-domain slot until they are done.
+//!   elsewhere), or waiting on its jobs past the consent grace. A host waiting on consent
+//!   past the grace gives its fault-domain slot back (its tasks still run; it is only
+//!   cordoned), so one vetoing job does not stall its racks for a week; once empty it
+//!   takes a slot again, ahead of its rack's queue, before anything is done to it. The
+//!   limits thus bound hosts being updated, rebooted or verified, and draining within the
+//!   grace; cordoned hosts waiting on a deadline are bounded only by the waves.
+//! - A failed gate cancels the drains not yet finished (their hosts come back up, their
+//!   notices are dropped); hosts already being updated finish. Hosts done are proposed
+//!   for rollback; nothing is rolled back.
 //! - A host that fails its health check leaves flight but stays cordoned (reboot
 //!   updates), and is reported; the gate is the caller's decision.
 

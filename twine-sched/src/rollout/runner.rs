@@ -70,8 +70,10 @@ pub struct RolloutConfig {
     pub limits: DomainLimits,
     /// A drain's advance notice: its deadline is this long after it starts.
     pub notice_ms: u64,
-    /// A drain whose host is not empty this long after it started waits on its jobs'
-    /// consent (or their deadline) and no longer holds its wave open.
+    /// A drain whose host is not empty this long after it started is *parked*: it waits
+    /// on its jobs' consent (or their deadline) without holding its wave open or its
+    /// fault-domain slot; once empty it queues, at the head of its rack, for a slot
+    /// before its update starts.
     pub consent_grace_ms: u64,
     /// A host found down or cordoned by someone else is looked at again after this long;
     /// so is a drain whose approved move found no room.
@@ -215,6 +217,8 @@ pub(crate) enum Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RolloutState {
+    /// Nothing has started (before the first [`Runner::step`]).
+    NotStarted,
     /// A wave runs.
     Running {
         /// Its index.
@@ -325,7 +329,7 @@ impl Runner {
         Ok(Runner {
             plan,
             config,
-            state: RolloutState::Running { wave: usize::MAX },
+            state: RolloutState::NotStarted,
             status: vec![Status::Waiting; n],
             wave_of,
             holds_wave: vec![false; n],
@@ -405,7 +409,7 @@ impl Runner {
     ) -> Result<Vec<Action>, RolloutError> {
         self.check_time(now_ms)?;
         let mut out = Vec::new();
-        if self.state == (RolloutState::Running { wave: usize::MAX }) {
+        if self.state == RolloutState::NotStarted {
             self.start_wave(0, &mut out);
         }
         while let Some(&(t, host)) = self.wakes.first() {
