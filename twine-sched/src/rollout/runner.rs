@@ -652,7 +652,7 @@ impl Runner {
             self.drain_event(host, e, now_ms, out);
         }
         if held {
-            self.release_wave(host);
+            // The host holds its wave open until it lands (a parked one gave it back).
             if parked {
                 let rack = self.domains[host.0 as usize][0];
                 self.status[host.0 as usize] = Status::Resuming;
