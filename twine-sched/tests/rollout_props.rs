@@ -236,3 +236,48 @@ fn vetoes_end_at_their_deadline() {
     );
     assert!(late.curve.last().unwrap().0 >= vetoes.iter().map(|v| v.1).min().unwrap());
 }
+
+/// A wave's gate is asked only once every host of the wave has landed (regression: a
+/// drained host let go of its wave when its drain was held, before its update).
+#[test]
+fn gate_waits_for_every_host_of_its_wave() {
+    use std::collections::VecDeque;
+    use twine_sched::rollout::{Action, PlanConfig, RolloutConfig, Runner, plan};
+
+    let (mut alloc, _) = twine_sched::rollout::sim::fleet(400).unwrap();
+    let waves = plan(&alloc, &PlanConfig::default()).unwrap();
+    let mut runner = Runner::new(
+        &alloc,
+        waves.clone(),
+        RolloutConfig::new(UpdateKind::Reboot),
+    )
+    .unwrap();
+    let mut now = 0;
+    let mut todo: VecDeque<Action> = runner.step(&mut alloc, now).unwrap().into();
+    let mut landed = BTreeSet::new();
+    let mut gates = Vec::new();
+    while let Some(action) = todo.pop_front() {
+        now += 1_000;
+        let more = match action {
+            Action::Do { host, step } => runner.report(&mut alloc, host, step, true, now).unwrap(),
+            Action::Landed { host } => {
+                landed.insert(host);
+                Vec::new()
+            }
+            Action::CheckGate { wave } => {
+                for h in &waves.waves[wave].hosts {
+                    assert!(
+                        landed.contains(h),
+                        "gate of wave {wave} asked before {h} landed"
+                    );
+                }
+                gates.push(wave);
+                runner.gate(&mut alloc, wave, true, now).unwrap()
+            }
+            _ => Vec::new(),
+        };
+        todo.extend(more);
+    }
+    assert_eq!(gates, (0..waves.waves.len()).collect::<Vec<_>>());
+    assert_eq!(runner.updated().len(), 400);
+}
