@@ -334,7 +334,15 @@ fn plot(o: &SimOutcome, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
     #[allow(clippy::cast_precision_loss)]
     let share = |n: usize| n as f64 / o.hosts.max(1) as f64 * 100.0;
-    let end = days(o.end_ms).max(0.01);
+    // Up to the last change, not the horizon, so the early waves are not squashed.
+    let last = o
+        .waves
+        .iter()
+        .filter_map(|w| w.ended_ms)
+        .chain(o.curve.last().map(|&(t, _)| t))
+        .max()
+        .unwrap_or(o.end_ms);
+    let end = (days(last) * 1.05).max(0.01);
     let area = SVGBackend::new(path, (1000, 600)).into_drawing_area();
     area.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&area)
