@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod freshness;
 mod place;
 mod replay;
+mod rollout;
 mod trace_input;
 
 use std::io::Write as _;
@@ -73,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         command: freshness::FreshnessCommand,
     },
+    /// Fleet-wide host updates in waves across fault domains, with the jobs' consent.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
     /// The memory resizer (Senpai on PSI) and oomd-style kill policies.
     Oomd {
         #[command(subcommand)]
@@ -120,6 +126,11 @@ fn main() -> ExitCode {
             }
         }),
         Command::Freshness { command } => freshness::run(&command).map(|lines| {
+            for line in lines {
+                say!("{line}");
+            }
+        }),
+        Command::Rollout { command } => rollout::run(&command).map(|lines| {
             for line in lines {
                 say!("{line}");
             }

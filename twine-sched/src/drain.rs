@@ -95,6 +95,10 @@ pub struct DrainSettings {
     pub max_unavailable: u32,
     /// Moves offered over time, at most; `None` for no limit.
     pub rate_limit: Option<RateLimit>,
+    /// Keep the host cordoned once empty (and switched, if a profile was asked for),
+    /// until [`Drain::release`]: for work that takes the host away for a while (an
+    /// update and a reboot). Otherwise it comes back up at once.
+    pub hold: bool,
 }
 
 impl DrainSettings {
@@ -107,7 +111,13 @@ impl DrainSettings {
             profile: None,
             max_unavailable: 1,
             rate_limit: None,
+            hold: false,
         }
+    }
+    /// Keeps the host cordoned once empty, until [`Drain::release`].
+    pub fn hold(mut self) -> DrainSettings {
+        self.hold = true;
+        self
     }
     /// Switches the host to `profile` once empty.
     pub fn profile(mut self, profile: &str) -> DrainSettings {
@@ -135,6 +145,9 @@ pub enum Phase {
         /// How many.
         tasks_left: usize,
     },
+    /// The host is empty (and switched, if asked) and held cordoned until
+    /// [`Drain::release`].
+    Held,
     /// The host is empty, switched if a profile was asked for, and up again.
     Done,
 }
@@ -236,6 +249,8 @@ pub struct Drain {
     bucket: Option<TokenBucket>,
     /// Tasks on the host after the last call.
     left: usize,
+    /// Empty, switched if asked, and held cordoned (see [`DrainSettings::hold`]).
+    held: bool,
     done: bool,
 }
 
@@ -295,6 +310,7 @@ impl Drain {
             next_op: 0,
             bucket,
             left: 0,
+            held: false,
             done: false,
         };
         drain.offer_moves(alloc)?;
@@ -311,6 +327,8 @@ impl Drain {
     pub fn phase(&self) -> Phase {
         if self.done {
             Phase::Done
+        } else if self.held {
+            Phase::Held
         } else {
             Phase::Draining {
                 tasks_left: self.left,
@@ -356,7 +374,7 @@ impl Drain {
         now_ms: u64,
     ) -> Result<Vec<DrainEvent>, DrainError> {
         let mut events = Vec::new();
-        if self.done {
+        if self.done || self.held {
             return Ok(events);
         }
         if let Some(b) = &mut self.bucket {
@@ -488,6 +506,17 @@ impl Drain {
         Ok(())
     }
 
+    /// Takes a held host back up (it takes tasks again); the drain is done.
+    pub fn release(&mut self, alloc: &mut Allocator) -> Result<Vec<DrainEvent>, DrainError> {
+        if !self.held {
+            return Err(self.internal("release of a drain that is not held".to_owned()));
+        }
+        alloc.host_up(self.host)?;
+        self.held = false;
+        self.done = true;
+        Ok(vec![DrainEvent::Up])
+    }
+
     fn finish<P: ProfileSide>(
         &mut self,
         alloc: &mut Allocator,
@@ -509,6 +538,10 @@ impl Drain {
                 })?;
             alloc.apply_profile_switch(self.host, &profile)?;
             events.push(DrainEvent::Switched { profile });
+        }
+        if self.settings.hold {
+            self.held = true;
+            return Ok(());
         }
         alloc.host_up(self.host)?;
         events.push(DrainEvent::Up);

@@ -60,6 +60,7 @@ pub mod rebalance;
 pub mod replay;
 pub mod request;
 pub mod resources;
+pub mod rollout;
 pub mod score;
 pub mod taskcontrol;
 pub mod trace;

@@ -261,3 +261,34 @@ fn bad_starts_are_typed_errors_and_change_nothing() {
     let e = Drain::start(&mut a, hosts[1], DrainSettings::new(10, "x"), 0).unwrap_err();
     assert!(matches!(e, DrainError::NotUp { .. }), "{e}");
 }
+
+#[test]
+fn a_held_drain_keeps_the_host_cordoned_until_released() {
+    let (mut a, _, hosts) = fleet();
+    let drained = hosts[3];
+    let mut profiles = Profiles::default();
+    let mut drain = Drain::start(
+        &mut a,
+        drained,
+        DrainSettings::new(60_000, "reboot").hold(),
+        0,
+    )
+    .expect("start");
+    drain.tick(&mut a, &mut profiles, 1_000).expect("tick");
+    assert_eq!(drain.phase(), Phase::Held);
+    assert_eq!(a.host(drained).expect("host").state(), HostState::Draining);
+    // Nothing lands on a held host.
+    let mut req = Request::new(EntitlementId(0), JobId(9));
+    for t in 100..140 {
+        req = req.allocate(TaskId(t), small(2_000));
+    }
+    let out = a.apply(&req).expect("apply");
+    assert!(out.placed.iter().all(|p| p.host != drained));
+    assert_eq!(drain.release(&mut a).expect("release"), [DrainEvent::Up]);
+    assert_eq!(drain.phase(), Phase::Done);
+    assert_eq!(a.host(drained).expect("host").state(), HostState::Up);
+    assert!(
+        drain.release(&mut a).is_err(),
+        "a second release is refused"
+    );
+}
