@@ -198,3 +198,41 @@ fn plot_is_written() {
     let svg = std::fs::read_to_string(&path).unwrap();
     assert!(svg.contains("<svg") && svg.contains("wave 4 (100%)"));
 }
+
+/// The figures of docs/BENCHMARKS.md: a reboot rollout over 100,000 hosts, without and
+/// with 5% of jobs vetoing until their 7-day deadline (deterministic for the seed). The
+/// violation counts come from the simulator's own pass over its event log.
+#[test]
+fn a_reboot_rollout_over_100k_hosts_gives_the_documented_figures() {
+    for (veto, updated, days_to_99, trailing) in [
+        ("0", 99_849, 0.474, (58, 93)),
+        ("0.05", 99_861, 7.568, (46, 93)),
+    ] {
+        let v = json(&[
+            "rollout",
+            "simulate",
+            "--hosts",
+            "100000",
+            "--update",
+            "reboot",
+            "--veto-fraction",
+            veto,
+            "--json",
+        ]);
+        assert_eq!(v["updated"], updated, "{veto}");
+        assert_eq!(v["days_to_99"].as_f64(), Some(days_to_99), "{veto}");
+        assert_eq!(v["budget_violations"], 0, "{veto}");
+        assert_eq!(v["fault_domain_violations"], 0, "{veto}");
+        let by = &v["trailing_by_reason"];
+        assert_eq!(
+            (by["failed_health_check"].as_u64(), by["host_down"].as_u64()),
+            (Some(trailing.0), Some(trailing.1)),
+            "{veto}: {by}"
+        );
+        // Every host is updated or named in the trailing report.
+        assert_eq!(
+            v["updated"].as_u64().unwrap() + v["trailing"].as_array().unwrap().len() as u64,
+            100_000
+        );
+    }
+}
