@@ -7,7 +7,9 @@
 //!   [`Runner::step`] as time passes and carries out the [`Action`]s it returns
 //!   (update, reboot, verify a host; stop a task at a deadline; check a wave's health),
 //!   reporting each back with its time. Hosts in flight are limited per rack, power domain
-//!   and datacenter ([`DomainLimits`]).
+//!   and datacenter ([`DomainLimits`]). The host side (update packages, reboot, check
+//!   health) is the integrator's [`HostActions`]; [`Runner::perform`] carries out a `Do`
+//!   through it.
 //! - An update that needs a reboot ([`UpdateKind::Reboot`]) drains the host first with a
 //!   [`Drain`](crate::drain::Drain) held cordoned ([`DrainSettings::hold`](crate::drain::DrainSettings::hold)):
 //!   an advance notice with a deadline to every job on it, moves as each job consents
@@ -62,11 +64,13 @@
 //! - A host that fails its health check leaves flight but stays cordoned (reboot
 //!   updates), and is reported; the gate is the caller's decision.
 
+mod host;
 mod plan;
 mod report;
 mod runner;
 pub mod sim;
 
+pub use host::HostActions;
 pub use plan::{Plan, PlanConfig, UpdateKind, Wave, WaveKind, plan};
 pub use report::{Blocker, Trailing};
 pub use runner::{Action, DomainLimits, HostStep, RolloutConfig, RolloutState, Runner};

@@ -180,6 +180,15 @@ pub enum Action {
     },
     /// Every wave passed its gate (hosts deferred earlier are still retried).
     Complete,
+    /// A host action failed ([`Runner::perform`]): the host is failed and reported.
+    StepFailed {
+        /// The host.
+        host: HostId,
+        /// The step.
+        step: HostStep,
+        /// What the host side said.
+        error: String,
+    },
 }
 
 /// Why a host was set aside to be retried.
