@@ -454,12 +454,15 @@ impl Runner {
         out.push(Action::WaveStarted { wave });
     }
 
-    fn release_wave(&mut self, host: HostId) {
+    fn release_wave(&mut self, host: HostId) -> Result<(), RolloutError> {
         let i = host.0 as usize;
         if std::mem::take(&mut self.holds_wave[i]) {
             let w = self.wave_of[i] as usize;
-            self.open[w] = self.open[w].saturating_sub(1);
+            self.open[w] = self.open[w]
+                .checked_sub(1)
+                .ok_or_else(|| internal(host, "its wave had no host open"))?;
         }
+        Ok(())
     }
 
     /// Asks for the gate once the running wave has nothing left open.
@@ -548,7 +551,7 @@ impl Runner {
                     Deferral::Elsewhere
                 };
                 self.status[i] = Status::Deferred(why);
-                self.release_wave(host);
+                self.release_wave(host)?;
                 self.wakes
                     .insert((now_ms.saturating_add(self.config.retry_ms), host));
                 return Ok(());
@@ -603,12 +606,12 @@ impl Runner {
                 );
                 if waiting && !parked {
                     // Waiting on its jobs: it gives its wave and its slot back.
-                    self.release_wave(host);
+                    self.release_wave(host)?;
                     self.status[i] = Status::Draining {
                         deadline_ms,
                         parked: true,
                     };
-                    self.land(host, out);
+                    self.land(host, out)?;
                 }
                 self.tick_drain(alloc, host, now_ms, out)?;
             }
@@ -746,7 +749,9 @@ impl Runner {
             .down
             .get_mut(&job)
             .ok_or_else(|| internal(HostId(0), "a stopped task's job has no down count"))?;
-        *d = d.saturating_sub(1);
+        *d = d
+            .checked_sub(1)
+            .ok_or_else(|| internal(HostId(0), "a stopped task's job counted no task down"))?;
         Ok(())
     }
 
@@ -831,7 +836,7 @@ impl Runner {
                     self.drains.remove(&host);
                     self.status[i] = Status::Failed;
                 }
-                self.land(host, &mut out);
+                self.land(host, &mut out)?;
             }
         }
         self.fill(alloc, now_ms, &mut out)?;
@@ -839,14 +844,21 @@ impl Runner {
         Ok(out)
     }
 
-    fn land(&mut self, host: HostId, out: &mut Vec<Action>) {
+    fn land(&mut self, host: HostId, out: &mut Vec<Action>) -> Result<(), RolloutError> {
         let i = host.0 as usize;
-        self.release_wave(host);
+        self.release_wave(host)?;
         let d = self.domains[i];
         for (counts, name) in self.in_flight.iter_mut().zip(d) {
-            if let Some(c) = counts.get_mut(&name) {
-                *c = c.saturating_sub(1);
-            }
+            let c = counts
+                .get_mut(&name)
+                .and_then(|c| c.checked_sub(1).map(|left| (c, left)))
+                .ok_or_else(|| {
+                    internal(
+                        host,
+                        "landed from a fault domain that counted it not in flight",
+                    )
+                })?;
+            *c.0 = c.1;
         }
         self.dirty.insert(d[0]);
         for l in 0..2 {
@@ -855,6 +867,7 @@ impl Runner {
             }
         }
         out.push(Action::Landed { host });
+        Ok(())
     }
 
     /// The health gate of `wave` ([`Action::CheckGate`]): passed, the next wave starts;
@@ -891,7 +904,7 @@ impl Runner {
             alloc.host_up(host)?;
             let was = std::mem::replace(&mut self.status[host.0 as usize], Status::Halted);
             if !matches!(was, Status::Draining { parked: true, .. }) {
-                self.land(host, &mut out);
+                self.land(host, &mut out)?;
             }
         }
         let resuming: Vec<HostId> = self

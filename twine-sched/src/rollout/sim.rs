@@ -599,7 +599,11 @@ pub fn count_violations(
                         budget_v += 1;
                     }
                 } else {
-                    *c = c.saturating_sub(1);
+                    // A task up that the log never took down: the log itself is wrong.
+                    *c = c.checked_sub(1).ok_or_else(|| RolloutError::Internal {
+                        host: HostId(0),
+                        what: format!("the log brings a task of {job} up that was not down"),
+                    })?;
                 }
             }
             LogEvent::Flight { host, entered, .. } => {
@@ -621,7 +625,10 @@ pub fn count_violations(
                             domain_v += 1;
                         }
                     } else {
-                        *c = c.saturating_sub(1);
+                        *c = c.checked_sub(1).ok_or_else(|| RolloutError::Internal {
+                            host,
+                            what: "the log lands a host that never entered flight".to_owned(),
+                        })?;
                     }
                 }
             }
