@@ -856,8 +856,12 @@ fn run(hosts: &[HostGen], ops: &[Op], policy: Policy, seed: u64) -> Result<Vec<S
                     }
                     shadow.place(m.task, s.job, s.demand, m.to, &m.gpus);
                 }
-                // A round never takes hosts from the free pool.
-                shadow.check_moves(&before, &[], &round.hosts_released)?;
+                // Hosts change owner exactly as the round reports; only respreading takes
+                // hosts from the pool.
+                shadow.check_moves(&before, &round.hosts_joined, &round.hosts_released)?;
+                if !round.hosts_joined.is_empty() && free_hosts.is_some() {
+                    return Err(format!("freeing hosts took hosts from the pool: {round:?}"));
+                }
                 rounds.push((now_ms, round.moved.len()));
                 check_rate_limit(&rounds)?;
                 format!("{round:?}")

@@ -19,8 +19,11 @@ use crate::resources::{DIMS, GPU_MILLI, dims};
 /// that took tasks this round is not emptied again, so no task moves twice.
 ///
 /// **Spread.** Then, for jobs whose preference spreads them over a fault-domain level,
-/// one task at a time moves from the job's fullest domain to its emptiest, while the gap
-/// is two or more.
+/// one task at a time moves from the job's fullest domain to a domain at least two
+/// below it, while the gap is two or more; like a placement with a spread preference, it
+/// may take a host from the free pool (within quota) to do so. Emptying never moves a
+/// task of such a job into a domain that already holds as many of its tasks as the
+/// domain it leaves, so the two never undo each other.
 ///
 /// Every trial move goes through [`Allocator::move_task`] on the scratch copy, so the
 /// plan is valid move by move by the allocator's own rules. Cost: a clone of the
@@ -142,10 +145,13 @@ impl Search<'_> {
         // The devices each task held on `src`, to put it back exactly.
         let mut grants = Vec::with_capacity(tasks.len());
         for &(_, t) in &tasks {
-            let emptied = &self.emptied;
-            let target = self
-                .work
-                .move_target(t, false, &|h: HostId| h == src || emptied.contains(&h))?;
+            let target = {
+                let emptied = &self.emptied;
+                let worse = self.worsens_spread(t)?;
+                self.work.move_target(t, false, &|h: HostId| {
+                    h == src || emptied.contains(&h) || worse(h)
+                })?
+            };
             let Some(to) = target else { break };
             grants.push(self.work.task_view(t)?.gpus.clone());
             self.work.move_task(t, to)?;
@@ -178,6 +184,32 @@ impl Search<'_> {
             cost,
         });
         Ok(())
+    }
+
+    /// For a task of a job that spreads over a fault-domain level: which destinations
+    /// would widen its spread (a domain already holding at least as many of its tasks as
+    /// the task's own, which it leaves). Emptying never undoes what respreading did.
+    fn worsens_spread(&self, t: TaskId) -> Result<impl Fn(HostId) -> bool + '_, AllocError> {
+        let w = &self.work;
+        let rec = w.tasks.get(&t).ok_or(AllocError::UnknownTask(t))?;
+        let rule = match rec.constraints.prefs.spread {
+            Some(level) => {
+                let l = level.index();
+                let jr = w.jobs.get(&rec.job);
+                let own = host(w, rec.host)?.domains[l];
+                let count = move |d| jr.map_or(0, |j| j.in_domain(l, d));
+                Some((l, own, count(own), count))
+            }
+            None => None,
+        };
+        Ok(move |h: HostId| {
+            let Some((l, own, own_count, count)) = rule else {
+                return false;
+            };
+            w.hosts
+                .get(h.0 as usize)
+                .is_some_and(|x| x.domains[l] != own && count(x.domains[l]) >= own_count)
+        })
     }
 
     /// Entitlement hosts that may be emptied, least loaded first.
@@ -287,7 +319,7 @@ impl Search<'_> {
             let from = w.task_view(t)?.host;
             let hosts = &w.hosts;
             // Only domains below the gap's top minus one take it, so the gap narrows.
-            let target = w.move_target(t, false, &|h: HostId| {
+            let target = w.move_target(t, true, &|h: HostId| {
                 hosts
                     .get(h.0 as usize)
                     .is_none_or(|x| jr.in_domain(l, x.domains[l]) + 1 >= high)

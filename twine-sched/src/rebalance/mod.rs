@@ -267,6 +267,8 @@ pub struct Round {
     pub moved: Vec<Moved>,
     /// Hosts that went back to the free pool.
     pub hosts_released: Vec<HostId>,
+    /// Hosts that joined an entitlement from the free pool (respreading only).
+    pub hosts_joined: Vec<HostId>,
     /// The budget the round had (the smaller of the move budget and the rate limit).
     pub budget: usize,
 }
@@ -385,6 +387,7 @@ impl ReBalancer {
                         }
                         round.moved.push(r.moved);
                         round.hosts_released.extend(r.host_released);
+                        round.hosts_joined.extend(r.host_joined);
                     }
                     Err(AllocError::MoveRefused { .. } | AllocError::UnknownTask(_)) => {
                         whole = false;
