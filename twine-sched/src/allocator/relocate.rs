@@ -5,7 +5,8 @@
 
 use super::ledger::{Moves, internal};
 use super::search::Scope;
-use super::{AllocError, Allocator, Bookkeeping, Moved, Placement};
+use super::{AllocError, Allocator, Bookkeeping, Moved, Placement, TaskRecord};
+use crate::explain::UnplacedReason;
 use crate::fleet::HostId;
 use crate::request::{JobId, TaskId};
 use crate::resources::{Demand, GpuGrant};
@@ -50,44 +51,15 @@ impl Allocator {
     /// with [`AllocError::MoveRefused`] naming the first rule `to` fails (the same
     /// checks, in the same order, as a placement); nothing changes then.
     pub fn move_task(&mut self, task: TaskId, to: HostId) -> Result<Relocated, AllocError> {
-        let rec = self
-            .tasks
-            .get(&task)
-            .ok_or(AllocError::UnknownTask(task))?
-            .clone();
-        if rec.host == to {
-            return Err(AllocError::MoveToSameHost { task, host: to });
-        }
-        let dest = self
-            .hosts
-            .get(to.0 as usize)
-            .ok_or(AllocError::UnknownHost(to))?;
-        let from = self
-            .hosts
-            .get(rec.host.0 as usize)
-            .ok_or(AllocError::Internal {
-                host: rec.host,
-                what: Bookkeeping::TaskRecordMissing(task),
-            })?;
-        let ent = self.job_entitlement(rec.host, rec.job)?;
-        let p = Placement {
-            job: rec.job,
-            ent,
-            cons: &rec.constraints,
-            demand: rec.demand,
-        };
-        let jr = self.jobs.get(&rec.job).ok_or(AllocError::Internal {
-            host: rec.host,
-            what: Bookkeeping::JobRecordMissing(rec.job),
-        })?;
-        let e = self.entitlement(ent)?;
-        if let Some(reason) = self.first_failure(&p, jr, e, to, dest, Some(from)) {
+        if let Some(reason) = self.move_refusal(task, to)? {
             return Err(AllocError::MoveRefused {
                 task,
                 to,
                 reason: Box::new(reason),
             });
         }
+        let rec = self.record(task)?.clone();
+        let p = self.placement_of(&rec)?;
         let mut moves = Moves::default();
         self.unassign(task, &mut moves)?;
         let gpus = self.commit(&p, task, to, &mut moves)?;
@@ -117,18 +89,8 @@ impl Allocator {
         host: HostId,
         grant: &GpuGrant,
     ) -> Result<(), AllocError> {
-        let rec = self
-            .tasks
-            .get(&task)
-            .ok_or(AllocError::UnknownTask(task))?
-            .clone();
-        let ent = self.job_entitlement(rec.host, rec.job)?;
-        let p = Placement {
-            job: rec.job,
-            ent,
-            cons: &rec.constraints,
-            demand: rec.demand,
-        };
+        let rec = self.record(task)?.clone();
+        let p = self.placement_of(&rec)?;
         let mut moves = Moves::default();
         self.unassign(task, &mut moves)?;
         self.commit_with(&p, task, host, &mut moves, Some(grant))?;
@@ -136,15 +98,14 @@ impl Allocator {
     }
 
     /// Why [`move_task`](Self::move_task) would refuse to move `task` to `to` now, or
-    /// `None` if it would make the move; nothing changes. The same checks, in the same
-    /// order, so solvers that weigh many candidate moves at once ask once per pair.
-    #[cfg(feature = "lp")]
+    /// `None` if it would make the move; nothing changes. Solvers that weigh many
+    /// candidate moves at once ask this once per pair.
     pub(crate) fn move_refusal(
         &self,
         task: TaskId,
         to: HostId,
-    ) -> Result<Option<crate::explain::UnplacedReason>, AllocError> {
-        let rec = self.tasks.get(&task).ok_or(AllocError::UnknownTask(task))?;
+    ) -> Result<Option<UnplacedReason>, AllocError> {
+        let rec = self.record(task)?;
         if rec.host == to {
             return Err(AllocError::MoveToSameHost { task, host: to });
         }
@@ -159,19 +120,27 @@ impl Allocator {
                 host: rec.host,
                 what: Bookkeeping::TaskRecordMissing(task),
             })?;
-        let ent = self.job_entitlement(rec.host, rec.job)?;
-        let p = Placement {
-            job: rec.job,
-            ent,
-            cons: &rec.constraints,
-            demand: rec.demand,
-        };
+        let p = self.placement_of(rec)?;
         let jr = self.jobs.get(&rec.job).ok_or(AllocError::Internal {
             host: rec.host,
             what: Bookkeeping::JobRecordMissing(rec.job),
         })?;
-        let e = self.entitlement(ent)?;
+        let e = self.entitlement(p.ent)?;
         Ok(self.first_failure(&p, jr, e, to, dest, Some(from)))
+    }
+
+    fn record(&self, task: TaskId) -> Result<&TaskRecord, AllocError> {
+        self.tasks.get(&task).ok_or(AllocError::UnknownTask(task))
+    }
+
+    /// The placement a task was made under: its job, entitlement, rules and demand.
+    fn placement_of<'a>(&self, rec: &'a TaskRecord) -> Result<Placement<'a>, AllocError> {
+        Ok(Placement {
+            job: rec.job,
+            ent: self.job_entitlement(rec.host, rec.job)?,
+            cons: &rec.constraints,
+            demand: rec.demand,
+        })
     }
 
     /// The best host that would take the task, by the rules and the policy it was
@@ -183,14 +152,8 @@ impl Allocator {
         free_pool: bool,
         exclude: &dyn Fn(HostId) -> bool,
     ) -> Result<Option<HostId>, AllocError> {
-        let rec = self.tasks.get(&task).ok_or(AllocError::UnknownTask(task))?;
-        let ent = self.job_entitlement(rec.host, rec.job)?;
-        let p = Placement {
-            job: rec.job,
-            ent,
-            cons: &rec.constraints,
-            demand: rec.demand,
-        };
+        let rec = self.record(task)?;
+        let p = self.placement_of(rec)?;
         self.choose_in(
             &p,
             Some(rec.host),
