@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use twine::sched::freshness::{DAY_MS, SimConfig, SimError, SimReport, simulate};
 
+use crate::flags;
+
 /// `twine freshness ...`.
 #[derive(clap::Subcommand)]
 pub(crate) enum FreshnessCommand {
@@ -72,11 +74,10 @@ pub(crate) struct SimulateArgs {
 
 /// A whole-number flag of at least `min`: `--flag: ... (got "x")` otherwise.
 fn number(flag: &str, text: &str, min: u64) -> Result<u64, Vec<String>> {
-    match text.trim().parse::<u64>() {
-        Ok(n) if n >= min => Ok(n),
-        _ => Err(vec![format!(
-            "{flag}: expected a whole number of at least {min} (got {text:?})"
-        )]),
+    let what = format!("a whole number of at least {min}");
+    match flags::number::<u64>(flag, text, &what)? {
+        n if n >= min => Ok(n),
+        _ => Err(vec![format!("{flag}: expected {what} (got {text:?})")]),
     }
 }
 

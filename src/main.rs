@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod flags;
 mod freshness;
 mod place;
 mod replay;

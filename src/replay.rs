@@ -13,6 +13,7 @@ use twine::sched::replay::{
 };
 use twine::sched::trace::{TraceNode, read_nodes, read_pods};
 
+use crate::flags::number;
 use crate::trace_input::{gpu_devices, host_name, parse_shape, read};
 
 /// A `--policy` value: any [`Policy`], spelled as [`Policy::name`].
@@ -118,13 +119,6 @@ pub(crate) struct ReplayArgs {
     /// Write every event of the rebalanced run as CSV.
     #[arg(long, value_name = "FILE.csv")]
     events: Option<PathBuf>,
-}
-
-/// A number flag: `--flag: ... (got "x")` when it is not one.
-fn number<T: std::str::FromStr>(flag: &str, text: &str, what: &str) -> Result<T, Vec<String>> {
-    text.trim()
-        .parse()
-        .map_err(|_| vec![format!("{flag}: expected {what} (got {text:?})")])
 }
 
 /// The flag a config field is set by.

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use twine::sched::rollout::sim::{SimConfig, SimOutcome, simulate};
 use twine::sched::rollout::{Blocker, DomainLimits, RolloutError, UpdateKind, WaveKind};
 
+use crate::flags::number;
+
 /// `twine rollout ...`.
 #[derive(clap::Subcommand)]
 pub(crate) enum RolloutCommand {
@@ -120,12 +122,6 @@ pub(crate) struct SimulateArgs {
     /// Write an SVG of the share of the fleet updated over time, wave by wave.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-}
-
-fn number<T: std::str::FromStr>(flag: &str, text: &str, what: &str) -> Result<T, Vec<String>> {
-    text.trim()
-        .parse()
-        .map_err(|_| vec![format!("{flag}: expected {what} (got {text:?})")])
 }
 
 fn at_least_one(flag: &str, text: &str) -> Result<u32, Vec<String>> {
