@@ -44,7 +44,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::resources::{DIMS, GPU_MILLI, GpuDemand, MAX_EXTRA, Resources, dims};
+use crate::resources::{GPU_MILLI, GpuDemand, MAX_EXTRA, Resources};
 use crate::score::{Policy, UnknownPolicy};
 use crate::trace::{TraceNode, TracePod};
 
@@ -277,48 +277,11 @@ impl std::str::FromStr for PackPolicy {
 /// cover the sum. `None` when no number of these hosts holds the sum (a dimension with
 /// demand but no capacity, or more than all listed nodes together have).
 pub fn lower_bound(hosts: &Hosts, pods: &[&TracePod]) -> Option<usize> {
-    // u128: a sum of u64 amounts over any number of pods that fits in memory cannot overflow.
-    let sums = pods.iter().fold([0u128; DIMS], |mut s, p| {
-        for (sum, d) in s
-            .iter_mut()
-            .zip(dims(&p.demand.resources, p.demand.gpu.milli()))
-        {
-            *sum += u128::from(d);
-        }
-        s
-    });
-    let shapes = NodeShape::of(hosts);
-    let caps: Vec<[u64; DIMS]> = shapes
-        .iter()
-        .map(|s| dims(&s.capacity, u64::from(s.gpus) * u64::from(GPU_MILLI)))
-        .collect();
-    let bound = |k: usize| -> Option<usize> {
-        if sums[k] == 0 {
-            return Some(0);
-        }
-        match hosts {
-            Hosts::Identical { .. } => {
-                let cap = u128::from(caps[0][k]);
-                if cap == 0 {
-                    return None;
-                }
-                usize::try_from(sums[k].div_ceil(cap)).ok()
-            }
-            Hosts::Listed(_) => {
-                let mut by_size: Vec<u64> = caps.iter().map(|c| c[k]).collect();
-                by_size.sort_unstable_by(|a, b| b.cmp(a));
-                let mut covered = 0u128;
-                by_size
-                    .iter()
-                    .position(|&c| {
-                        covered += u128::from(c);
-                        covered >= sums[k]
-                    })
-                    .map(|last| last + 1)
-            }
-        }
-    };
-    (0..DIMS).try_fold(0, |worst, k| Some(worst.max(bound(k)?)))
+    let mut sums = DemandSums::default();
+    for p in pods {
+        sums.add(&p.demand);
+    }
+    BoundTable::new(hosts).lower_bound(&sums)
 }
 
 /// The same workload with each host's GPUs as one pool: GPU milli becomes the last
