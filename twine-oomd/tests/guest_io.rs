@@ -249,9 +249,19 @@ fn guest_reclaim_moves_cold_memory_to_swap_and_a_short_reclaim_is_typed() {
         }
         other => panic!("expected ReclaimShort, got {other:?}"),
     }
+    // The limit holds: nothing more went to swap. (`fail` in memory.swap.events counts
+    // swap allocations the limit refused; reclaim on 6.1 sometimes still tries, so it
+    // may be above 0, which is the limit at work, not a leak.)
     let swap_events = cgroup.swap_events().unwrap();
-    eprintln!("memory.swap.events: {swap_events:?}");
-    assert_eq!(swap_events.fail, 0, "{swap_events:?}");
+    let swapped_last = cgroup.swap_current().unwrap();
+    eprintln!(
+        "memory.swap.events: {swap_events:?}, memory.swap.current {} MiB",
+        mib(swapped_last)
+    );
+    assert!(
+        swapped_last <= swapped_after,
+        "memory.swap.current grew past memory.swap.max 0: {swapped_after} -> {swapped_last}"
+    );
     assert!(case.work.is_running(), "the workload died during reclaim");
 }
 
