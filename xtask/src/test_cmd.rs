@@ -8,8 +8,18 @@ use anyhow::{Context, Result, bail};
 
 use crate::{debian, guest, rootfs};
 
-/// Host packages: nspawn for the host tier, debootstrap for the rootfs, and the guest tier's.
-const HOST_PACKAGES: &[&str] = &["systemd-container", "debootstrap", "tuned"];
+/// Host packages: nspawn for the host tier, debootstrap for the rootfs, tuned for its
+/// profiles, etcd (server and etcdctl) for the control plane's real-etcd tests, and protoc
+/// with the well-known protos that building etcd-client needs; then the guest tier's.
+const HOST_PACKAGES: &[&str] = &[
+    "systemd-container",
+    "debootstrap",
+    "tuned",
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+];
 
 /// How one step went.
 enum Outcome {

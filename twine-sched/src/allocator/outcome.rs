@@ -108,6 +108,30 @@ pub enum AllocError {
         /// The first rule the destination fails.
         reason: Box<UnplacedReason>,
     },
+    /// [`Allocator::place_at`](crate::Allocator::place_at) got a host list that does not
+    /// match the request's tasks one for one, or a request that also frees tasks.
+    #[error(
+        "place_at: {tasks} tasks to allocate, {hosts} hosts, {frees} tasks to free (must be equal counts and no frees)"
+    )]
+    PlaceAtMismatch {
+        /// Tasks the request allocates.
+        tasks: usize,
+        /// Hosts given.
+        hosts: usize,
+        /// Tasks the request frees.
+        frees: usize,
+    },
+    /// A recorded placement the named host refuses: the first rule it fails, checked
+    /// as a placement checks it. Nothing changed.
+    #[error("{task} cannot be placed on {host}: {reason}")]
+    PlaceAtRefused {
+        /// The task.
+        task: TaskId,
+        /// The host recorded for it.
+        host: HostId,
+        /// The first rule the host fails.
+        reason: Box<UnplacedReason>,
+    },
     /// The allocator's books disagree with themselves: a bug in twine-sched, reported
     /// instead of a quietly wrong fleet. The allocator's state is unspecified afterwards.
     #[error("internal error on {host}: {what} (a bug in twine-sched)")]

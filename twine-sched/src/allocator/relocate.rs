@@ -5,10 +5,10 @@
 
 use super::ledger::{Moves, internal};
 use super::search::Scope;
-use super::{AllocError, Allocator, Bookkeeping, Moved, Placement, TaskRecord};
+use super::{AllocError, Allocation, Allocator, Bookkeeping, Moved, Placement, TaskRecord};
 use crate::explain::UnplacedReason;
 use crate::fleet::HostId;
-use crate::request::{JobId, TaskId};
+use crate::request::{JobId, Request, TaskId};
 use crate::resources::{Demand, GpuGrant};
 
 /// A placed task, read-only.
@@ -78,6 +78,96 @@ impl Allocator {
             host_joined: one(moves.joined)?,
             host_released: one(moves.released)?,
         })
+    }
+
+    /// Places the tasks of `req` on the hosts a store recorded for them, `hosts[i]` for
+    /// the request's i-th task to allocate: what a scheduler does when it rebuilds its
+    /// allocator from a snapshot of its store. Each is checked against every rule a
+    /// placement obeys (capacity, GPU devices, hard requirements, quota, the job's
+    /// per-host and per-rack limits). If one fails, the whole request is refused with
+    /// [`AllocError::PlaceAtRefused`] naming the first, and nothing changes.
+    ///
+    /// ```
+    /// use twine_sched::*;
+    ///
+    /// let mut alloc = Allocator::new(AllocatorConfig::default());
+    /// let h = alloc.add_host(&HostSpec::new(Resources::new(8_000, 16_384)))?;
+    /// let ent = alloc.add_entitlement("web", Quota::machines([("default", 1)]))?;
+    /// let d = Demand { resources: Resources::new(4_000, 8_192), gpu: GpuDemand::None };
+    /// let req = Request::new(ent, JobId(1)).allocate(TaskId(1), d).allocate(TaskId(2), d);
+    /// let out = alloc.place_at(&req, &[h, h])?;
+    /// assert_eq!(out.hosts_joined, [h]);
+    /// let third = Request::new(ent, JobId(1)).allocate(TaskId(3), d);
+    /// assert!(matches!(alloc.place_at(&third, &[h]), Err(AllocError::PlaceAtRefused { .. })));
+    /// # Ok::<(), AllocError>(())
+    /// ```
+    pub fn place_at(&mut self, req: &Request, hosts: &[HostId]) -> Result<Allocation, AllocError> {
+        if hosts.len() != req.allocate.len() || !req.free.is_empty() {
+            return Err(AllocError::PlaceAtMismatch {
+                tasks: req.allocate.len(),
+                hosts: hosts.len(),
+                frees: req.free.len(),
+            });
+        }
+        self.entitlement(req.entitlement)?;
+        if let Some(current) = self.jobs.get(&req.job).and_then(|j| j.entitlement)
+            && current != req.entitlement
+        {
+            return Err(AllocError::JobInOtherEntitlement {
+                job: req.job,
+                current,
+                requested: req.entitlement,
+            });
+        }
+        let mut new = std::collections::BTreeSet::new();
+        for &(t, d) in &req.allocate {
+            super::validate_gpu(t, d.gpu)?;
+            if self.tasks.contains_key(&t) || !new.insert(t) {
+                return Err(AllocError::DuplicateTask(t));
+            }
+        }
+        let cons = std::sync::Arc::new(super::Constraints::resolve(
+            &req.requirements,
+            req.preferences,
+            &self.names,
+        ));
+        let mut out = Allocation::default();
+        let mut moves = Moves::default();
+        let empty = super::JobRecord::default();
+        for (&(t, d), &h) in req.allocate.iter().zip(hosts) {
+            let p = Placement {
+                job: req.job,
+                ent: req.entitlement,
+                cons: &cons,
+                demand: d,
+            };
+            let dest = self
+                .hosts
+                .get(h.0 as usize)
+                .ok_or(AllocError::UnknownHost(h))?;
+            let jr = self.jobs.get(&req.job).unwrap_or(&empty);
+            let e = self.entitlement(req.entitlement)?;
+            if let Some(reason) = self.first_failure(&p, jr, e, h, dest, None) {
+                // Undo this request's placements, newest first, so nothing changed.
+                for placed in out.placed.iter().rev() {
+                    self.unassign(placed.task, &mut Moves::default())?;
+                }
+                return Err(AllocError::PlaceAtRefused {
+                    task: t,
+                    host: h,
+                    reason: Box::new(reason),
+                });
+            }
+            let gpus = self.commit(&p, t, h, &mut moves)?;
+            out.placed.push(super::Placed {
+                task: t,
+                host: h,
+                gpus,
+            });
+        }
+        out.hosts_joined = moves.joined;
+        out.hosts_released = moves.released;
+        Ok(out)
     }
 
     /// Undoes a move of this round's scratch work: puts `task` back on `host` with

@@ -1,0 +1,3 @@
+//! `twine-control`: the reference control plane's CLI.
+
+fn main() {}
