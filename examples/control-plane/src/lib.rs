@@ -7,6 +7,10 @@
 //! etcd-client stay here and never reach the library crates. The key layout is in
 //! [`keys`]; the design and its limits are in `README.md` and `docs/SCALE.md`.
 
+pub mod admin;
+pub mod agents;
+pub mod dump;
 pub mod keys;
 pub mod model;
+pub mod sched;
 pub mod store;
