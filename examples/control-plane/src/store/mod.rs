@@ -309,12 +309,17 @@ pub enum WatchMessage {
 /// (then [`WatchStream::next`] returns `None`, and the watcher rebuilds).
 #[derive(Debug)]
 pub struct WatchStream {
-    rx: mpsc::Receiver<Result<WatchMessage, StoreError>>,
+    rx: mpsc::UnboundedReceiver<Result<WatchMessage, StoreError>>,
 }
 
 impl WatchStream {
     /// A stream fed by a backend's task through `rx`.
-    pub(crate) fn new(rx: mpsc::Receiver<Result<WatchMessage, StoreError>>) -> WatchStream {
+    ///
+    /// The channel is unbounded so that a slow watcher never blocks a writer (the
+    /// in-memory store sends while it holds its lock).
+    pub(crate) fn new(
+        rx: mpsc::UnboundedReceiver<Result<WatchMessage, StoreError>>,
+    ) -> WatchStream {
         WatchStream { rx }
     }
 
