@@ -301,8 +301,17 @@ fn hosts_needed(shape: Capacity, d: Capacity, n: u64) -> Option<u64> {
 /// still absent, up to 64 jobs per transaction (all or none within one). Returns the
 /// records written.
 pub async fn submit<S: Store>(store: &S, paths: &[PathBuf]) -> Result<Vec<JobRecord>, AdminError> {
-    let f = fleet(store).await?;
     let subs: Vec<Submission> = paths.iter().map(|p| read_spec(p)).collect::<Result<_, _>>()?;
+    submit_records(store, subs).await
+}
+
+/// [`submit`] for submissions already read (by [`read_spec`], or built in code).
+pub async fn submit_records<S: Store>(store: &S, subs: Vec<Submission>) -> Result<Vec<JobRecord>, AdminError> {
+    let f = fleet(store).await?;
+    for s in &subs {
+        keys::check_name("job", &s.record.name)?;
+        keys::check_name("entitlement", &s.record.entitlement)?;
+    }
     let ents = store.get(keys::ENTS, true, None).await?;
     let mut quota: BTreeMap<String, u32> = BTreeMap::new();
     let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();

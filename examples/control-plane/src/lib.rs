@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod bench;
 pub mod dump;
 pub mod keys;
 pub mod model;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 /// FNV-1a, 64-bit: a hash that every build of the scheduler computes alike. (std's
 /// `DefaultHasher` may change between Rust releases, and schedulers built by different
 /// toolchains must agree; a crate for eight lines is not worth a dependency.)
-fn fnv1a(parts: &[&str]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in part.bytes().chain([0xff]) {

@@ -355,6 +355,13 @@ impl<S: Store> Scheduler<S> {
                     self.stats.placed.fetch_add(p.tasks, Ordering::Relaxed);
                     self.stats.txns.fetch_add(p.txns, Ordering::Relaxed);
                     self.stats.conflicts.fetch_add(p.conflicts, Ordering::Relaxed);
+                    for (other, sh) in self.shards.iter_mut() {
+                        if *other != e {
+                            for host in &p.joined {
+                                sh.taken(host)?;
+                            }
+                        }
+                    }
                 }
                 Outcome::Deposed => {
                     tracing::warn!(entitlement = %e, "deposed: a fenced write was refused");

@@ -35,7 +35,7 @@ struct JobState {
 }
 
 /// What one round of placement did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Placed {
     /// Tasks written.
     pub(crate) tasks: u64,
@@ -43,6 +43,9 @@ pub(crate) struct Placed {
     pub(crate) txns: u64,
     /// Transactions refused because a host was taken meanwhile.
     pub(crate) conflicts: u64,
+    /// Hosts that joined the entitlement (the scheduler's other shards learn of them
+    /// at once instead of at the watch's pace).
+    pub(crate) joined: Vec<String>,
 }
 
 /// Why a shard stopped.
@@ -104,7 +107,8 @@ impl Shard {
             Some((who, rev)) if who == scheduler && rev == epoch => {}
             _ => return Err(SchedError::Deposed(name.to_owned())),
         }
-        let mut alloc = Allocator::new(AllocatorConfig::default().with_seed(7));
+        // A seed per entitlement: shards racing for free hosts try them in different orders.
+        let mut alloc = Allocator::new(AllocatorConfig::default().with_seed(super::assign::fnv1a(&[name])));
         let mut ids = HashMap::new();
         let mut names = Vec::new();
         let mut machine_type = None;
@@ -270,23 +274,28 @@ impl Shard {
                         }
                     }
                     Some(o) if o == self.name => {}
-                    _ => {
-                        if !self.foreign.contains(&id) {
-                            let h = self.alloc.host(id)?;
-                            if !h.tasks().is_empty() {
-                                return Err(SchedError::Inconsistent(format!(
-                                    "host {host} holds tasks of {} but the store gives it to {owner:?}",
-                                    self.name
-                                )));
-                            }
-                            self.alloc.cordon(id)?;
-                            self.foreign.insert(id);
-                        }
-                    }
+                    _ => self.taken(host)?,
                 }
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// A host another entitlement took: cordoned here (a no-op if known already).
+    pub(crate) fn taken(&mut self, host: &str) -> Result<(), SchedError> {
+        let Some(&id) = self.ids.get(host) else { return Ok(()) };
+        if self.foreign.contains(&id) {
+            return Ok(());
+        }
+        if !self.alloc.host(id)?.tasks().is_empty() {
+            return Err(SchedError::Inconsistent(format!(
+                "host {host} holds tasks of {} but another entitlement took it",
+                self.name
+            )));
+        }
+        self.alloc.cordon(id)?;
+        self.foreign.insert(id);
         Ok(())
     }
 
@@ -367,6 +376,9 @@ impl Shard {
                 let txn = txn.or_else(otherwise);
                 let res = store.txn(txn).await?;
                 if res.succeeded {
+                    for &h in &out.hosts_joined {
+                        done.joined.push(self.host_name(h)?.to_owned());
+                    }
                     done.txns += 1;
                     done.tasks += out.placed.len() as u64;
                     if let Some(js) = self.jobs.get_mut(&job) {

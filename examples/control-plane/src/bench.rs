@@ -1,0 +1,293 @@
+//! `twine-control bench`: placements per second through the store, with 1 and 3 (or
+//! any) scheduler shards, next to the embedded store, in one run and one process.
+//!
+//! Each run lays out a fresh fleet, adds the entitlements, starts the shards (each with
+//! its own store connection), waits until every entitlement has a leader, submits the
+//! jobs in one go and times until every task is placed. Writes per placement come from
+//! the store's own history, not from the schedulers' counters: the run replays the
+//! watch over the revisions it spanned and counts revisions and keys written.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::admin::{self, FleetConfig, Submission};
+use crate::keys;
+use crate::model::{Capacity, JobRecord};
+use crate::sched::{self, SchedulerConfig, SchedulerHandle};
+use crate::store::{AnyStore, MemoryStore, Op, Revision, Store, Txn, WatchMessage};
+
+/// What to measure.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// etcd URLs, comma-separated; `memory` measures the embedded store only.
+    #[arg(long)]
+    pub endpoints: String,
+    /// Hosts in the fleet.
+    #[arg(long, default_value_t = 2000)]
+    pub hosts: u32,
+    /// Jobs submitted.
+    #[arg(long, default_value_t = 200)]
+    pub jobs: u32,
+    /// Tasks per job.
+    #[arg(long, default_value_t = 10)]
+    pub replicas: u32,
+    /// Entitlements (jobs go round-robin; each has an equal share of the fleet).
+    #[arg(long, default_value_t = 4)]
+    pub entitlements: u32,
+    /// Shard counts to measure through etcd, comma-separated.
+    #[arg(long, default_value = "1,3", value_delimiter = ',')]
+    pub shards: Vec<u32>,
+    /// Deletes everything under /twine/v1/ in etcd before each run (the bench needs an
+    /// empty layout).
+    #[arg(long)]
+    pub fresh: bool,
+    /// Repetitions of each configuration (the report gives each).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRun {
+    /// `memory` or `etcd`.
+    pub store: String,
+    /// Scheduler shards.
+    pub shards: u32,
+    /// Hosts.
+    pub hosts: u32,
+    /// Tasks placed.
+    pub placed: u64,
+    /// Seconds from submission to the last placement.
+    pub seconds: f64,
+    /// Placements per second.
+    pub placements_per_s: f64,
+    /// Store revisions (committed writes) by the schedulers during the run.
+    pub scheduler_revisions: u64,
+    /// Keys the schedulers wrote during the run.
+    pub scheduler_keys: u64,
+    /// Revisions per placement.
+    pub writes_per_placement: f64,
+    /// Keys written per placement.
+    pub keys_per_placement: f64,
+    /// Placement transactions refused for a host taken meanwhile.
+    pub conflicts: u64,
+}
+
+/// All runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Runs in order: the embedded store first, then etcd per shard count.
+    pub runs: Vec<BenchRun>,
+}
+
+/// Why the bench failed.
+#[derive(Debug, thiserror::Error)]
+#[error("bench: {0}")]
+pub struct BenchError(String);
+
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError(e.to_string())
+}
+
+/// Runs every configuration.
+pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+    if args.hosts == 0 || args.jobs == 0 || args.replicas == 0 || args.entitlements == 0 {
+        return Err(BenchError("--hosts, --jobs, --replicas and --entitlements must be positive".into()));
+    }
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat {
+        for &k in &args.shards {
+            let mem = MemoryStore::new();
+            runs.push(one(args, "memory", k, &mem, || async { Ok(AnyStore::Memory(mem.clone())) }).await?);
+        }
+        if args.endpoints != "memory" {
+            for &k in &args.shards {
+                let connect = || async {
+                    AnyStore::connect(&args.endpoints, Duration::from_secs(5)).await.map_err(err)
+                };
+                let store = connect().await?;
+                if args.fresh {
+                    store
+                        .txn(Txn::new().and_then([Op::Delete {
+                            key: keys::ROOT.into(),
+                            prefix: true,
+                        }]))
+                        .await
+                        .map_err(err)?;
+                } else if !store.get(keys::ROOT, true, None).await.map_err(err)?.kvs.is_empty() {
+                    return Err(BenchError(format!(
+                        "{} holds twine keys already: pass --fresh to delete everything under {}",
+                        args.endpoints,
+                        keys::ROOT
+                    )));
+                }
+                runs.push(one(args, "etcd", k, &store, connect).await?);
+            }
+        }
+    }
+    Ok(BenchReport { runs })
+}
+
+async fn one<S, F, Fut>(args: &BenchArgs, kind: &str, shards: u32, store: &S, connect: F) -> Result<BenchRun, BenchError>
+where
+    S: Store,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<AnyStore, BenchError>>,
+{
+    let shape = Capacity {
+        cpu_milli: 18_000,
+        memory_mib: 65_536,
+    };
+    admin::fleet_init(
+        store,
+        &FleetConfig {
+            hosts: args.hosts,
+            shape,
+            gpus: 0,
+            racks_per_pd: 10,
+        },
+    )
+    .await
+    .map_err(err)?;
+    let ents: Vec<String> = (0..args.entitlements).map(|i| format!("ent{i}")).collect();
+    for e in &ents {
+        admin::entitlement_add(store, e, args.hosts / args.entitlements).await.map_err(err)?;
+    }
+    let mut handles = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..shards {
+        let s = connect().await?;
+        let h = SchedulerHandle::new();
+        handles.push(h.clone());
+        let cfg = SchedulerConfig {
+            name: format!("bench-{i}"),
+            lease_ttl: 5,
+        };
+        tasks.push(tokio::spawn(sched::run(s, cfg, h)));
+    }
+    // Every entitlement led before the clock starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders = store.get(keys::ENTS, true, None).await.map_err(err)?;
+        let led: BTreeSet<&str> = leaders
+            .kvs
+            .iter()
+            .filter_map(|kv| match keys::split(keys::ENTS, &kv.key).as_deref() {
+                Some([e, "leader"]) => Some(*e),
+                _ => None,
+            })
+            .collect();
+        if ents.iter().all(|e| led.contains(e.as_str())) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError(format!("entitlements not all led after 30 s: {led:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let subs: Vec<Submission> = (0..args.jobs)
+        .map(|j| {
+            let e = &ents[(j % args.entitlements) as usize];
+            Submission {
+                path: format!("bench-job-{j}").into(),
+                record: JobRecord {
+                    name: format!("job{j}"),
+                    entitlement: e.clone(),
+                    replicas: args.replicas,
+                    demand: Capacity {
+                        cpu_milli: 1_000,
+                        memory_mib: 2_048,
+                    },
+                    spec: String::new(),
+                    format: "toml".into(),
+                },
+            }
+        })
+        .collect();
+    let r0 = store.get(keys::FLEET, false, None).await.map_err(err)?.revision;
+    let t0 = Instant::now();
+    admin::submit_records(store, subs).await.map_err(err)?;
+    let want = u64::from(args.jobs) * u64::from(args.replicas);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let placed: u64 = handles.iter().map(|h| h.stats.placed.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        if placed >= want {
+            break;
+        }
+        if Instant::now() > deadline || tasks.iter().any(|t| t.is_finished()) {
+            for h in &handles {
+                h.stop();
+            }
+            return Err(BenchError(format!("placed {placed} of {want} tasks, then stopped")));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let r1 = store.get(keys::FLEET, false, None).await.map_err(err)?.revision;
+    let conflicts = handles.iter().map(|h| h.stats.conflicts.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    for h in &handles {
+        h.stop();
+    }
+    for t in tasks {
+        t.await.map_err(err)?.map_err(err)?;
+    }
+    let (revisions, keys_written, placed) = count_writes(store, r0, r1).await?;
+    if placed != want {
+        return Err(BenchError(format!("the store holds {placed} task records, expected {want}")));
+    }
+    let p = placed as f64;
+    Ok(BenchRun {
+        store: kind.into(),
+        shards,
+        hosts: args.hosts,
+        placed,
+        seconds,
+        placements_per_s: p / seconds,
+        scheduler_revisions: revisions,
+        scheduler_keys: keys_written,
+        writes_per_placement: revisions as f64 / p,
+        keys_per_placement: keys_written as f64 / p,
+        conflicts,
+    })
+}
+
+/// Replays the store's history between two revisions: revisions and keys written by
+/// the schedulers (under `/ents/*/tasks/`, `/assign/`, `/hosts/*/owner`), and task
+/// records created.
+async fn count_writes<S: Store>(store: &S, from: Revision, to: Revision) -> Result<(u64, u64, u64), BenchError> {
+    let mut w = store.watch(keys::ROOT, from + 1).await.map_err(err)?;
+    let (mut revisions, mut keys_written, mut tasks) = (BTreeSet::new(), 0u64, 0u64);
+    let mut seen = from;
+    while seen < to {
+        let msg = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .map_err(|_| BenchError(format!("history replay stalled at revision {seen} of {to}")))?;
+        match msg {
+            Some(Ok(WatchMessage::Events(events))) => {
+                for ev in events {
+                    seen = seen.max(ev.revision());
+                    if ev.revision() > to {
+                        continue;
+                    }
+                    let k = ev.key();
+                    let task = keys::split(keys::ENTS, k).is_some_and(|p| p.get(1) == Some(&"tasks"));
+                    let owner = keys::split(keys::HOSTS, k).is_some_and(|p| p.get(1) == Some(&"owner"));
+                    if task || owner || k.starts_with(keys::ASSIGN) {
+                        revisions.insert(ev.revision());
+                        keys_written += 1;
+                    }
+                    if task && matches!(ev, crate::store::Event::Put(ref kv) if kv.version == 1) {
+                        tasks += 1;
+                    }
+                }
+            }
+            Some(Ok(WatchMessage::Progress(r))) => seen = seen.max(r),
+            Some(Ok(other)) => return Err(BenchError(format!("history replay: {other:?}"))),
+            Some(Err(e)) => return Err(err(e)),
+            None => return Err(BenchError("history replay ended early".into())),
+        }
+    }
+    Ok((revisions.len() as u64, keys_written, tasks))
+}
