@@ -237,7 +237,10 @@ impl State {
     /// Applies a put at revision `rev` (the caller has checked the lease).
     fn put(&mut self, key: &str, value: &str, lease: LeaseId, rev: Revision) -> Event {
         let prev = self.live(key).cloned();
-        if let Some(old) = prev.as_ref().map(|kv| kv.lease).filter(|l| *l != lease && *l != 0)
+        if let Some(old) = prev
+            .as_ref()
+            .map(|kv| kv.lease)
+            .filter(|l| *l != lease && *l != 0)
             && let Some(l) = self.leases.get_mut(&old)
         {
             l.keys.remove(key);
@@ -426,9 +429,7 @@ impl Store for MemoryStore {
         let succeeded = txn.when.iter().all(|c| st.compare(c));
         let ops = if succeeded { &txn.then } else { &txn.otherwise };
         for op in ops {
-            if let Op::Put {
-                lease: Some(l), ..
-            } = op
+            if let Op::Put { lease: Some(l), .. } = op
                 && *l != 0
                 && !st.leases.contains_key(l)
             {
@@ -462,7 +463,10 @@ impl Store for MemoryStore {
 
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, StoreError> {
         let mut st = self.state();
-        let lease = st.leases.get_mut(&id).ok_or(StoreError::LeaseNotFound(id))?;
+        let lease = st
+            .leases
+            .get_mut(&id)
+            .ok_or(StoreError::LeaseNotFound(id))?;
         lease.deadline = Instant::now() + Duration::from_secs(lease.ttl.unsigned_abs());
         Ok(lease.ttl)
     }
