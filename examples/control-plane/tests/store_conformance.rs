@@ -614,6 +614,12 @@ async fn etcd_three_members_survive_losing_one() {
         values = r.kvs.into_iter().map(|kv| kv.value).collect::<Vec<_>>();
     }
     assert_eq!(values, ["1", "2"]);
+    // A new connection with the dead member listed first still connects and serves.
+    let fresh = EtcdStore::connect(&cluster.endpoint_list(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    fresh.put("/3/c", "3").await.unwrap();
+    assert_eq!(fresh.get("/3/", true, None).await.unwrap().kvs.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

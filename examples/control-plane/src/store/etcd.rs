@@ -192,17 +192,39 @@ impl EtcdStore {
             .with_timeout(timeout)
             .with_connect_timeout(timeout)
             .with_require_leader(true);
+        // The last error seen, for the message if the timeout ends the attempt.
+        let last = std::sync::Mutex::new(String::new());
+        let note = |e: &ec::Error| {
+            if let Ok(mut l) = last.lock() {
+                *l = e.to_string();
+            }
+        };
         let attempt = async {
             let mut client = ec::Client::connect(endpoints, Some(options))
                 .await
                 .map_err(|e| e.to_string())?;
-            client.get("/", None).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(client)
+            // The balancer may try a dead endpoint first: retry what never reached a
+            // member until one answers or the timeout ends the attempt.
+            loop {
+                match client.get("/", None).await {
+                    Ok(_) => return Ok::<_, String>(client),
+                    Err(e) if not_sent(&e) => note(&e),
+                    Err(e) => return Err(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         };
         let client = match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(client)) => client,
             Ok(Err(reason)) => return Err(unreachable(reason)),
-            Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
+            Err(_) => {
+                let last = last.lock().map(|l| l.clone()).unwrap_or_default();
+                return Err(unreachable(if last.is_empty() {
+                    format!("no answer within {timeout:?}")
+                } else {
+                    format!("no answer within {timeout:?}; last error: {last}")
+                }));
+            }
         };
         Ok(EtcdStore {
             client: std::sync::Arc::new(client),
