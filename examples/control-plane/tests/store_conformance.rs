@@ -456,10 +456,19 @@ async fn watch_replays_then_streams<S: Store>(s: &S) {
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].revision(), 9);
     assert_eq!(live[0].key(), "/w/e");
+    // A watch opened ahead of the store skips the revisions before its start.
+    let mut w3 = s.watch("/w/", 11).await.unwrap();
+    s.put("/w/g", "skipped").await.unwrap(); // 10
+    s.put("/w/h", "seen").await.unwrap(); // 11
+    let live = next_events(&mut w3).await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].key(), "/w/h");
+    assert_eq!(live[0].revision(), 11);
+    drop(w3);
     // Dropping a watch does not disturb the store.
     drop(w);
     drop(w2);
-    assert_eq!(s.put("/w/f", "6").await.unwrap(), 10);
+    assert_eq!(s.put("/w/f", "6").await.unwrap(), 12);
 }
 
 async fn lease_expiry_deletes_keys_in_one_revision<S: Store>(s: &S) {
@@ -669,4 +678,41 @@ async fn etcd_cluster_drop_leaves_no_process() {
         "etcd {pid} still runs after the cluster was dropped"
     );
     assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// etcd's count of live watchers, from its `/metrics` page on the client port.
+fn etcd_watchers(endpoint: &str) -> i64 {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).unwrap();
+    page.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .map(|v| v.trim().parse::<i64>().unwrap())
+        .expect("no etcd_debugging_mvcc_watcher_total in /metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_dropping_a_watch_cancels_it_on_the_server() {
+    if require_etcd().is_none() {
+        return;
+    }
+    let cluster = EtcdCluster::start(1).await.unwrap();
+    let store = cluster.store().await.unwrap();
+    let endpoint = cluster.endpoint(0);
+    let mut w = store.watch("/d/", 0).await.unwrap();
+    store.put("/d/a", "1").await.unwrap();
+    assert_eq!(next_events(&mut w).await.len(), 1);
+    assert_eq!(etcd_watchers(&endpoint), 1);
+    drop(w);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while etcd_watchers(&endpoint) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etcd still has the dropped watch after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

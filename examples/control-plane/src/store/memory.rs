@@ -141,7 +141,9 @@ impl Watchers {
             for (i, _) in key.char_indices().chain([(key.len(), ' ')]) {
                 if let Some(ids) = self.by_prefix.get(&key[..i]) {
                     for id in ids {
-                        batches.entry(*id).or_default().push(e.clone());
+                        if self.by_id.get(id).is_some_and(|w| e.revision() >= w.start) {
+                            batches.entry(*id).or_default().push(e.clone());
+                        }
                     }
                 }
             }
@@ -166,6 +168,9 @@ struct LeaseState {
 
 struct Watcher {
     prefix: String,
+    /// The watch's start revision: a watch opened ahead of the store skips what
+    /// happens before it.
+    start: Revision,
     tx: mpsc::UnboundedSender<Result<WatchMessage, StoreError>>,
 }
 
@@ -570,6 +575,7 @@ impl Store for MemoryStore {
         }
         st.watchers.add(Watcher {
             prefix: prefix.to_owned(),
+            start,
             tx,
         });
         Ok(WatchStream::new(rx))
