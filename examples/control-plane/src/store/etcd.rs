@@ -19,7 +19,9 @@ const COMPACT_LOOKUP: Duration = Duration::from_secs(2);
 /// A handle on an etcd cluster; clones share the connection.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: ec::Client,
+    // Boxed behind an `Arc`: the client is large, and every call clones it anyway
+    // (etcd-client's methods take `&mut self`).
+    client: std::sync::Arc<ec::Client>,
     endpoints: String,
 }
 
@@ -28,6 +30,23 @@ impl std::fmt::Debug for EtcdStore {
         f.debug_struct("EtcdStore")
             .field("endpoints", &self.endpoints)
             .finish()
+    }
+}
+
+/// How many times a call that never reached a member (connection refused) is retried:
+/// the balanced channel may pick a dead endpoint before it notices it is down.
+const CONNECT_RETRIES: u32 = 10;
+
+/// Whether the request failed before reaching any member, so retrying it is safe even
+/// for a write.
+fn not_sent(e: &ec::Error) -> bool {
+    match e {
+        ec::Error::GRpcStatus(s) => {
+            // gRPC code 14 = UNAVAILABLE (tonic is not a direct dependency).
+            i32::from(s.code()) == 14 && s.message().contains("connect error")
+        }
+        ec::Error::TransportError(_) => true,
+        _ => false,
     }
 }
 
@@ -149,9 +168,7 @@ fn convert_op(op: &Op) -> ec::TxnOp {
 fn first_lease(ops: &[Op]) -> LeaseId {
     ops.iter()
         .find_map(|op| match op {
-            Op::Put {
-                lease: Some(l), ..
-            } if *l != 0 => Some(*l),
+            Op::Put { lease: Some(l), .. } if *l != 0 => Some(*l),
             _ => None,
         })
         .unwrap_or(0)
@@ -175,25 +192,63 @@ impl EtcdStore {
             .with_timeout(timeout)
             .with_connect_timeout(timeout)
             .with_require_leader(true);
+        // The last error seen, for the message if the timeout ends the attempt.
+        let last = std::sync::Mutex::new(String::new());
+        let note = |e: &ec::Error| {
+            if let Ok(mut l) = last.lock() {
+                *l = e.to_string();
+            }
+        };
         let attempt = async {
             let mut client = ec::Client::connect(endpoints, Some(options))
                 .await
                 .map_err(|e| e.to_string())?;
-            client
-                .get("/", None)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(client)
+            // The balancer may try a dead endpoint first: retry what never reached a
+            // member until one answers or the timeout ends the attempt.
+            loop {
+                match client.get("/", None).await {
+                    Ok(_) => return Ok::<_, String>(client),
+                    Err(e) if not_sent(&e) => note(&e),
+                    Err(e) => return Err(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         };
         let client = match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(client)) => client,
             Ok(Err(reason)) => return Err(unreachable(reason)),
-            Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
+            Err(_) => {
+                let last = last.lock().map(|l| l.clone()).unwrap_or_default();
+                return Err(unreachable(if last.is_empty() {
+                    format!("no answer within {timeout:?}")
+                } else {
+                    format!("no answer within {timeout:?}; last error: {last}")
+                }));
+            }
         };
         Ok(EtcdStore {
-            client,
+            client: std::sync::Arc::new(client),
             endpoints: joined,
         })
+    }
+
+    /// Runs `call` on the shared client, again (with a short backoff) while it fails
+    /// before reaching any member.
+    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ec::Error>
+    where
+        F: FnMut(ec::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ec::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call(ec::Client::clone(&self.client)).await {
+                Err(e) if attempt < CONNECT_RETRIES && not_sent(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The endpoints this store was connected to (comma-separated).
@@ -205,7 +260,7 @@ impl EtcdStore {
     /// with the compaction revision); 0 if that does not answer in time. Only called
     /// after etcd said "compacted".
     async fn compact_revision(&self) -> Revision {
-        let mut client = self.client.clone();
+        let mut client = ec::Client::clone(&self.client);
         let lookup = async move {
             let opts = ec::WatchOptions::new().with_start_revision(1);
             let mut stream = client.watch("\0compact-probe", Some(opts)).await.ok()?;
@@ -236,9 +291,7 @@ impl EtcdStore {
             },
             StoreError::FutureRevision { .. } => {
                 let current = self
-                    .client
-                    .clone()
-                    .get("/", None)
+                    .retry(|mut c| async move { c.get("/", None).await })
                     .await
                     .map(|r| header_revision(r.header()))
                     .unwrap_or(0);
@@ -325,7 +378,13 @@ impl Store for EtcdStore {
         if let Some(r) = revision.filter(|r| *r > 0) {
             opts = opts.with_revision(r);
         }
-        let resp = match self.client.clone().get(key, Some(opts)).await {
+        let resp = match self
+            .retry(|mut c| {
+                let opts = opts.clone();
+                async move { c.get(key, Some(opts)).await }
+            })
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => return Err(self.revision_error(e, revision.unwrap_or(0)).await),
         };
@@ -345,7 +404,13 @@ impl Store for EtcdStore {
             .when(txn.when.iter().map(convert_compare).collect::<Vec<_>>())
             .and_then(txn.then.iter().map(convert_op).collect::<Vec<_>>())
             .or_else(txn.otherwise.iter().map(convert_op).collect::<Vec<_>>());
-        let resp = match self.client.clone().txn(etxn).await {
+        let resp = match self
+            .retry(|mut c| {
+                let etxn = etxn.clone();
+                async move { c.txn(etxn).await }
+            })
+            .await
+        {
             Ok(resp) => resp,
             Err(e) if is_lease_not_found(&e) => {
                 let lease = match first_lease(&txn.then) {
@@ -376,9 +441,7 @@ impl Store for EtcdStore {
 
     async fn lease_grant(&self, ttl: i64) -> Result<Lease, StoreError> {
         let resp = self
-            .client
-            .clone()
-            .lease_grant(ttl.max(MIN_LEASE_TTL), None)
+            .retry(|mut c| async move { c.lease_grant(ttl.max(MIN_LEASE_TTL), None).await })
             .await
             .map_err(map_err)?;
         Ok(Lease {
@@ -388,14 +451,16 @@ impl Store for EtcdStore {
     }
 
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, StoreError> {
-        let mut client = self.client.clone();
-        let (mut keeper, mut stream) = client.lease_keep_alive(id).await.map_err(|e| {
-            if is_lease_not_found(&e) {
-                StoreError::LeaseNotFound(id)
-            } else {
-                map_err(e)
-            }
-        })?;
+        let (mut keeper, mut stream) = self
+            .retry(|mut c| async move { c.lease_keep_alive(id).await })
+            .await
+            .map_err(|e| {
+                if is_lease_not_found(&e) {
+                    StoreError::LeaseNotFound(id)
+                } else {
+                    map_err(e)
+                }
+            })?;
         keeper.keep_alive().await.map_err(map_err)?;
         match stream.message().await {
             Ok(Some(resp)) if resp.ttl() > 0 => Ok(resp.ttl()),
@@ -409,7 +474,10 @@ impl Store for EtcdStore {
     }
 
     async fn lease_revoke(&self, id: LeaseId) -> Result<(), StoreError> {
-        match self.client.clone().lease_revoke(id).await {
+        match self
+            .retry(|mut c| async move { c.lease_revoke(id).await })
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Err(StoreError::LeaseNotFound(id)),
             Err(e) => Err(map_err(e)),
@@ -422,9 +490,10 @@ impl Store for EtcdStore {
             opts = opts.with_start_revision(start);
         }
         let stream = self
-            .client
-            .clone()
-            .watch(prefix, Some(opts))
+            .retry(|mut c| {
+                let opts = opts.clone();
+                async move { c.watch(prefix, Some(opts)).await }
+            })
             .await
             .map_err(map_err)?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -434,7 +503,13 @@ impl Store for EtcdStore {
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         let opts = ec::CompactionOptions::new().with_physical();
-        match self.client.clone().compact(revision, Some(opts)).await {
+        match self
+            .retry(|mut c| {
+                let opts = opts.clone();
+                async move { c.compact(revision, Some(opts)).await }
+            })
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => Err(self.revision_error(e, revision).await),
         }

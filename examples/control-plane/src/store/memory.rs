@@ -79,7 +79,85 @@ struct State {
     log_base: Revision,
     leases: HashMap<LeaseId, LeaseState>,
     next_lease: LeaseId,
-    watchers: Vec<Watcher>,
+    watchers: Watchers,
+}
+
+/// The live watchers, indexed by prefix so a write costs O(key length × log watchers)
+/// rather than O(watchers) (the control plane has one watcher per host).
+#[derive(Default)]
+struct Watchers {
+    by_id: HashMap<u64, Watcher>,
+    by_prefix: BTreeMap<String, Vec<u64>>,
+    next_id: u64,
+    /// The count at the last sweep of closed receivers (sweeps are amortized).
+    swept_at: usize,
+}
+
+impl Watchers {
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn add(&mut self, w: Watcher) {
+        if self.by_id.len() >= 2 * self.swept_at.max(64) {
+            let closed: Vec<u64> = self
+                .by_id
+                .iter()
+                .filter(|(_, w)| w.tx.is_closed())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in closed {
+                self.remove(id);
+            }
+            self.swept_at = self.by_id.len();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_prefix.entry(w.prefix.clone()).or_default().push(id);
+        self.by_id.insert(id, w);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(w) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(ids) = self.by_prefix.get_mut(&w.prefix) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_prefix.remove(&w.prefix);
+            }
+        }
+    }
+
+    /// Sends the events of one revision: one message per interested watcher, its
+    /// events in the revision's order. Drops watchers whose receiver is gone.
+    fn send(&mut self, events: &[Event]) {
+        if self.by_id.is_empty() {
+            return;
+        }
+        let mut batches: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+        for e in events {
+            let key = e.key();
+            for (i, _) in key.char_indices().chain([(key.len(), ' ')]) {
+                if let Some(ids) = self.by_prefix.get(&key[..i]) {
+                    for id in ids {
+                        if self.by_id.get(id).is_some_and(|w| e.revision() >= w.start) {
+                            batches.entry(*id).or_default().push(e.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (id, batch) in batches {
+            let gone = self
+                .by_id
+                .get(&id)
+                .is_none_or(|w| w.tx.send(Ok(WatchMessage::Events(batch))).is_err());
+            if gone {
+                self.remove(id);
+            }
+        }
+    }
 }
 
 struct LeaseState {
@@ -90,6 +168,9 @@ struct LeaseState {
 
 struct Watcher {
     prefix: String,
+    /// The watch's start revision: a watch opened ahead of the store skips what
+    /// happens before it.
+    start: Revision,
     tx: mpsc::UnboundedSender<Result<WatchMessage, StoreError>>,
 }
 
@@ -107,7 +188,7 @@ impl MemoryStore {
                     leases: HashMap::new(),
                     // Lease ids look like etcd's: large, nonzero.
                     next_lease: 0x694d_0000_0000_0001,
-                    watchers: Vec::new(),
+                    watchers: Watchers::default(),
                 }),
                 ticker: AtomicBool::new(false),
             }),
@@ -237,7 +318,10 @@ impl State {
     /// Applies a put at revision `rev` (the caller has checked the lease).
     fn put(&mut self, key: &str, value: &str, lease: LeaseId, rev: Revision) -> Event {
         let prev = self.live(key).cloned();
-        if let Some(old) = prev.as_ref().map(|kv| kv.lease).filter(|l| *l != lease && *l != 0)
+        if let Some(old) = prev
+            .as_ref()
+            .map(|kv| kv.lease)
+            .filter(|l| *l != lease && *l != 0)
             && let Some(l) = self.leases.get_mut(&old)
         {
             l.keys.remove(key);
@@ -298,18 +382,7 @@ impl State {
             return;
         }
         self.revision += 1;
-        for w in &self.watchers {
-            let mine: Vec<Event> = events
-                .iter()
-                .filter(|e| e.key().starts_with(&w.prefix))
-                .cloned()
-                .collect();
-            if !mine.is_empty() {
-                // A failed send means the receiver is gone; dropped below.
-                let _ = w.tx.send(Ok(WatchMessage::Events(mine)));
-            }
-        }
-        self.watchers.retain(|w| !w.tx.is_closed());
+        self.watchers.send(&events);
         self.log.push_back(events);
     }
 
@@ -426,9 +499,7 @@ impl Store for MemoryStore {
         let succeeded = txn.when.iter().all(|c| st.compare(c));
         let ops = if succeeded { &txn.then } else { &txn.otherwise };
         for op in ops {
-            if let Op::Put {
-                lease: Some(l), ..
-            } = op
+            if let Op::Put { lease: Some(l), .. } = op
                 && *l != 0
                 && !st.leases.contains_key(l)
             {
@@ -462,7 +533,10 @@ impl Store for MemoryStore {
 
     async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, StoreError> {
         let mut st = self.state();
-        let lease = st.leases.get_mut(&id).ok_or(StoreError::LeaseNotFound(id))?;
+        let lease = st
+            .leases
+            .get_mut(&id)
+            .ok_or(StoreError::LeaseNotFound(id))?;
         lease.deadline = Instant::now() + Duration::from_secs(lease.ttl.unsigned_abs());
         Ok(lease.ttl)
     }
@@ -499,8 +573,9 @@ impl Store for MemoryStore {
             }
             let _ = tx.send(Ok(WatchMessage::Progress(st.revision)));
         }
-        st.watchers.push(Watcher {
+        st.watchers.add(Watcher {
             prefix: prefix.to_owned(),
+            start,
             tx,
         });
         Ok(WatchStream::new(rx))
@@ -522,5 +597,134 @@ impl Store for MemoryStore {
         }
         st.compact(revision);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message.
+mod tests {
+    use super::*;
+
+    /// The scale the control plane's tests use: 100K keys, read back by prefix, with
+    /// many per-host watchers; each call must stay cheap.
+    #[tokio::test]
+    async fn hundred_thousand_keys_and_many_watchers_stay_fast() {
+        let s = MemoryStore::new();
+        let mut watches = Vec::new();
+        for h in 0..5_000 {
+            watches.push(s.watch(&format!("/assign/h{h:05}/"), 0).await.unwrap());
+        }
+        let started = std::time::Instant::now();
+        for h in 0..50_000 {
+            s.txn(Txn::new().and_then([
+                Op::put(format!("/host/h{h:05}/info"), "{}"),
+                Op::put(format!("/host/h{h:05}/owner"), "free"),
+            ]))
+            .await
+            .unwrap();
+        }
+        for h in 0..5_000 {
+            s.put(&format!("/assign/h{h:05}/t"), "x").await.unwrap();
+        }
+        let all = s.get("/host/", true, None).await.unwrap();
+        assert_eq!(all.kvs.len(), 100_000);
+        for h in (0..50_000).step_by(97) {
+            let r = s.get(&format!("/host/h{h:05}/"), true, None).await.unwrap();
+            assert_eq!(r.kvs.len(), 2);
+        }
+        let old = s.get("/host/", true, Some(1_001)).await.unwrap();
+        assert_eq!(old.kvs.len(), 2_000);
+        for w in &mut watches {
+            let msg = w.next().await.unwrap().unwrap();
+            assert!(
+                matches!(msg, WatchMessage::Events(ref e) if e.len() == 1),
+                "{msg:?}"
+            );
+        }
+        // Generous bound for a debug build on a busy 2-vCPU machine.
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn dropped_watchers_are_forgotten() {
+        let s = MemoryStore::new();
+        let w = s.watch("/a/", 0).await.unwrap();
+        let mut kept = s.watch("/a/", 0).await.unwrap();
+        drop(w);
+        s.put("/a/1", "x").await.unwrap();
+        assert_eq!(s.inner.lock().watchers.len(), 1);
+        assert!(matches!(
+            kept.next().await,
+            Some(Ok(WatchMessage::Events(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_txn_reads_its_own_writes_and_events_keep_op_order() {
+        let s = MemoryStore::new();
+        s.put("/k/a", "old").await.unwrap();
+        let mut w = s.watch("/k/", 3).await.unwrap();
+        let r = s
+            .txn(Txn::new().and_then([
+                Op::put("/k/b", "1"),
+                Op::delete("/k/a"),
+                Op::Get {
+                    key: "/k/".into(),
+                    prefix: true,
+                },
+            ]))
+            .await
+            .unwrap();
+        assert_eq!(r.revision, 3);
+        let keys: Vec<&str> = r.responses[2].iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["/k/b"]);
+        let msg = w.next().await.unwrap().unwrap();
+        let WatchMessage::Events(events) = msg else {
+            panic!("{msg:?}")
+        };
+        let keys: Vec<&str> = events.iter().map(Event::key).collect();
+        assert_eq!(keys, ["/k/b", "/k/a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_task_ends_with_the_store() {
+        let s = MemoryStore::new();
+        s.lease_grant(2).await.unwrap();
+        let weak = Arc::downgrade(&s.inner);
+        drop(s);
+        tokio::time::sleep(LEASE_TICK * 3).await;
+        assert!(weak.upgrade().is_none(), "the ticker keeps the store alive");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_postpones_expiry_and_a_leased_key_moves_leases() {
+        let s = MemoryStore::new();
+        let a = s.lease_grant(2).await.unwrap();
+        let b = s.lease_grant(10).await.unwrap();
+        s.txn(Txn::new().and_then([Op::put_leased("/x", "1", a.id)]))
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(s.lease_keep_alive(a.id).await.unwrap(), 2);
+        }
+        assert_eq!(s.get("/x", false, None).await.unwrap().kvs.len(), 1);
+        // Moving the key to lease b: a's expiry no longer deletes it.
+        s.txn(Txn::new().and_then([Op::put_leased("/x", "2", b.id)]))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            s.lease_keep_alive(a.id).await.unwrap_err(),
+            StoreError::LeaseNotFound(a.id)
+        );
+        let kv = &s.get("/x", false, None).await.unwrap().kvs[0];
+        assert_eq!(kv.lease, b.id);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(s.get("/x", false, None).await.unwrap().kvs.is_empty());
     }
 }

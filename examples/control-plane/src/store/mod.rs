@@ -4,7 +4,7 @@
 //! - [`EtcdStore`]: etcd v3 through the `etcd-client` crate (gRPC).
 //! - [`MemoryStore`]: an in-process store for the demo and for tests without etcd. It
 //!   reproduces the etcd semantics the control plane relies on: one revision per
-//!   write or transaction (and per batch of lease expiries), per-key
+//!   write or transaction (and per expired or revoked lease), per-key
 //!   `create_revision` / `mod_revision` / `version` / `lease`, compares on a missing
 //!   key counting as 0, watches from a revision (inclusive) with a `Canceled` message
 //!   once that revision is compacted, leases with a minimum TTL of 2 s whose expiry
