@@ -194,7 +194,19 @@ fn parse_shape(s: &str) -> Result<(Capacity, u8)> {
     ))
 }
 
-#[allow(clippy::print_stdout)]
+/// Prints a line on stdout; a closed pipe (`| head`) ends the output quietly.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(anyhow::Error::from(e).context("writing to stdout"));
+            }
+        }
+    }};
+}
+
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Fleet {

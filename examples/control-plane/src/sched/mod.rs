@@ -291,8 +291,11 @@ impl<S: Store> Scheduler<S> {
         for e in handover {
             if let Some(sh) = self.shards.remove(&e) {
                 let txn = Txn::new().when([sh.fence()]).and_then([Op::delete(keys::ent_leader(&e))]);
-                self.store.txn(txn).await?;
-                tracing::info!(entitlement = %e, to = %desired[&e], "handed over");
+                if self.store.txn(txn).await?.succeeded {
+                    tracing::info!(entitlement = %e, to = %desired[&e], "handed over");
+                } else {
+                    tracing::warn!(entitlement = %e, "lost the lead before handing it over");
+                }
                 self.stats.released.fetch_add(1, Ordering::Relaxed);
             }
         }
