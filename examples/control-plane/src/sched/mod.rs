@@ -153,7 +153,9 @@ pub async fn run<S: Store>(store: S, config: SchedulerConfig, handle: SchedulerH
     }
     tracing::info!(scheduler = %config.name, lease = lease.id, ttl = lease.ttl, "registered");
     let (lost_tx, mut lost) = watch::channel(false);
-    let keeper = tokio::spawn(keep_alive(store.clone(), lease.id, lease.ttl, lost_tx));
+    // Ends with this future, however it ends (also when its task is aborted): a
+    // scheduler that is gone must not keep its lease alive.
+    let _keeper = AbortOnDrop(tokio::spawn(keep_alive(store.clone(), lease.id, lease.ttl, lost_tx)));
     let mut s = Scheduler {
         store: store.clone(),
         name: config.name.clone(),
@@ -164,11 +166,19 @@ pub async fn run<S: Store>(store: S, config: SchedulerConfig, handle: SchedulerH
     };
     let mut stop = handle.stop.subscribe();
     let result = s.main_loop(&mut stop, &mut lost).await;
-    keeper.abort();
     if result.is_ok() || matches!(result, Err(SchedError::Store(_))) {
         s.resign().await;
     }
     result
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn keep_alive<S: Store>(store: S, lease: LeaseId, ttl: i64, lost: watch::Sender<bool>) {
