@@ -113,7 +113,13 @@ async fn check(store: &MemoryStore, complete: bool) -> usize {
         match p.as_slice() {
             ["hosts", h, "info"] => {
                 let c = &v["capacity"];
-                cap.insert(h.to_string(), (c["cpu_milli"].as_i64().unwrap(), c["memory_mib"].as_i64().unwrap()));
+                cap.insert(
+                    h.to_string(),
+                    (
+                        c["cpu_milli"].as_i64().unwrap(),
+                        c["memory_mib"].as_i64().unwrap(),
+                    ),
+                );
             }
             ["hosts", h, "owner"] => {
                 owner.insert(h.to_string(), v.as_str().unwrap().to_string());
@@ -122,14 +128,25 @@ async fn check(store: &MemoryStore, complete: bool) -> usize {
                 quota.insert(e.to_string(), v["quota_machines"].as_i64().unwrap());
             }
             ["ents", e, "jobs", j] => {
-                replicas.insert((e.to_string(), j.to_string()), v["replicas"].as_i64().unwrap());
+                replicas.insert(
+                    (e.to_string(), j.to_string()),
+                    v["replicas"].as_i64().unwrap(),
+                );
             }
-            ["ents", e, "tasks", j, i] => tasks.push((e.to_string(), j.to_string(), i.parse::<i64>().unwrap(), v.clone())),
+            ["ents", e, "tasks", j, i] => tasks.push((
+                e.to_string(),
+                j.to_string(),
+                i.parse::<i64>().unwrap(),
+                v.clone(),
+            )),
             ["assign", h, j, i] => {
                 assigns.insert((h.to_string(), j.to_string(), i.to_string()), v.clone());
             }
             ["status", h, j, i] => {
-                status.insert((h.to_string(), j.to_string(), i.to_string()), v["state"].as_str().unwrap().to_string());
+                status.insert(
+                    (h.to_string(), j.to_string(), i.to_string()),
+                    v["state"].as_str().unwrap().to_string(),
+                );
             }
             _ => {}
         }
@@ -138,7 +155,11 @@ async fn check(store: &MemoryStore, complete: bool) -> usize {
     let mut placed: BTreeMap<(String, String), i64> = BTreeMap::new();
     for (e, j, i, v) in &tasks {
         let h = v["host"].as_str().unwrap().to_string();
-        assert_eq!(owner.get(&h), Some(e), "{e}/{j}/{i} on {h}, which {e} does not own");
+        assert_eq!(
+            owner.get(&h),
+            Some(e),
+            "{e}/{j}/{i} on {h}, which {e} does not own"
+        );
         let r = replicas.get(&(e.clone(), j.clone())).copied().unwrap();
         assert!((0..r).contains(i), "{j}/{i}: index out of 0..{r}");
         let u = used.entry(h.clone()).or_default();
@@ -146,15 +167,30 @@ async fn check(store: &MemoryStore, complete: bool) -> usize {
         u.1 += v["demand"]["memory_mib"].as_i64().unwrap();
         *placed.entry((e.clone(), j.clone())).or_default() += 1;
         let a = assigns.remove(&(h.clone(), j.clone(), i.to_string()));
-        assert!(a.is_some_and(|a| a["entitlement"] == Value::String(e.clone())), "{j}/{i}: no assignment on {h}");
+        assert!(
+            a.is_some_and(|a| a["entitlement"] == Value::String(e.clone())),
+            "{j}/{i}: no assignment on {h}"
+        );
         if complete {
-            assert_eq!(status.get(&(h.clone(), j.clone(), i.to_string())).map(String::as_str), Some("running"), "{j}/{i}");
+            assert_eq!(
+                status
+                    .get(&(h.clone(), j.clone(), i.to_string()))
+                    .map(String::as_str),
+                Some("running"),
+                "{j}/{i}"
+            );
         }
     }
-    assert!(assigns.is_empty(), "assignments without a task record: {assigns:?}");
+    assert!(
+        assigns.is_empty(),
+        "assignments without a task record: {assigns:?}"
+    );
     for (h, u) in &used {
         let c = cap[h];
-        assert!(u.0 <= c.0 && u.1 <= c.1, "{h} over capacity: {u:?} of {c:?}");
+        assert!(
+            u.0 <= c.0 && u.1 <= c.1,
+            "{h} over capacity: {u:?} of {c:?}"
+        );
     }
     for (e, q) in &quota {
         let n = owner.values().filter(|o| *o == e).count() as i64;
@@ -162,7 +198,11 @@ async fn check(store: &MemoryStore, complete: bool) -> usize {
     }
     if complete {
         for (k, r) in &replicas {
-            assert_eq!(placed.get(k).copied().unwrap_or(0), *r, "{k:?} not all placed");
+            assert_eq!(
+                placed.get(k).copied().unwrap_or(0),
+                *r,
+                "{k:?} not all placed"
+            );
         }
     }
     tasks.len()
@@ -172,7 +212,10 @@ async fn check(store: &MemoryStore, complete: bool) -> usize {
 async fn until<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut f: F) {
     let t = Instant::now();
     while !f().await {
-        assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -182,7 +225,10 @@ async fn leaders(store: &MemoryStore) -> BTreeMap<String, String> {
         .await
         .into_iter()
         .filter_map(|(k, (v, _, _))| {
-            let e = k.strip_prefix(keys::ENTS)?.strip_suffix("/leader")?.to_string();
+            let e = k
+                .strip_prefix(keys::ENTS)?
+                .strip_suffix("/leader")?
+                .to_string();
             Some((e, v.as_str()?.to_string()))
         })
         .collect()
@@ -207,23 +253,44 @@ async fn places_every_task_and_agents_converge() {
     let mut subs = Vec::new();
     for i in 0..30 {
         let ent = ["web", "batch", "ml"][i % 3];
-        subs.push(job(&format!("j{i}"), ent, 1 + (i as u32 % 7), 500 + 250 * (i as u64 % 5), 1024 * (1 + i as u64 % 6)));
+        subs.push(job(
+            &format!("j{i}"),
+            ent,
+            1 + (i as u32 % 7),
+            500 + 250 * (i as u64 % 5),
+            1024 * (1 + i as u64 % 6),
+        ));
     }
     let want: usize = subs.iter().map(|s| s.record.replicas as usize).sum();
     admin::submit_records(&store, subs).await.unwrap();
-    until("every task placed and running", Duration::from_secs(20), async || all_running(&store, want).await).await;
+    until(
+        "every task placed and running",
+        Duration::from_secs(20),
+        async || all_running(&store, want).await,
+    )
+    .await;
     assert_eq!(check(&store, true).await, want);
     let l = leaders(&store).await;
     assert_eq!(l.len(), 3);
     assert!(l.values().all(|s| s == "s1" || s == "s2"), "{l:?}");
-    assert_eq!(stats.started.load(std::sync::atomic::Ordering::Relaxed) as usize, want);
+    assert_eq!(
+        stats.started.load(std::sync::atomic::Ordering::Relaxed) as usize,
+        want
+    );
     a.handle.stop();
     b.handle.stop();
     a.task.await.unwrap().unwrap();
     b.task.await.unwrap().unwrap();
     // Stopped schedulers hand everything over and leave.
     assert!(leaders(&store).await.is_empty());
-    assert!(store.get(keys::SCHEDS, true, None).await.unwrap().kvs.is_empty());
+    assert!(
+        store
+            .get(keys::SCHEDS, true, None)
+            .await
+            .unwrap()
+            .kvs
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,10 +298,19 @@ async fn an_entitlement_moves_shard_without_restarting_tasks() {
     let store = fleet(200, &[("web", 30), ("batch", 30)]).await;
     let a = start(&store, "s1", 2);
     let (_stop, stats) = start_agents(&store);
-    admin::submit_records(&store, vec![job("w", "web", 8, 2000, 4096), job("b", "batch", 8, 2000, 4096)])
-        .await
-        .unwrap();
-    until("16 running", Duration::from_secs(10), async || all_running(&store, 16).await).await;
+    admin::submit_records(
+        &store,
+        vec![
+            job("w", "web", 8, 2000, 4096),
+            job("b", "batch", 8, 2000, 4096),
+        ],
+    )
+    .await
+    .unwrap();
+    until("16 running", Duration::from_secs(10), async || {
+        all_running(&store, 16).await
+    })
+    .await;
     let before: BTreeMap<String, i64> = raw(&store)
         .await
         .into_iter()
@@ -242,12 +318,21 @@ async fn an_entitlement_moves_shard_without_restarting_tasks() {
         .map(|(k, (_, _, m))| (k, m))
         .collect();
     let b = start(&store, "s2", 2);
-    until("s2 leads one entitlement", Duration::from_secs(10), async || {
-        let l = leaders(&store).await;
-        l.len() == 2 && l.values().any(|s| s == "s2") && l.values().any(|s| s == "s1")
-    })
+    until(
+        "s2 leads one entitlement",
+        Duration::from_secs(10),
+        async || {
+            let l = leaders(&store).await;
+            l.len() == 2 && l.values().any(|s| s == "s2") && l.values().any(|s| s == "s1")
+        },
+    )
     .await;
-    let moved = leaders(&store).await.into_iter().find(|(_, s)| s == "s2").unwrap().0;
+    let moved = leaders(&store)
+        .await
+        .into_iter()
+        .find(|(_, s)| s == "s2")
+        .unwrap()
+        .0;
     let after: BTreeMap<String, i64> = raw(&store)
         .await
         .into_iter()
@@ -255,10 +340,19 @@ async fn an_entitlement_moves_shard_without_restarting_tasks() {
         .map(|(k, (_, _, m))| (k, m))
         .collect();
     assert_eq!(before, after, "assignments were rewritten by the move");
-    assert_eq!(stats.started.load(std::sync::atomic::Ordering::Relaxed), 16, "a task restarted");
+    assert_eq!(
+        stats.started.load(std::sync::atomic::Ordering::Relaxed),
+        16,
+        "a task restarted"
+    );
     // The new leader places on top of what it rebuilt, within capacity.
-    admin::submit_records(&store, vec![job("more", &moved, 20, 3000, 8192)]).await.unwrap();
-    until("36 running", Duration::from_secs(10), async || all_running(&store, 36).await).await;
+    admin::submit_records(&store, vec![job("more", &moved, 20, 3000, 8192)])
+        .await
+        .unwrap();
+    until("36 running", Duration::from_secs(10), async || {
+        all_running(&store, 36).await
+    })
+    .await;
     let writers: Vec<String> = raw(&store)
         .await
         .into_iter()
@@ -284,19 +378,40 @@ async fn a_crashed_scheduler_is_replaced_within_its_lease() {
         l.len() == 4 && l.values().any(|s| s == "s1") && l.values().any(|s| s == "s2")
     })
     .await;
-    let lost: Vec<String> = leaders(&store).await.into_iter().filter(|(_, s)| s == "s1").map(|(e, _)| e).collect();
+    let lost: Vec<String> = leaders(&store)
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "s1")
+        .map(|(e, _)| e)
+        .collect();
     // A crash: the task is gone without resigning; only the lease's expiry frees its keys.
     a.task.abort();
     let t = Instant::now();
-    let subs: Vec<Submission> = lost.iter().map(|e| job(&format!("after-{e}"), e, 5, 1000, 1024)).collect();
+    let subs: Vec<Submission> = lost
+        .iter()
+        .map(|e| job(&format!("after-{e}"), e, 5, 1000, 1024))
+        .collect();
     admin::submit_records(&store, subs).await.unwrap();
-    until("s2 places the orphaned jobs", Duration::from_secs(10), async || {
-        raw(&store).await.iter().any(|(k, (v, _, _))| k.contains("/tasks/after-") && v["writer"] == "s2")
-    })
+    until(
+        "s2 places the orphaned jobs",
+        Duration::from_secs(10),
+        async || {
+            raw(&store)
+                .await
+                .iter()
+                .any(|(k, (v, _, _))| k.contains("/tasks/after-") && v["writer"] == "s2")
+        },
+    )
     .await;
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(4), "failover took {took:?} with a 2 s lease");
-    until("all running", Duration::from_secs(10), async || all_running(&store, 5 * lost.len()).await).await;
+    assert!(
+        took < Duration::from_secs(4),
+        "failover took {took:?} with a 2 s lease"
+    );
+    until("all running", Duration::from_secs(10), async || {
+        all_running(&store, 5 * lost.len()).await
+    })
+    .await;
     check(&store, true).await;
     assert!(leaders(&store).await.values().all(|s| s == "s2"));
     b.handle.stop();
@@ -307,14 +422,20 @@ async fn a_crashed_scheduler_is_replaced_within_its_lease() {
 async fn a_deposed_leader_cannot_write() {
     let store = fleet(100, &[("web", 50)]).await;
     let a = start(&store, "s1", 30);
-    until("s1 leads", Duration::from_secs(10), async || leaders(&store).await.len() == 1).await;
+    until("s1 leads", Duration::from_secs(10), async || {
+        leaders(&store).await.len() == 1
+    })
+    .await;
     // Another leader takes the key behind s1's back (as after a pause past its lease):
     // a new key, so a new create revision.
     // (s1 may see the key gone and take it again first: then the usurper tries again.)
     let key = keys::ent_leader("web");
     let mut usurper = None;
     for _ in 0..50 {
-        store.txn(Txn::new().and_then([Op::delete(&key)])).await.unwrap();
+        store
+            .txn(Txn::new().and_then([Op::delete(&key)]))
+            .await
+            .unwrap();
         let take = Txn::new()
             .when([Compare::create_revision(&key, CmpOp::Equal, 0)])
             .and_then([Op::put(&key, "usurper")]);
@@ -325,12 +446,23 @@ async fn a_deposed_leader_cannot_write() {
         }
     }
     let usurper = usurper.expect("the usurper takes the key");
-    admin::submit_records(&store, vec![job("w", "web", 10, 1000, 1024)]).await.unwrap();
+    admin::submit_records(&store, vec![job("w", "web", 10, 1000, 1024)])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let kv = raw(&store).await;
-    assert!(!kv.keys().any(|k| k.contains("/tasks/")), "a task record from a deposed leader was accepted");
+    assert!(
+        !kv.keys().any(|k| k.contains("/tasks/")),
+        "a task record from a deposed leader was accepted"
+    );
     assert_eq!(kv[&key].1, usurper, "the usurper's key stands");
-    assert!(a.handle.stats.released.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(
+        a.handle
+            .stats
+            .released
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
     a.handle.stop();
     a.task.await.unwrap().unwrap();
 }
@@ -339,20 +471,35 @@ async fn a_deposed_leader_cannot_write() {
 async fn bad_input_is_refused_and_changes_nothing() {
     let store = fleet(50, &[("web", 5)]).await;
     let rev = store.get(keys::ROOT, true, None).await.unwrap().revision;
-    let e = admin::submit_records(&store, vec![job("x", "nope", 1, 100, 100)]).await.unwrap_err();
-    assert!(matches!(e, AdminError::UnknownEntitlement { .. }), "{e}");
-    assert!(e.to_string().contains("\"nope\" is unknown (known: web)"), "{e}");
-    // 5 hosts of 18 CPUs hold 90 one-CPU tasks at most.
-    let e = admin::submit_records(&store, vec![job("big", "web", 91, 1000, 1024)]).await.unwrap_err();
-    assert!(e.to_string().contains("needs at least 6 hosts"), "{e}");
-    // All or nothing: a good job next to a bad one is not written either.
-    let e = admin::submit_records(&store, vec![job("ok", "web", 1, 100, 100), job("bad/name", "web", 1, 100, 100)])
+    let e = admin::submit_records(&store, vec![job("x", "nope", 1, 100, 100)])
         .await
         .unwrap_err();
+    assert!(matches!(e, AdminError::UnknownEntitlement { .. }), "{e}");
+    assert!(
+        e.to_string().contains("\"nope\" is unknown (known: web)"),
+        "{e}"
+    );
+    // 5 hosts of 18 CPUs hold 90 one-CPU tasks at most.
+    let e = admin::submit_records(&store, vec![job("big", "web", 91, 1000, 1024)])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("needs at least 6 hosts"), "{e}");
+    // All or nothing: a good job next to a bad one is not written either.
+    let e = admin::submit_records(
+        &store,
+        vec![
+            job("ok", "web", 1, 100, 100),
+            job("bad/name", "web", 1, 100, 100),
+        ],
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, AdminError::BadName(_)), "{e}");
     let e = admin::entitlement_add(&store, "web", 3).await.unwrap_err();
     assert!(matches!(e, AdminError::EntitlementExists(_)), "{e}");
-    let e = admin::entitlement_add(&store, "huge", 51).await.unwrap_err();
+    let e = admin::entitlement_add(&store, "huge", 51)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("--quota-machines 51"), "{e}");
     let e = admin::fleet_init(
         &store,
@@ -366,10 +513,17 @@ async fn bad_input_is_refused_and_changes_nothing() {
     .await
     .unwrap_err();
     assert!(matches!(e, AdminError::FleetExists { hosts: 50 }), "{e}");
-    assert_eq!(store.get(keys::ROOT, true, None).await.unwrap().revision, rev, "a refused command wrote");
+    assert_eq!(
+        store.get(keys::ROOT, true, None).await.unwrap().revision,
+        rev,
+        "a refused command wrote"
+    );
     // A scheduler name is unique while its session lives.
     let a = start(&store, "s1", 5);
-    until("s1 registered", Duration::from_secs(5), async || leaders(&store).await.len() == 1).await;
+    until("s1 registered", Duration::from_secs(5), async || {
+        leaders(&store).await.len() == 1
+    })
+    .await;
     let twin = start(&store, "s1", 5);
     let e = twin.task.await.unwrap().unwrap_err();
     assert!(matches!(e, SchedError::AlreadyRunning { .. }), "{e}");
