@@ -3,7 +3,11 @@
 //! kill -9, etcd restarts) are in `etcd_control_plane.rs`; these run anywhere, fast.
 //!
 //! Results are checked from the store's raw JSON, not through the crate's records.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_wrap,
+    clippy::cast_possible_truncation
+)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -343,8 +343,7 @@ impl Shard {
         let mut batch = Batch::default();
         let jobs: Vec<String> = self.jobs.keys().cloned().collect();
         for job in jobs {
-            loop {
-                let Some(js) = self.jobs.get(&job) else { break };
+            while let Some(js) = self.jobs.get(&job) {
                 let room = TASKS_PER_TXN - batch.tasks;
                 let missing: Vec<u32> = (0..js.record.replicas)
                     .filter(|i| !js.placed.contains_key(i))
@@ -512,6 +511,9 @@ fn p_demand(shard: &Shard, task: TaskId) -> Result<Capacity, SchedError> {
     })
 }
 
+/// One job's share of a batch: its name, id and the (replica, task) pairs placed.
+type Part = (String, JobId, Vec<(u32, TaskId)>);
+
 /// A placement transaction being built.
 #[derive(Debug, Default)]
 struct Batch {
@@ -522,7 +524,7 @@ struct Batch {
     /// Hosts joining, with their names.
     joined: Vec<(HostId, String)>,
     /// Per job: its name, id and the (replica, task) pairs placed.
-    parts: Vec<(String, JobId, Vec<(u32, TaskId)>)>,
+    parts: Vec<Part>,
     /// Tasks in it.
     tasks: usize,
 }
