@@ -880,3 +880,124 @@ async fn bad_input() {
     unchanged("the running scheduler", r1).await;
     let _ = &env.cluster;
 }
+
+/// The checker itself: a consistent hand-written state passes, and each kind of
+/// violation it is meant to find is found (so a passing check above means something).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_finds_violations() {
+    let Some(env) = env(1, 3, &[("e0", 1)]).await else {
+        return;
+    };
+    let s = &env.store;
+    let put = |k: &str, v: &str| {
+        let (s, k, v) = (s.clone(), k.to_owned(), v.to_owned());
+        async move {
+            s.txn(Txn::new().and_then([Op::put(k, v)]))
+                .await
+                .unwrap()
+                .revision
+        }
+    };
+    let del = |k: &str| {
+        let (s, k) = (s.clone(), k.to_owned());
+        async move {
+            s.txn(Txn::new().and_then([Op::delete(k)]))
+                .await
+                .unwrap()
+                .revision
+        }
+    };
+    let demand = r#"{"cpu_milli":1000,"memory_mib":1024}"#;
+    let task = |host: &str, writer: &str, epoch: i64, cpu: u64| {
+        format!(
+            r#"{{"host":"{host}","demand":{{"cpu_milli":{cpu},"memory_mib":1024}},"writer":"{writer}","epoch":{epoch}}}"#
+        )
+    };
+    let epoch = put("/twine/v1/ents/e0/leader", "s0").await;
+    put(
+        "/twine/v1/ents/e0/jobs/j",
+        &format!(
+            r#"{{"name":"j","entitlement":"e0","replicas":1,"demand":{demand},"spec":"","format":"toml"}}"#
+        ),
+    )
+    .await;
+    put("/twine/v1/hosts/h00000/owner", "e0").await;
+    let t0 = "/twine/v1/ents/e0/tasks/j/0";
+    put(t0, &task("h00000", "s0", epoch, 1000)).await;
+    let a0 = "/twine/v1/assign/h00000/j/0";
+    put(
+        a0,
+        &format!(r#"{{"entitlement":"e0","job":"j","index":0,"demand":{demand}}}"#),
+    )
+    .await;
+    put(
+        "/twine/v1/status/h00000/j/0",
+        r#"{"state":"running","agent":"simulated","detail":""}"#,
+    )
+    .await;
+    let st = checker::check_state(s, true).await.unwrap();
+    assert_eq!((st.tasks.len(), st.running), (1, 1));
+    assert_eq!(checker::check_history(s, 0).await.unwrap().task_puts, 1);
+
+    // State violations, each undone after it is found.
+    let bad_state = |what: &'static str, needle: &'static str| {
+        let s = s.clone();
+        async move {
+            let e = checker::check_state(&s, false).await.expect_err(what);
+            assert!(format!("{e:#}").contains(needle), "{what}: {e:#}");
+        }
+    };
+    put(t0, &task("h00000", "s0", epoch, 20_000)).await;
+    bad_state("over capacity", "over capacity").await;
+    put(t0, &task("h00001", "s0", epoch, 1000)).await;
+    bad_state("a host of another owner", "owned by").await;
+    put(t0, &task("h00000", "s0", epoch, 1000)).await;
+    put(
+        "/twine/v1/ents/e0/tasks/j/1",
+        &task("h00000", "s0", epoch, 1000),
+    )
+    .await;
+    bad_state("an index beyond replicas", "not below replicas").await;
+    del("/twine/v1/ents/e0/tasks/j/1").await;
+    put(
+        "/twine/v1/assign/h00000/j/7",
+        r#"{"entitlement":"e0","job":"j","index":7}"#,
+    )
+    .await;
+    bad_state("an assignment without a task", "no task record").await;
+    del("/twine/v1/assign/h00000/j/7").await;
+    del(a0).await;
+    bad_state("a task without an assignment", "assignment says None").await;
+    put(
+        a0,
+        &format!(r#"{{"entitlement":"e0","job":"j","index":0,"demand":{demand}}}"#),
+    )
+    .await;
+    put("/twine/v1/hosts/h00001/owner", "e0").await;
+    bad_state("hosts beyond quota", "quota 1").await;
+    put("/twine/v1/hosts/h00001/owner", "free").await;
+    checker::check_state(s, true).await.unwrap();
+
+    // History violations: a write after the leader key went, by another writer, at an
+    // old epoch.
+    del("/twine/v1/ents/e0/leader").await;
+    let base = put(t0, &task("h00000", "s0", epoch, 1000)).await;
+    let e = checker::check_history(s, 0)
+        .await
+        .expect_err("a write without a leader");
+    assert!(format!("{e:#}").contains("leader key was None"), "{e:#}");
+    let epoch2 = put("/twine/v1/ents/e0/leader", "s1").await;
+    let base2 = put(t0, &task("h00000", "s1", epoch2, 1000)).await;
+    assert_eq!(checker::check_history(s, base).await.unwrap().task_puts, 1);
+    put(t0, &task("h00000", "s0", epoch, 1000)).await;
+    let e = checker::check_history(s, base2)
+        .await
+        .expect_err("a write of the deposed leader");
+    assert!(format!("{e:#}").contains("by s0 (epoch"), "{e:#}");
+    let base3 = put(t0, &task("h00000", "s1", epoch2, 1000)).await;
+    put(t0, &task("h00000", "s1", epoch, 1000)).await;
+    let e = checker::check_history(s, base3)
+        .await
+        .expect_err("a write at an old epoch");
+    assert!(format!("{e:#}").contains("epoch"), "{e:#}");
+}
