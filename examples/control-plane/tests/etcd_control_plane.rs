@@ -333,6 +333,22 @@ async fn wait_leaders(
     }
 }
 
+/// etcd's count of slow watchers (ones it stopped sending to: their stream's buffer
+/// is full), from its metrics on the client URL.
+fn slow_watchers(endpoint: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_slow_watcher_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 async fn complete(store: &EtcdStore, timeout: Duration) -> State {
     match checker::wait_complete(store, timeout).await {
         Ok(st) => st,
@@ -676,30 +692,48 @@ async fn compacted_watch_rebuilds_from_a_snapshot() {
 
     sched.signal(Signal::SIGSTOP);
     agents.signal(Signal::SIGSTOP);
-    // Separate writes of 1 KB under both watched prefixes, 8 writers at a time, until
-    // the stopped watchers fall behind far enough that etcd stops sending to them.
-    const WRITES: usize = 6000;
+    // Separate writes of 1 KB under both watched prefixes, 8 writers at a time, in
+    // rounds of 1000, until etcd counts both stopped watchers (the scheduler's on
+    // /twine/v1/ents/, the agents' on /twine/v1/assign/) as slow: it stopped sending to
+    // them because their streams' buffers are full (about 4000 to 6000 writes here).
+    // Then one more round, so they are well behind the compaction.
     let started = Instant::now();
-    let value = "x".repeat(1024);
-    let mut writers = Vec::new();
-    for w in 0..8 {
-        let (store, value) = (env.store.clone(), value.clone());
-        writers.push(tokio::spawn(async move {
-            for i in (w..WRITES).step_by(8) {
-                let key = if i % 2 == 0 {
-                    format!("/twine/v1/assign/junk-host/junk/{i}")
-                } else {
-                    format!("/twine/v1/ents/zz-junk/junk/{i}")
-                };
-                store
-                    .txn(Txn::new().and_then([Op::put(key, value.clone())]))
-                    .await
-                    .unwrap();
+    let mut writes = 0;
+    let mut extra_rounds = 1;
+    loop {
+        let slow = slow_watchers(&env.cluster.endpoint(0));
+        if slow >= 2 {
+            if extra_rounds == 0 {
+                break;
             }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
+            extra_rounds -= 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "etcd still sends to the stopped watchers after {writes} writes in {:?} ({slow} slow watchers)",
+            started.elapsed()
+        );
+        let mut writers = Vec::new();
+        for w in 0..8 {
+            let (store, value) = (env.store.clone(), "x".repeat(1024));
+            writers.push(tokio::spawn(async move {
+                for i in (writes + w..writes + 1000).step_by(8) {
+                    let key = if i % 2 == 0 {
+                        format!("/twine/v1/assign/junk-host/junk/{i}")
+                    } else {
+                        format!("/twine/v1/ents/zz-junk/junk/{i}")
+                    };
+                    store
+                        .txn(Txn::new().and_then([Op::put(key, value.clone())]))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        writes += 1000;
     }
     let rev = env.store.get("/", false, None).await.unwrap().revision;
     env.store.compact(rev).await.unwrap();
@@ -715,7 +749,7 @@ async fn compacted_watch_rebuilds_from_a_snapshot() {
     ]);
     env.store.txn(junk).await.unwrap();
     eprintln!(
-        "compaction: {WRITES} writes in {:?}, compacted at {rev}",
+        "compaction: {writes} writes in {:?}, compacted at {rev}",
         started.elapsed()
     );
     sched.signal(Signal::SIGCONT);
