@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use twine_spec::{Format, JobSpec};
 
 use crate::keys::{self, BadName, FREE};
-use crate::model::{self, BadRecord, Capacity, EntitlementRecord, FleetRecord, HostInfo, JobRecord};
+use crate::model::{
+    self, BadRecord, Capacity, EntitlementRecord, FleetRecord, HostInfo, JobRecord,
+};
 use crate::store::{CmpOp, Compare, MAX_TXN_OPS, Op, Store, StoreError, Txn};
 
 /// The fleet `fleet init` lays out.
@@ -131,7 +133,10 @@ pub async fn fleet_init<S: Store>(store: &S, cfg: &FleetConfig) -> Result<FleetR
     if cfg.shape.cpu_milli == 0 || cfg.shape.memory_mib == 0 {
         return bad(
             "--shape",
-            format!("{},{},{}", cfg.shape.cpu_milli, cfg.shape.memory_mib, cfg.gpus),
+            format!(
+                "{},{},{}",
+                cfg.shape.cpu_milli, cfg.shape.memory_mib, cfg.gpus
+            ),
             "CPU and memory must be positive",
         );
     }
@@ -191,7 +196,12 @@ fn host_info(f: &FleetRecord, name: &str) -> Result<HostInfo, AdminError> {
         capacity: f.shape,
         gpus: f.gpus,
         machine_type: f.machine_type.clone(),
-        domain: ["region1".into(), format!("dc{dc}"), format!("pd{pd}"), format!("rack{rack}")],
+        domain: [
+            "region1".into(),
+            format!("dc{dc}"),
+            format!("pd{pd}"),
+            format!("rack{rack}"),
+        ],
     })
 }
 
@@ -204,7 +214,11 @@ async fn fleet<S: Store>(store: &S) -> Result<FleetRecord, AdminError> {
 }
 
 /// Adds an entitlement with a quota of `quota_machines` hosts.
-pub async fn entitlement_add<S: Store>(store: &S, name: &str, quota_machines: u32) -> Result<(), AdminError> {
+pub async fn entitlement_add<S: Store>(
+    store: &S,
+    name: &str,
+    quota_machines: u32,
+) -> Result<(), AdminError> {
     keys::check_name("entitlement", name)?;
     let f = fleet(store).await?;
     if quota_machines == 0 || quota_machines > f.hosts {
@@ -217,7 +231,10 @@ pub async fn entitlement_add<S: Store>(store: &S, name: &str, quota_machines: u3
     let key = keys::ent_spec(name);
     let txn = Txn::new()
         .when([Compare::create_revision(&key, CmpOp::Equal, 0)])
-        .and_then([Op::put(&key, model::encode(&EntitlementRecord { quota_machines }))]);
+        .and_then([Op::put(
+            &key,
+            model::encode(&EntitlementRecord { quota_machines }),
+        )]);
     if !store.txn(txn).await?.succeeded {
         return Err(AdminError::EntitlementExists(name.to_owned()));
     }
@@ -242,11 +259,13 @@ pub fn read_spec(path: &Path) -> Result<Submission, AdminError> {
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let format = Format::from_path(path).ok_or_else(|| err("unknown format: use .toml, .json, .yaml or .yml".into()))?;
+    let format = Format::from_path(path)
+        .ok_or_else(|| err("unknown format: use .toml, .json, .yaml or .yml".into()))?;
     let spec = JobSpec::parse(&text, format).map_err(|e| err(e.to_string()))?;
     let job = spec.validate().map_err(|e| err(e.to_string()))?;
     keys::check_name("job", &job.name).map_err(|e| err(format!("name: {e}")))?;
-    keys::check_name("entitlement", &job.entitlement).map_err(|e| err(format!("entitlement: {e}")))?;
+    keys::check_name("entitlement", &job.entitlement)
+        .map_err(|e| err(format!("entitlement: {e}")))?;
     let cpu = job
         .task
         .resources
@@ -301,12 +320,18 @@ fn hosts_needed(shape: Capacity, d: Capacity, n: u64) -> Option<u64> {
 /// still absent, up to 64 jobs per transaction (all or none within one). Returns the
 /// records written.
 pub async fn submit<S: Store>(store: &S, paths: &[PathBuf]) -> Result<Vec<JobRecord>, AdminError> {
-    let subs: Vec<Submission> = paths.iter().map(|p| read_spec(p)).collect::<Result<_, _>>()?;
+    let subs: Vec<Submission> = paths
+        .iter()
+        .map(|p| read_spec(p))
+        .collect::<Result<_, _>>()?;
     submit_records(store, subs).await
 }
 
 /// [`submit`] for submissions already read (by [`read_spec`], or built in code).
-pub async fn submit_records<S: Store>(store: &S, subs: Vec<Submission>) -> Result<Vec<JobRecord>, AdminError> {
+pub async fn submit_records<S: Store>(
+    store: &S,
+    subs: Vec<Submission>,
+) -> Result<Vec<JobRecord>, AdminError> {
     let f = fleet(store).await?;
     for s in &subs {
         keys::check_name("job", &s.record.name)?;
@@ -345,7 +370,10 @@ pub async fn submit_records<S: Store>(store: &S, subs: Vec<Submission>) -> Resul
                 },
             });
         };
-        if jobs.insert((r.entitlement.clone(), r.name.clone()), ()).is_some() {
+        if jobs
+            .insert((r.entitlement.clone(), r.name.clone()), ())
+            .is_some()
+        {
             return Err(AdminError::JobExists {
                 path: s.path.clone(),
                 job: r.name.clone(),
@@ -358,8 +386,14 @@ pub async fn submit_records<S: Store>(store: &S, subs: Vec<Submission>) -> Resul
             .div_ceil(f.shape.cpu_milli)
             .max(before.1.div_ceil(f.shape.memory_mib));
         let n = u64::from(r.replicas);
-        let after = (before.0 + r.demand.cpu_milli * n, before.1 + r.demand.memory_mib * n);
-        let needs_all = after.0.div_ceil(f.shape.cpu_milli).max(after.1.div_ceil(f.shape.memory_mib));
+        let after = (
+            before.0 + r.demand.cpu_milli * n,
+            before.1 + r.demand.memory_mib * n,
+        );
+        let needs_all = after
+            .0
+            .div_ceil(f.shape.cpu_milli)
+            .max(after.1.div_ceil(f.shape.memory_mib));
         match hosts_needed(f.shape, r.demand, n) {
             Some(_) if needs_all <= u64::from(q) => {}
             alone => {

@@ -41,7 +41,11 @@ fn status_key(assign_key: &str) -> Option<String> {
 
 /// Runs the simulated agents of every host until `stop` turns true. Store failures
 /// are retried (with the tasks left running); only `stop` ends it.
-pub async fn run_simulated<S: Store>(store: S, mut stop: watch::Receiver<bool>, stats: Arc<AgentStats>) {
+pub async fn run_simulated<S: Store>(
+    store: S,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<AgentStats>,
+) {
     // What runs, by assignment key: survives every resync, as real tasks would.
     let mut running: BTreeMap<String, ()> = BTreeMap::new();
     loop {
@@ -72,7 +76,11 @@ async fn sync_and_follow<S: Store>(
     let r: Revision = assigned.revision;
     let reported = store.get(keys::STATUS, true, Some(r)).await?;
     let want: BTreeMap<String, ()> = assigned.kvs.iter().map(|kv| (kv.key.clone(), ())).collect();
-    let have: BTreeMap<String, String> = reported.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect();
+    let have: BTreeMap<String, String> = reported
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
     let mut ops = Vec::new();
     let running_now = model::encode(&StatusRecord {
         state: TaskState::Running,
@@ -89,23 +97,37 @@ async fn sync_and_follow<S: Store>(
             ops.push(Op::put(sk, running_now.clone()));
         }
     }
-    let gone: Vec<String> = running.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
+    let gone: Vec<String> = running
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .cloned()
+        .collect();
     for key in gone {
         running.remove(&key);
         stats.stopped.fetch_add(1, Ordering::Relaxed);
     }
     for sk in have.keys() {
-        let ak = sk.strip_prefix(keys::STATUS).map(|rest| format!("{}{rest}", keys::ASSIGN));
+        let ak = sk
+            .strip_prefix(keys::STATUS)
+            .map(|rest| format!("{}{rest}", keys::ASSIGN));
         if ak.is_some_and(|ak| !want.contains_key(&ak)) {
             ops.push(Op::delete(sk.clone()));
         }
     }
     flush(store, &mut ops).await?;
     let mut w = store.watch(keys::ASSIGN, r + 1).await?;
+    // Reports are gathered for up to BATCH after the first change, so a burst of
+    // assignments costs a few transactions rather than one per watch message.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let msg = tokio::select! {
             m = w.next() => m,
             _ = stop.changed() => return Ok(()),
+            _ = sleep_until(deadline) => {
+                deadline = None;
+                flush(store, &mut ops).await?;
+                continue;
+            }
         };
         match msg {
             Some(Ok(WatchMessage::Events(events))) => {
@@ -129,7 +151,12 @@ async fn sync_and_follow<S: Store>(
                         }
                     }
                 }
-                flush(store, &mut ops).await?;
+                if ops.len() >= MAX_TXN_OPS {
+                    deadline = None;
+                    flush(store, &mut ops).await?;
+                } else if !ops.is_empty() && deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + BATCH);
+                }
             }
             Some(Ok(WatchMessage::Progress(_))) => {}
             Some(Ok(WatchMessage::Canceled { compact_revision })) => {
@@ -141,6 +168,17 @@ async fn sync_and_follow<S: Store>(
             Some(Err(e)) => return Err(e),
             None => return Err(StoreError::Backend("assignment watch ended".into())),
         }
+    }
+}
+
+/// How long reports wait for company before they are written.
+const BATCH: Duration = Duration::from_millis(20);
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -156,7 +194,9 @@ async fn flush<S: Store>(store: &S, ops: &mut Vec<Op>) -> Result<(), StoreError>
     }
     let all: Vec<Op> = last.into_values().collect();
     for chunk in all.chunks(MAX_TXN_OPS) {
-        store.txn(Txn::new().and_then(chunk.iter().cloned())).await?;
+        store
+            .txn(Txn::new().and_then(chunk.iter().cloned()))
+            .await?;
     }
     Ok(())
 }

@@ -72,7 +72,10 @@ pub async fn dump<S: Store>(store: &S) -> Result<Dump, DumpError> {
     for kv in &all.kvs {
         if let Some(parts) = keys::split(keys::HOSTS, &kv.key) {
             match parts.as_slice() {
-                [h, "info"] => hosts.entry((*h).to_owned()).or_default().0 = Some(model::decode(&kv.key, &kv.value)?),
+                [h, "info"] => {
+                    hosts.entry((*h).to_owned()).or_default().0 =
+                        Some(model::decode(&kv.key, &kv.value)?)
+                }
                 [h, "owner"] => hosts.entry((*h).to_owned()).or_default().1 = kv.value.clone(),
                 _ => {}
             }
@@ -112,7 +115,9 @@ pub async fn dump<S: Store>(store: &S) -> Result<Dump, DumpError> {
                 let sk = keys::status(&rec.host, &job, i);
                 TaskDump {
                     id: format!("{job}/{i}"),
-                    state: status.get(sk.as_str()).map_or(TaskState::Pending, |s| s.state),
+                    state: status
+                        .get(sk.as_str())
+                        .map_or(TaskState::Pending, |s| s.state),
                     job,
                     entitlement: e,
                     host: rec.host,

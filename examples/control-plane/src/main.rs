@@ -22,7 +22,11 @@ use twine_control::{bench, dump};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
-#[command(name = "twine-control", version, about = "A reference control plane for twine on etcd")]
+#[command(
+    name = "twine-control",
+    version,
+    about = "A reference control plane for twine on etcd"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,6 +95,9 @@ enum Command {
     },
     /// Measures placements per second and writes per placement, all in this process.
     Bench(bench::BenchArgs),
+    /// Measures failover: kills the leader of an entitlement, times until its successor
+    /// places (scheduler processes of this binary, against etcd).
+    BenchFailover(bench::failover::FailoverArgs),
 }
 
 #[derive(Subcommand)]
@@ -104,7 +111,11 @@ enum FleetCommand {
         #[arg(long)]
         hosts: u32,
         /// Every host's shape.
-        #[arg(long, default_value = "18000,65536,0", value_name = "CPU_MILLI,MEMORY_MIB,GPUS")]
+        #[arg(
+            long,
+            default_value = "18000,65536,0",
+            value_name = "CPU_MILLI,MEMORY_MIB,GPUS"
+        )]
         shape: String,
         /// Racks per power domain (20 hosts per rack, 8 power domains per datacenter).
         #[arg(long, default_value_t = 10, value_name = "K")]
@@ -129,7 +140,10 @@ enum EntitlementCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let long_running = matches!(cli.command, Command::Scheduler { .. } | Command::Agents { .. });
+    let long_running = matches!(
+        cli.command,
+        Command::Scheduler { .. } | Command::Agents { .. }
+    );
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(if long_running {
@@ -138,7 +152,10 @@ fn main() -> ExitCode {
             tracing::Level::WARN
         })
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("twine-control: cannot start the runtime: {e}");
@@ -184,7 +201,8 @@ fn parse_shape(s: &str) -> Result<(Capacity, u8)> {
             .parse::<u64>()
             .with_context(|| format!("--shape {s:?}: {what} {v:?} is not a whole number"))
     };
-    let gpus = u8::try_from(num("GPUS", gpus)?).with_context(|| format!("--shape {s:?}: at most 255 GPUs"))?;
+    let gpus = u8::try_from(num("GPUS", gpus)?)
+        .with_context(|| format!("--shape {s:?}: at most 255 GPUs"))?;
     Ok((
         Capacity {
             cpu_milli: num("CPU_MILLI", cpu)?,
@@ -287,7 +305,11 @@ async fn run(command: Command) -> Result<()> {
             for job in admin::submit(&store, &specs).await? {
                 println!(
                     "submitted {}: {} x ({} mCPU, {} MiB) in {}",
-                    job.name, job.replicas, job.demand.cpu_milli, job.demand.memory_mib, job.entitlement
+                    job.name,
+                    job.replicas,
+                    job.demand.cpu_milli,
+                    job.demand.memory_mib,
+                    job.entitlement
                 );
             }
         }
@@ -301,7 +323,10 @@ async fn run(command: Command) -> Result<()> {
                     "revision {}: {} hosts ({} free), {} tasks ({} running)",
                     d.revision,
                     d.hosts.len(),
-                    d.hosts.iter().filter(|h| h.owner == twine_control::keys::FREE).count(),
+                    d.hosts
+                        .iter()
+                        .filter(|h| h.owner == twine_control::keys::FREE)
+                        .count(),
                     d.tasks.len(),
                     d.tasks
                         .iter()
@@ -312,6 +337,10 @@ async fn run(command: Command) -> Result<()> {
                     println!("  {e}: led by {s}");
                 }
             }
+        }
+        Command::BenchFailover(args) => {
+            let report = bench::failover::run(&args).await?;
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::Bench(args) => {
             let report = bench::run(&args).await?;

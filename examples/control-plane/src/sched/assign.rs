@@ -100,7 +100,10 @@ mod tests {
         let moved = er.iter().filter(|e| before[*e] != after[*e]).count();
         let owned = er.iter().filter(|e| before[*e] == all[0]).count();
         // Its own entitlements must move; the load bound moves a few more, not most.
-        assert!(moved >= owned && moved < 200 / 2, "moved {moved}, owned {owned}");
+        assert!(
+            moved >= owned && moved < 200 / 2,
+            "moved {moved}, owned {owned}"
+        );
         assert!(er.iter().all(|e| after[*e] != all[0]));
     }
 }

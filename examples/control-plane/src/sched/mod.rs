@@ -44,7 +44,9 @@ pub enum SchedError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Another process runs under this name.
-    #[error("scheduler {name:?} is already running (registered at revision {since}); names must be unique")]
+    #[error(
+        "scheduler {name:?} is already running (registered at revision {since}); names must be unique"
+    )]
     AlreadyRunning {
         /// The name.
         name: String,
@@ -130,7 +132,11 @@ impl Default for SchedulerHandle {
 
 /// Runs a scheduler until [`SchedulerHandle::stop`], or an error. On stop it hands its
 /// entitlements over (deletes its leader keys) and revokes its session.
-pub async fn run<S: Store>(store: S, config: SchedulerConfig, handle: SchedulerHandle) -> Result<(), SchedError> {
+pub async fn run<S: Store>(
+    store: S,
+    config: SchedulerConfig,
+    handle: SchedulerHandle,
+) -> Result<(), SchedError> {
     keys::check_name("scheduler", &config.name)?;
     let fleet = store.get(keys::FLEET, false, None).await?;
     if fleet.kvs.is_empty() {
@@ -144,7 +150,11 @@ pub async fn run<S: Store>(store: S, config: SchedulerConfig, handle: SchedulerH
         .or_else([Op::get(&me)]);
     let res = store.txn(reg).await?;
     if !res.succeeded {
-        let since = res.responses.first().and_then(|r| r.first()).map_or(0, |kv| kv.create_revision);
+        let since = res
+            .responses
+            .first()
+            .and_then(|r| r.first())
+            .map_or(0, |kv| kv.create_revision);
         store.lease_revoke(lease.id).await.ok();
         return Err(SchedError::AlreadyRunning {
             name: config.name.clone(),
@@ -153,7 +163,14 @@ pub async fn run<S: Store>(store: S, config: SchedulerConfig, handle: SchedulerH
     }
     tracing::info!(scheduler = %config.name, lease = lease.id, ttl = lease.ttl, "registered");
     let (lost_tx, mut lost) = watch::channel(false);
-    let keeper = tokio::spawn(keep_alive(store.clone(), lease.id, lease.ttl, lost_tx));
+    // Ends with this future, however it ends (also when its task is aborted): a
+    // scheduler that is gone must not keep its lease alive.
+    let _keeper = AbortOnDrop(tokio::spawn(keep_alive(
+        store.clone(),
+        lease.id,
+        lease.ttl,
+        lost_tx,
+    )));
     let mut s = Scheduler {
         store: store.clone(),
         name: config.name.clone(),
@@ -180,16 +197,27 @@ pub async fn run<S: Store>(store: S, config: SchedulerConfig, handle: SchedulerH
             other => break other,
         }
     };
-    keeper.abort();
     if result.is_ok() || matches!(result, Err(SchedError::Store(_))) {
         s.resign().await;
     }
     result
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A store error that may go away on its own (as opposed to a refused request).
 fn transient(e: &StoreError) -> bool {
-    matches!(e, StoreError::Unreachable { .. } | StoreError::Backend(_) | StoreError::Compacted { .. })
+    matches!(
+        e,
+        StoreError::Unreachable { .. } | StoreError::Backend(_) | StoreError::Compacted { .. }
+    )
 }
 
 async fn keep_alive<S: Store>(store: S, lease: LeaseId, ttl: i64, lost: watch::Sender<bool>) {
@@ -233,7 +261,12 @@ impl<S: Store> Scheduler<S> {
             let fleet = self.store.get(keys::FLEET, false, Some(r)).await?;
             self.view = View::from_snapshot(
                 r,
-                scheds.kvs.iter().chain(&ents.kvs).chain(&hosts.kvs).chain(&fleet.kvs),
+                scheds
+                    .kvs
+                    .iter()
+                    .chain(&ents.kvs)
+                    .chain(&hosts.kvs)
+                    .chain(&fleet.kvs),
             )?;
             // Shards built before this snapshot are rebuilt from the store too.
             self.shards.clear();
@@ -262,7 +295,10 @@ impl<S: Store> Scheduler<S> {
                     }
                     Some(Ok(WatchMessage::Progress(_))) => {}
                     Some(Ok(WatchMessage::Canceled { compact_revision })) => {
-                        tracing::warn!(compact_revision, "watch compacted away; rebuilding from a snapshot");
+                        tracing::warn!(
+                            compact_revision,
+                            "watch compacted away; rebuilding from a snapshot"
+                        );
                         continue 'rebuild;
                     }
                     Some(Err(e)) => {
@@ -292,8 +328,14 @@ impl<S: Store> Scheduler<S> {
             .shards
             .iter()
             .filter(|(e, sh)| {
-                self.view.ents.get(*e).and_then(|v| v.leader.as_ref()).is_some_and(|(who, rev)| who != &self.name || *rev != sh.epoch)
-                    || self.view.ents.get(*e).is_some_and(|v| v.leader.is_none() && self.view.ents_revision > sh.revision)
+                self.view
+                    .ents
+                    .get(*e)
+                    .and_then(|v| v.leader.as_ref())
+                    .is_some_and(|(who, rev)| who != &self.name || *rev != sh.epoch)
+                    || self.view.ents.get(*e).is_some_and(|v| {
+                        v.leader.is_none() && self.view.ents_revision > sh.revision
+                    })
             })
             .map(|(e, _)| e.clone())
             .collect();
@@ -311,7 +353,9 @@ impl<S: Store> Scheduler<S> {
             .collect();
         for e in handover {
             if let Some(sh) = self.shards.remove(&e) {
-                let txn = Txn::new().when([sh.fence()]).and_then([Op::delete(keys::ent_leader(&e))]);
+                let txn = Txn::new()
+                    .when([sh.fence()])
+                    .and_then([Op::delete(keys::ent_leader(&e))]);
                 if self.store.txn(txn).await?.succeeded {
                     tracing::info!(entitlement = %e, to = %desired[&e], "handed over");
                 } else {
@@ -326,7 +370,9 @@ impl<S: Store> Scheduler<S> {
             .view
             .ents
             .iter()
-            .filter(|(e, _)| !self.shards.contains_key(*e) && desired.get(*e).is_none_or(|d| d != &self.name))
+            .filter(|(e, _)| {
+                !self.shards.contains_key(*e) && desired.get(*e).is_none_or(|d| d != &self.name)
+            })
             .filter_map(|(e, v)| match &v.leader {
                 Some((who, rev)) if who == &self.name => Some((e.clone(), *rev)),
                 _ => None,
@@ -373,12 +419,16 @@ impl<S: Store> Scheduler<S> {
         // Place.
         let names: Vec<String> = self.shards.keys().cloned().collect();
         for e in names {
-            let Some(sh) = self.shards.get_mut(&e) else { continue };
+            let Some(sh) = self.shards.get_mut(&e) else {
+                continue;
+            };
             match sh.place(&self.store).await? {
                 Outcome::Leading(p) => {
                     self.stats.placed.fetch_add(p.tasks, Ordering::Relaxed);
                     self.stats.txns.fetch_add(p.txns, Ordering::Relaxed);
-                    self.stats.conflicts.fetch_add(p.conflicts, Ordering::Relaxed);
+                    self.stats
+                        .conflicts
+                        .fetch_add(p.conflicts, Ordering::Relaxed);
                     for (other, sh) in self.shards.iter_mut() {
                         if *other != e {
                             for host in &p.joined {
@@ -401,7 +451,9 @@ impl<S: Store> Scheduler<S> {
     /// the lease expires on its own).
     async fn resign(&mut self) {
         for (e, sh) in std::mem::take(&mut self.shards) {
-            let txn = Txn::new().when([sh.fence()]).and_then([Op::delete(keys::ent_leader(&e))]);
+            let txn = Txn::new()
+                .when([sh.fence()])
+                .and_then([Op::delete(keys::ent_leader(&e))]);
             self.store.txn(txn).await.ok();
         }
         self.store.lease_revoke(self.lease).await.ok();

@@ -95,7 +95,9 @@ impl Shard {
         name: &str,
         epoch: Revision,
     ) -> Result<Shard, SchedError> {
-        let ents = store.get(&format!("{}{name}/", keys::ENTS), true, None).await?;
+        let ents = store
+            .get(&format!("{}{name}/", keys::ENTS), true, None)
+            .await?;
         let hosts = store.get(keys::HOSTS, true, Some(ents.revision)).await?;
         let view = View::from_snapshot(ents.revision, ents.kvs.iter().chain(&hosts.kvs))?;
         let spec = view
@@ -108,23 +110,30 @@ impl Shard {
             _ => return Err(SchedError::Deposed(name.to_owned())),
         }
         // A seed per entitlement: shards racing for free hosts try them in different orders.
-        let mut alloc = Allocator::new(AllocatorConfig::default().with_seed(super::assign::fnv1a(&[name])));
+        let mut alloc =
+            Allocator::new(AllocatorConfig::default().with_seed(super::assign::fnv1a(&[name])));
         let mut ids = HashMap::new();
         let mut names = Vec::new();
         let mut machine_type = None;
         for (host, entry) in &view.hosts {
             let Some(info) = &entry.info else { continue };
             let [r, dc, pd, rack] = &info.domain;
-            let spec = HostSpec::new(Resources::new(info.capacity.cpu_milli, info.capacity.memory_mib))
-                .machine_type(&info.machine_type)
-                .domain([r, dc, pd, rack]);
+            let spec = HostSpec::new(Resources::new(
+                info.capacity.cpu_milli,
+                info.capacity.memory_mib,
+            ))
+            .machine_type(&info.machine_type)
+            .domain([r, dc, pd, rack]);
             let id = alloc.add_host(&spec)?;
             ids.insert(host.clone(), id);
             names.push(host.clone());
             machine_type.get_or_insert_with(|| info.machine_type.clone());
         }
         let machine_type = machine_type.unwrap_or_else(|| "standard".to_owned());
-        let ent = alloc.add_entitlement(name, Quota::machines([(machine_type.as_str(), spec.quota_machines)]))?;
+        let ent = alloc.add_entitlement(
+            name,
+            Quota::machines([(machine_type.as_str(), spec.quota_machines)]),
+        )?;
         let mut shard = Shard {
             name: name.to_owned(),
             epoch,
@@ -167,7 +176,9 @@ impl Shard {
                 placed.push((i, t));
             }
             shard.alloc.place_at(&req, &hosts).map_err(|e| {
-                SchedError::Inconsistent(format!("entitlement {name}, job {job}: the store's placements do not fit: {e}"))
+                SchedError::Inconsistent(format!(
+                    "entitlement {name}, job {job}: the store's placements do not fit: {e}"
+                ))
             })?;
             if let Some(js) = shard.jobs.get_mut(job) {
                 js.placed.extend(placed);
@@ -177,7 +188,9 @@ impl Shard {
         // released (they hold no task) go back to the pool in the store too.
         let mut release = Vec::new();
         for (host, entry) in &view.hosts {
-            let Some(&id) = shard.ids.get(host) else { continue };
+            let Some(&id) = shard.ids.get(host) else {
+                continue;
+            };
             match entry.owner.as_deref() {
                 Some(FREE) | None => {}
                 Some(o) if o == name => {
@@ -229,17 +242,18 @@ impl Shard {
     }
 
     fn host_id(&self, host: &str) -> Result<HostId, SchedError> {
-        self.ids
-            .get(host)
-            .copied()
-            .ok_or_else(|| SchedError::Inconsistent(format!("entitlement {}: unknown host {host}", self.name)))
+        self.ids.get(host).copied().ok_or_else(|| {
+            SchedError::Inconsistent(format!("entitlement {}: unknown host {host}", self.name))
+        })
     }
 
     fn host_name(&self, id: HostId) -> Result<&str, SchedError> {
         self.names
             .get(id.0 as usize)
             .map(String::as_str)
-            .ok_or_else(|| SchedError::Inconsistent(format!("entitlement {}: unknown {id}", self.name)))
+            .ok_or_else(|| {
+                SchedError::Inconsistent(format!("entitlement {}: unknown {id}", self.name))
+            })
     }
 
     /// The request every placement of a job is made with (the same on every leader,
@@ -254,7 +268,12 @@ impl Shard {
     }
 
     /// Follows one change the watch saw (changes at or before the snapshot are in it).
-    pub(crate) fn observe(&mut self, revision: Revision, change: &Change, view: &View) -> Result<(), SchedError> {
+    pub(crate) fn observe(
+        &mut self,
+        revision: Revision,
+        change: &Change,
+        view: &View,
+    ) -> Result<(), SchedError> {
         if revision <= self.revision {
             return Ok(());
         }
@@ -265,7 +284,9 @@ impl Shard {
                 }
             }
             Change::HostOwner(host, owner) => {
-                let Some(&id) = self.ids.get(host) else { return Ok(()) };
+                let Some(&id) = self.ids.get(host) else {
+                    return Ok(());
+                };
                 match owner.as_deref() {
                     Some(FREE) => {
                         if self.foreign.remove(&id) {
@@ -284,7 +305,9 @@ impl Shard {
 
     /// A host another entitlement took: cordoned here (a no-op if known already).
     pub(crate) fn taken(&mut self, host: &str) -> Result<(), SchedError> {
-        let Some(&id) = self.ids.get(host) else { return Ok(()) };
+        let Some(&id) = self.ids.get(host) else {
+            return Ok(());
+        };
         if self.foreign.contains(&id) {
             return Ok(());
         }
@@ -307,20 +330,24 @@ impl Shard {
             .sum()
     }
 
-    /// Places what is pending, in fenced transactions of up to [`TASKS_PER_TXN`] tasks.
+    /// Places what is pending, in fenced transactions of up to [`TASKS_PER_TXN`] tasks
+    /// (of one job or several). A transaction refused because a host was taken undoes
+    /// its placements in the allocator and ends the round; the next round retries
+    /// without that host.
     pub(crate) async fn place<S: Store>(&mut self, store: &S) -> Result<Outcome, SchedError> {
         let mut done = Placed::default();
         if !self.dirty {
             return Ok(Outcome::Leading(done));
         }
         self.dirty = false;
+        let mut batch = Batch::default();
         let jobs: Vec<String> = self.jobs.keys().cloned().collect();
         for job in jobs {
-            loop {
-                let Some(js) = self.jobs.get(&job) else { break };
+            while let Some(js) = self.jobs.get(&job) {
+                let room = TASKS_PER_TXN - batch.tasks;
                 let missing: Vec<u32> = (0..js.record.replicas)
                     .filter(|i| !js.placed.contains_key(i))
-                    .take(TASKS_PER_TXN)
+                    .take(room)
                     .collect();
                 if missing.is_empty() {
                     break;
@@ -334,82 +361,172 @@ impl Shard {
                     index_of.insert(t, i);
                 }
                 let out = self.alloc.apply(&req)?;
-                if out.placed.is_empty() {
+                if !out.placed.is_empty() {
+                    self.add_to(&mut batch, &job, jid, &out, &index_of)?;
+                }
+                // The job's replicas are in the batch up to its room; only a full batch,
+                // once committed, leaves more of this job to place in this round.
+                if batch.tasks < TASKS_PER_TXN {
                     break;
                 }
-                let mut txn = Txn::new().when([self.fence()]);
-                let mut otherwise = vec![Op::get(keys::ent_leader(&self.name))];
-                for &h in &out.hosts_joined {
-                    let host = self.host_name(h)?.to_owned();
-                    txn = txn
-                        .when([Compare::value(keys::host_owner(&host), CmpOp::Equal, FREE)])
-                        .and_then([Op::put(keys::host_owner(&host), self.name.clone())]);
-                    otherwise.push(Op::get(keys::host_owner(&host)));
+                if let Some(o) = self.commit(store, &mut batch, &mut done).await? {
+                    return Ok(o);
                 }
-                for &h in &out.hosts_released {
-                    let host = self.host_name(h)?.to_owned();
-                    txn = txn.and_then([Op::put(keys::host_owner(&host), FREE)]);
+                if self.dirty || out.placed.len() < missing.len() {
+                    return Ok(Outcome::Leading(done));
                 }
-                for p in &out.placed {
-                    let i = index_of[&p.task];
-                    let host = self.host_name(p.host)?.to_owned();
-                    let rec = TaskRecord {
-                        host: host.clone(),
-                        demand: Capacity {
-                            cpu_milli: d.resources.cpu_milli,
-                            memory_mib: d.resources.memory_mib,
-                        },
-                        writer: self.scheduler.clone(),
-                        epoch: self.epoch,
-                    };
-                    let assign = Assignment {
-                        entitlement: self.name.clone(),
-                        job: job.clone(),
-                        index: i,
-                        demand: rec.demand,
-                    };
-                    txn = txn.and_then([
-                        Op::put(keys::task(&self.name, &job, i), model::encode(&rec)),
-                        Op::put(keys::assign(&host, &job, i), model::encode(&assign)),
-                    ]);
-                }
-                let txn = txn.or_else(otherwise);
-                let res = store.txn(txn).await?;
-                if res.succeeded {
-                    for &h in &out.hosts_joined {
-                        done.joined.push(self.host_name(h)?.to_owned());
-                    }
-                    done.txns += 1;
-                    done.tasks += out.placed.len() as u64;
-                    if let Some(js) = self.jobs.get_mut(&job) {
-                        for p in &out.placed {
-                            js.placed.insert(index_of[&p.task], p.task);
-                        }
-                    }
-                    continue;
-                }
-                // Refused: either the fence (another leader) or a host taken meanwhile.
-                let leader = res.responses.first().and_then(|r| r.first());
-                if leader.is_none_or(|kv| kv.create_revision != self.epoch) {
-                    return Ok(Outcome::Deposed);
-                }
-                done.conflicts += 1;
-                let mut undo = self.request(jid);
-                for p in &out.placed {
-                    undo = undo.free(p.task);
-                }
-                self.alloc.apply(&undo)?;
-                for (k, &h) in out.hosts_joined.iter().enumerate() {
-                    let owner = res.responses.get(k + 1).and_then(|r| r.first()).map(|kv| kv.value.as_str());
-                    if owner != Some(FREE) && self.foreign.insert(h) {
-                        self.alloc.cordon(h)?;
-                    }
-                }
-                self.dirty = true;
             }
+        }
+        if let Some(o) = self.commit(store, &mut batch, &mut done).await? {
+            return Ok(o);
         }
         Ok(Outcome::Leading(done))
     }
+
+    /// Adds one allocation's placements to the transaction being built.
+    fn add_to(
+        &self,
+        batch: &mut Batch,
+        job: &str,
+        jid: JobId,
+        out: &twine_sched::Allocation,
+        index_of: &HashMap<TaskId, u32>,
+    ) -> Result<(), SchedError> {
+        for &h in &out.hosts_joined {
+            let host = self.host_name(h)?.to_owned();
+            batch
+                .when
+                .push(Compare::value(keys::host_owner(&host), CmpOp::Equal, FREE));
+            batch
+                .ops
+                .push(Op::put(keys::host_owner(&host), self.name.clone()));
+            batch.joined.push((h, host));
+        }
+        for &h in &out.hosts_released {
+            let host = self.host_name(h)?.to_owned();
+            batch.ops.push(Op::put(keys::host_owner(&host), FREE));
+        }
+        let mut tasks = Vec::new();
+        for p in &out.placed {
+            let i = *index_of.get(&p.task).ok_or_else(|| {
+                SchedError::Inconsistent(format!("{} placed but not asked for", p.task))
+            })?;
+            let host = self.host_name(p.host)?.to_owned();
+            let rec = TaskRecord {
+                host: host.clone(),
+                demand: p_demand(self, p.task)?,
+                writer: self.scheduler.clone(),
+                epoch: self.epoch,
+            };
+            let assign = Assignment {
+                entitlement: self.name.clone(),
+                job: job.to_owned(),
+                index: i,
+                demand: rec.demand,
+            };
+            batch
+                .ops
+                .push(Op::put(keys::task(&self.name, job, i), model::encode(&rec)));
+            batch
+                .ops
+                .push(Op::put(keys::assign(&host, job, i), model::encode(&assign)));
+            tasks.push((i, p.task));
+        }
+        batch.tasks += tasks.len();
+        batch.parts.push((job.to_owned(), jid, tasks));
+        Ok(())
+    }
+
+    /// Commits the batch (if any). `Some(Deposed)` if the fence failed; on a host
+    /// taken meanwhile, undoes the batch's placements, cordons the host and marks the
+    /// shard dirty.
+    async fn commit<S: Store>(
+        &mut self,
+        store: &S,
+        batch: &mut Batch,
+        done: &mut Placed,
+    ) -> Result<Option<Outcome>, SchedError> {
+        let b = std::mem::take(batch);
+        if b.tasks == 0 {
+            return Ok(None);
+        }
+        let mut otherwise = vec![Op::get(keys::ent_leader(&self.name))];
+        otherwise.extend(
+            b.joined
+                .iter()
+                .map(|(_, host)| Op::get(keys::host_owner(host))),
+        );
+        let txn = Txn::new()
+            .when([self.fence()])
+            .when(b.when)
+            .and_then(b.ops)
+            .or_else(otherwise);
+        let res = store.txn(txn).await?;
+        if res.succeeded {
+            done.txns += 1;
+            done.tasks += b.tasks as u64;
+            done.joined
+                .extend(b.joined.into_iter().map(|(_, host)| host));
+            for (job, _, tasks) in b.parts {
+                if let Some(js) = self.jobs.get_mut(&job) {
+                    js.placed.extend(tasks);
+                }
+            }
+            return Ok(None);
+        }
+        // Refused: either the fence (another leader) or a host taken meanwhile.
+        let leader = res.responses.first().and_then(|r| r.first());
+        if leader.is_none_or(|kv| kv.create_revision != self.epoch) {
+            return Ok(Some(Outcome::Deposed));
+        }
+        done.conflicts += 1;
+        for (_, jid, tasks) in &b.parts {
+            let mut undo = self.request(*jid);
+            for &(_, t) in tasks {
+                undo = undo.free(t);
+            }
+            self.alloc.apply(&undo)?;
+        }
+        for (k, (h, _)) in b.joined.iter().enumerate() {
+            let owner = res
+                .responses
+                .get(k + 1)
+                .and_then(|r| r.first())
+                .map(|kv| kv.value.as_str());
+            if owner != Some(FREE) && self.foreign.insert(*h) {
+                self.alloc.cordon(*h)?;
+            }
+        }
+        self.dirty = true;
+        Ok(None)
+    }
+}
+
+/// The demand a placed task holds in the allocator.
+fn p_demand(shard: &Shard, task: TaskId) -> Result<Capacity, SchedError> {
+    let r = shard.alloc.task_view(task)?.demand.resources;
+    Ok(Capacity {
+        cpu_milli: r.cpu_milli,
+        memory_mib: r.memory_mib,
+    })
+}
+
+/// One job's share of a batch: its name, id and the (replica, task) pairs placed.
+type Part = (String, JobId, Vec<(u32, TaskId)>);
+
+/// A placement transaction being built.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Owner compares of joining hosts.
+    when: Vec<Compare>,
+    /// Its writes.
+    ops: Vec<Op>,
+    /// Hosts joining, with their names.
+    joined: Vec<(HostId, String)>,
+    /// Per job: its name, id and the (replica, task) pairs placed.
+    parts: Vec<Part>,
+    /// Tasks in it.
+    tasks: usize,
 }
 
 impl From<AllocError> for SchedError {

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use crate::keys;
-use crate::model::{self, BadRecord, EntitlementRecord, FleetRecord, HostInfo, JobRecord, TaskRecord};
+use crate::model::{
+    self, BadRecord, EntitlementRecord, FleetRecord, HostInfo, JobRecord, TaskRecord,
+};
 use crate::store::{Event, KeyValue, Revision};
 
 /// One entitlement as the store has it.

@@ -364,6 +364,23 @@ async fn forward_watch(
     }
 }
 
+/// Keys per page of a prefix read.
+const PAGE: i64 = 2000;
+
+/// The end of the key range `[prefix, end)` that holds exactly the keys starting with
+/// `prefix` (etcd's rule: the prefix with its last byte below 0xff incremented).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // An empty prefix or all 0xff bytes: every key from the prefix on (etcd's "\0").
+    vec![0]
+}
+
 impl Store for EtcdStore {
     async fn get(
         &self,
@@ -371,30 +388,49 @@ impl Store for EtcdStore {
         prefix: bool,
         revision: Option<Revision>,
     ) -> Result<Range, StoreError> {
-        let mut opts = ec::GetOptions::new();
-        if prefix {
-            opts = opts.with_prefix();
+        // A prefix is read in pages of PAGE keys, all at the revision of the first
+        // page, so the read stays one snapshot while no response passes gRPC's 4 MiB
+        // message limit (a 10K-host fleet is already 6 MB).
+        let end = prefix.then(|| prefix_end(key.as_bytes()));
+        let mut from = key.as_bytes().to_vec();
+        let mut pinned = revision.filter(|r| *r > 0);
+        let mut kvs = Vec::new();
+        let mut header = None;
+        loop {
+            let mut opts = ec::GetOptions::new();
+            if let Some(end) = &end {
+                opts = opts.with_range(end.clone()).with_limit(PAGE);
+            }
+            if let Some(r) = pinned {
+                opts = opts.with_revision(r);
+            }
+            let start = from.clone();
+            let resp = match self
+                .retry(|mut c| {
+                    let (opts, start) = (opts.clone(), start.clone());
+                    async move { c.get(start, Some(opts)).await }
+                })
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) => return Err(self.revision_error(e, pinned.unwrap_or(0)).await),
+            };
+            let rev = header_revision(resp.header());
+            header.get_or_insert(rev);
+            pinned.get_or_insert(rev);
+            for kv in resp.kvs() {
+                kvs.push(convert_kv(kv)?);
+            }
+            match resp.kvs().last() {
+                Some(last) if end.is_some() && resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
         }
-        if let Some(r) = revision.filter(|r| *r > 0) {
-            opts = opts.with_revision(r);
-        }
-        let resp = match self
-            .retry(|mut c| {
-                let opts = opts.clone();
-                async move { c.get(key, Some(opts)).await }
-            })
-            .await
-        {
-            Ok(resp) => resp,
-            Err(e) => return Err(self.revision_error(e, revision.unwrap_or(0)).await),
-        };
-        let kvs = resp
-            .kvs()
-            .iter()
-            .map(convert_kv)
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(Range {
-            revision: header_revision(resp.header()),
+            revision: header.unwrap_or(0),
             kvs,
         })
     }

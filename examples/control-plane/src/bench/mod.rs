@@ -7,6 +7,8 @@
 //! the store's own history, not from the schedulers' counters: the run replays the
 //! watch over the revisions it spanned and counts revisions and keys written.
 
+pub mod failover;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,9 @@ pub struct BenchArgs {
     /// Repetitions of each configuration (the report gives each).
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
+    /// Also runs the simulated agents and times until every task is reported running.
+    #[arg(long)]
+    pub agents: bool,
 }
 
 /// One measured run.
@@ -73,6 +78,17 @@ pub struct BenchRun {
     pub keys_per_placement: f64,
     /// Placement transactions refused for a host taken meanwhile.
     pub conflicts: u64,
+    /// Seconds `fleet init` took.
+    pub fleet_init_seconds: f64,
+    /// Seconds from starting the schedulers until every entitlement had a leader
+    /// (registration, election, and each shard's rebuild from a snapshot).
+    pub leaders_seconds: f64,
+    /// With `--agents`: seconds from submission until every task was reported running.
+    pub converged_seconds: Option<f64>,
+    /// Keys under the layout at the end.
+    pub store_keys: u64,
+    /// Bytes of those keys and values (etcd's own database is larger: history, index).
+    pub store_bytes: u64,
 }
 
 /// All runs.
@@ -85,7 +101,31 @@ pub struct BenchReport {
 /// Why the bench failed.
 #[derive(Debug, thiserror::Error)]
 #[error("bench: {0}")]
-pub struct BenchError(String);
+pub struct BenchError(pub(crate) String);
+
+/// With `fresh`, deletes everything under the layout's root; without, refuses a store
+/// that holds twine keys.
+async fn wipe<S: Store>(store: &S, endpoints: &str, fresh: bool) -> Result<(), BenchError> {
+    if fresh {
+        let all = Op::Delete {
+            key: keys::ROOT.into(),
+            prefix: true,
+        };
+        store.txn(Txn::new().and_then([all])).await.map_err(err)?;
+    } else if !store
+        .get(keys::ROOT, true, None)
+        .await
+        .map_err(err)?
+        .kvs
+        .is_empty()
+    {
+        return Err(BenchError(format!(
+            "{endpoints} holds twine keys already: pass --fresh to delete everything under {}",
+            keys::ROOT
+        )));
+    }
+    Ok(())
+}
 
 fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError(e.to_string())
@@ -94,35 +134,30 @@ fn err(e: impl std::fmt::Display) -> BenchError {
 /// Runs every configuration.
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     if args.hosts == 0 || args.jobs == 0 || args.replicas == 0 || args.entitlements == 0 {
-        return Err(BenchError("--hosts, --jobs, --replicas and --entitlements must be positive".into()));
+        return Err(BenchError(
+            "--hosts, --jobs, --replicas and --entitlements must be positive".into(),
+        ));
     }
     let mut runs = Vec::new();
     for _ in 0..args.repeat {
         for &k in &args.shards {
             let mem = MemoryStore::new();
-            runs.push(one(args, "memory", k, &mem, || async { Ok(AnyStore::Memory(mem.clone())) }).await?);
+            runs.push(
+                one(args, "memory", k, &mem, || async {
+                    Ok(AnyStore::Memory(mem.clone()))
+                })
+                .await?,
+            );
         }
         if args.endpoints != "memory" {
             for &k in &args.shards {
                 let connect = || async {
-                    AnyStore::connect(&args.endpoints, Duration::from_secs(5)).await.map_err(err)
+                    AnyStore::connect(&args.endpoints, Duration::from_secs(5))
+                        .await
+                        .map_err(err)
                 };
                 let store = connect().await?;
-                if args.fresh {
-                    store
-                        .txn(Txn::new().and_then([Op::Delete {
-                            key: keys::ROOT.into(),
-                            prefix: true,
-                        }]))
-                        .await
-                        .map_err(err)?;
-                } else if !store.get(keys::ROOT, true, None).await.map_err(err)?.kvs.is_empty() {
-                    return Err(BenchError(format!(
-                        "{} holds twine keys already: pass --fresh to delete everything under {}",
-                        args.endpoints,
-                        keys::ROOT
-                    )));
-                }
+                wipe(&store, &args.endpoints, args.fresh).await?;
                 runs.push(one(args, "etcd", k, &store, connect).await?);
             }
         }
@@ -130,7 +165,13 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     Ok(BenchReport { runs })
 }
 
-async fn one<S, F, Fut>(args: &BenchArgs, kind: &str, shards: u32, store: &S, connect: F) -> Result<BenchRun, BenchError>
+async fn one<S, F, Fut>(
+    args: &BenchArgs,
+    kind: &str,
+    shards: u32,
+    store: &S,
+    connect: F,
+) -> Result<BenchRun, BenchError>
 where
     S: Store,
     F: Fn() -> Fut,
@@ -140,6 +181,7 @@ where
         cpu_milli: 18_000,
         memory_mib: 65_536,
     };
+    let t_init = Instant::now();
     admin::fleet_init(
         store,
         &FleetConfig {
@@ -151,10 +193,24 @@ where
     )
     .await
     .map_err(err)?;
+    let fleet_init_seconds = t_init.elapsed().as_secs_f64();
     let ents: Vec<String> = (0..args.entitlements).map(|i| format!("ent{i}")).collect();
     for e in &ents {
-        admin::entitlement_add(store, e, args.hosts / args.entitlements).await.map_err(err)?;
+        admin::entitlement_add(store, e, args.hosts / args.entitlements)
+            .await
+            .map_err(err)?;
     }
+    let (stop_agents, agent_stats) = tokio::sync::watch::channel(false);
+    let agents = if args.agents {
+        let stats = std::sync::Arc::new(crate::agents::AgentStats::default());
+        let s = connect().await?;
+        tokio::spawn(crate::agents::run_simulated(s, agent_stats, stats));
+        true
+    } else {
+        drop(agent_stats);
+        false
+    };
+    let t_leaders = Instant::now();
     let mut handles = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..shards {
@@ -183,7 +239,9 @@ where
             break;
         }
         if Instant::now() > deadline {
-            return Err(BenchError(format!("entitlements not all led after 30 s: {led:?}")));
+            return Err(BenchError(format!(
+                "entitlements not all led after 30 s: {led:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -206,13 +264,21 @@ where
             }
         })
         .collect();
-    let r0 = store.get(keys::FLEET, false, None).await.map_err(err)?.revision;
+    let leaders_seconds = t_leaders.elapsed().as_secs_f64();
+    let r0 = store
+        .get(keys::FLEET, false, None)
+        .await
+        .map_err(err)?
+        .revision;
     let t0 = Instant::now();
     admin::submit_records(store, subs).await.map_err(err)?;
     let want = u64::from(args.jobs) * u64::from(args.replicas);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let placed: u64 = handles.iter().map(|h| h.stats.placed.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        let placed: u64 = handles
+            .iter()
+            .map(|h| h.stats.placed.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
         if placed >= want {
             break;
         }
@@ -220,22 +286,70 @@ where
             for h in &handles {
                 h.stop();
             }
-            return Err(BenchError(format!("placed {placed} of {want} tasks, then stopped")));
+            let mut why = Vec::new();
+            for t in tasks {
+                match t.await {
+                    Ok(Err(e)) => why.push(e.to_string()),
+                    Err(e) => why.push(e.to_string()),
+                    Ok(Ok(())) => {}
+                }
+            }
+            return Err(BenchError(format!(
+                "placed {placed} of {want} tasks, then stopped: {}",
+                why.join("; ")
+            )));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let r1 = store.get(keys::FLEET, false, None).await.map_err(err)?.revision;
-    let conflicts = handles.iter().map(|h| h.stats.conflicts.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    let r1 = store
+        .get(keys::FLEET, false, None)
+        .await
+        .map_err(err)?
+        .revision;
+    let conflicts = handles
+        .iter()
+        .map(|h| h.stats.conflicts.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     for h in &handles {
         h.stop();
     }
     for t in tasks {
         t.await.map_err(err)?.map_err(err)?;
     }
+    let converged_seconds = if agents {
+        loop {
+            let running = store
+                .get(keys::STATUS, true, None)
+                .await
+                .map_err(err)?
+                .kvs
+                .len() as u64;
+            if running >= want {
+                break Some(t0.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError(format!(
+                    "agents reported {running} of {want} tasks"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    } else {
+        None
+    };
+    stop_agents.send_replace(true);
     let (revisions, keys_written, placed) = count_writes(store, r0, r1).await?;
+    let all = store.get(keys::ROOT, true, None).await.map_err(err)?;
+    let store_bytes = all
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.len() + kv.value.len()) as u64)
+        .sum();
     if placed != want {
-        return Err(BenchError(format!("the store holds {placed} task records, expected {want}")));
+        return Err(BenchError(format!(
+            "the store holds {placed} task records, expected {want}"
+        )));
     }
     let p = placed as f64;
     Ok(BenchRun {
@@ -250,20 +364,31 @@ where
         writes_per_placement: revisions as f64 / p,
         keys_per_placement: keys_written as f64 / p,
         conflicts,
+        fleet_init_seconds,
+        leaders_seconds,
+        converged_seconds,
+        store_keys: all.kvs.len() as u64,
+        store_bytes,
     })
 }
 
 /// Replays the store's history between two revisions: revisions and keys written by
 /// the schedulers (under `/ents/*/tasks/`, `/assign/`, `/hosts/*/owner`), and task
 /// records created.
-async fn count_writes<S: Store>(store: &S, from: Revision, to: Revision) -> Result<(u64, u64, u64), BenchError> {
+async fn count_writes<S: Store>(
+    store: &S,
+    from: Revision,
+    to: Revision,
+) -> Result<(u64, u64, u64), BenchError> {
     let mut w = store.watch(keys::ROOT, from + 1).await.map_err(err)?;
     let (mut revisions, mut keys_written, mut tasks) = (BTreeSet::new(), 0u64, 0u64);
     let mut seen = from;
     while seen < to {
         let msg = tokio::time::timeout(Duration::from_secs(10), w.next())
             .await
-            .map_err(|_| BenchError(format!("history replay stalled at revision {seen} of {to}")))?;
+            .map_err(|_| {
+                BenchError(format!("history replay stalled at revision {seen} of {to}"))
+            })?;
         match msg {
             Some(Ok(WatchMessage::Events(events))) => {
                 for ev in events {
@@ -272,8 +397,10 @@ async fn count_writes<S: Store>(store: &S, from: Revision, to: Revision) -> Resu
                         continue;
                     }
                     let k = ev.key();
-                    let task = keys::split(keys::ENTS, k).is_some_and(|p| p.get(1) == Some(&"tasks"));
-                    let owner = keys::split(keys::HOSTS, k).is_some_and(|p| p.get(1) == Some(&"owner"));
+                    let task =
+                        keys::split(keys::ENTS, k).is_some_and(|p| p.get(1) == Some(&"tasks"));
+                    let owner =
+                        keys::split(keys::HOSTS, k).is_some_and(|p| p.get(1) == Some(&"owner"));
                     if task || owner || k.starts_with(keys::ASSIGN) {
                         revisions.insert(ev.revision());
                         keys_written += 1;
