@@ -434,8 +434,10 @@ async fn failover() {
     let watcher = tokio::spawn(async move {
         let (mut took_over, mut first_task) = (None, None);
         while first_task.is_none() {
-            let Some(Ok(WatchMessage::Events(evs))) = w.next().await else {
-                continue;
+            let evs = match w.next().await {
+                Some(Ok(WatchMessage::Events(evs))) => evs,
+                Some(Ok(_)) => continue,
+                other => panic!("the failover watch ended: {other:?}"),
             };
             for ev in evs {
                 let Event::Put(kv) = ev else { continue };
@@ -823,6 +825,10 @@ async fn bad_input() {
             out.took < Duration::from_secs(7),
             "{args:?} took {:?}",
             out.took
+        );
+        eprintln!(
+            "bad input: {} {} against a closed port: exit 1 after {:?}",
+            args[0], args[1], out.took
         );
     }
 
