@@ -343,7 +343,7 @@ async fn forward_watch(
             }
             continue;
         }
-        // etcd never splits a revision across responses; forward each response whole.
+        // Forward each response whole (a fragment of a large one is a response of its own).
         let mut events = Vec::with_capacity(resp.events().len());
         for e in resp.events() {
             match convert_event(e) {
@@ -521,7 +521,12 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, start: Revision) -> Result<WatchStream, StoreError> {
-        let mut opts = ec::WatchOptions::new().with_prefix().with_progress_notify();
+        // Fragmented: etcd splits a response past its request size limit (a replay of
+        // history can be tens of MB) instead of sending one gRPC's 4 MiB limit refuses.
+        let mut opts = ec::WatchOptions::new()
+            .with_prefix()
+            .with_progress_notify()
+            .with_fragment();
         if start > 0 {
             opts = opts.with_start_revision(start);
         }

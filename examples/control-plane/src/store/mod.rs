@@ -293,7 +293,9 @@ impl Event {
 /// What a watch delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchMessage {
-    /// Changes, in revision order; a revision is never split across messages.
+    /// Changes, in revision order. A transaction's changes come together, except that
+    /// etcd splits a response past its size limit (1.5 MiB) into fragments, which
+    /// arrive as messages of their own: consumers apply events one by one.
     Events(Vec<Event>),
     /// Nothing changed under the prefix up to this revision.
     Progress(Revision),
