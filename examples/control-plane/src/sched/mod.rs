@@ -180,7 +180,23 @@ pub async fn run<S: Store>(
         stats: handle.stats.clone(),
     };
     let mut stop = handle.stop.subscribe();
-    let result = s.main_loop(&mut stop, &mut lost).await;
+    let result = loop {
+        match s.main_loop(&mut stop, &mut lost).await {
+            // The store failed (unreachable, a raft leader election, a broken watch):
+            // the session may well outlive it, and every write is fenced anyway; keep
+            // going from a fresh snapshot. Only a lost session, a stop or an error of
+            // the scheduler's own ends the process.
+            Err(SchedError::Store(e)) if transient(&e) => {
+                tracing::warn!("store: {e}; retrying from a snapshot");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => break Ok(()),
+                    _ = lost.changed() => break Err(SchedError::SessionLost(config.name.clone())),
+                }
+            }
+            other => break other,
+        }
+    };
     if result.is_ok() || matches!(result, Err(SchedError::Store(_))) {
         s.resign().await;
     }
@@ -194,6 +210,14 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// A store error that may go away on its own (as opposed to a refused request).
+fn transient(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Unreachable { .. } | StoreError::Backend(_) | StoreError::Compacted { .. }
+    )
 }
 
 async fn keep_alive<S: Store>(store: S, lease: LeaseId, ttl: i64, lost: watch::Sender<bool>) {
