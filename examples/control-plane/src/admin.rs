@@ -417,7 +417,7 @@ pub async fn submit_records<S: Store>(
                 .when([Compare::create_revision(&key, CmpOp::Equal, 0)])
                 .and_then([Op::put(&key, model::encode(&s.record))]);
         }
-        if !store.txn(txn).await?.succeeded {
+        if !commit_once(store, txn, chunk).await? {
             // Submitted meanwhile by someone else: name the job.
             let mut first = &chunk[0];
             for s in chunk {
@@ -436,4 +436,50 @@ pub async fn submit_records<S: Store>(
         }
     }
     Ok(subs.into_iter().map(|s| s.record).collect())
+}
+
+/// Runs a submission's transaction. A store error leaves it unknown whether the
+/// transaction committed (an etcd leader change, a connection lost after sending), so
+/// the jobs are read back: all there exactly as submitted means it committed; none
+/// there means it did not, and it is tried again (up to 5 times, 1 s apart); anything
+/// else is reported as the store error.
+async fn commit_once<S: Store>(
+    store: &S,
+    txn: Txn,
+    chunk: &[Submission],
+) -> Result<bool, AdminError> {
+    let mut last = None;
+    for _ in 0..5 {
+        match store.txn(txn.clone()).await {
+            Ok(r) => return Ok(r.succeeded),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let mut found = 0;
+        for s in chunk {
+            let key = keys::job(&s.record.entitlement, &s.record.name);
+            match store.get(&key, false, None).await {
+                Ok(r)
+                    if r.kvs
+                        .first()
+                        .is_some_and(|kv| kv.value == model::encode(&s.record)) =>
+                {
+                    found += 1
+                }
+                Ok(r) if r.kvs.is_empty() => {}
+                // Someone else's job of that name, or still no answer: report the error.
+                _ => break,
+            }
+        }
+        if found == chunk.len() {
+            return Ok(true);
+        }
+        if found > 0 {
+            break;
+        }
+    }
+    Err(last.map_or_else(
+        || AdminError::Store(StoreError::Backend("no answer".into())),
+        AdminError::Store,
+    ))
 }

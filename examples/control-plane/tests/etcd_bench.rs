@@ -3,7 +3,7 @@
 //! placed every task (checked in the store, not taken from the bench), its count of
 //! keys written must equal two per task plus one per host that joined an entitlement,
 //! and `bench-failover` must time every failover within the lease TTL plus a margin.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // tests: a failed unwrap is a failed test with its message.
 
 mod common;
 
