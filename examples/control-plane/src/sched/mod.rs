@@ -13,7 +13,7 @@
 //!   its keys when its lease expires, and the others take over its entitlements.
 //! - **Leading.** Taking the key yields the fencing token (its create revision). The
 //!   scheduler then rebuilds that entitlement's allocator from a snapshot at or after
-//!   that revision ([`shard::Shard::rebuild`]) and follows the watch from there. Every
+//!   that revision (`shard.rs`) and follows the watch from there. Every
 //!   write about the entitlement is a transaction that compares the token; a host joins
 //!   the entitlement only by a transaction that also compares its owner with `free`.
 //! - **Handing over** keeps tasks running: assignments are not touched, and the next
