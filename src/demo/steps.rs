@@ -95,12 +95,12 @@ pub(crate) fn run(small: usize, out: &Path, progress: &mut Progress) -> Result<O
     });
     progress.end();
 
-    progress.begin("admitting and placing the jobs");
+    progress.begin("admitting and placing the jobs, switching host profiles");
     let mut admitted = Vec::new();
     let mut placed_jobs = Vec::new();
     let mut names = BTreeMap::new();
-    let mut pending_switches: Vec<ProfileSwitch> = Vec::new();
-    let mut waiting: Vec<(usize, Vec<TaskId>)> = Vec::new();
+    let roots = out.join("host-roots");
+    let mut switches = Vec::new();
     for index in 0..JOBS.len() {
         let a = jobs::admit(index)?;
         let ent = entitlements
@@ -112,17 +112,28 @@ pub(crate) fn run(small: usize, out: &Path, progress: &mut Progress) -> Result<O
         let res = alloc
             .apply(&a.request(ent, tasks.iter().copied()))
             .map_err(|e| format!("job {}: {e}", a.job.name))?;
-        let why = res.unplaced.first().map(|(_, u)| u.to_string());
-        if !res.unplaced.is_empty() {
-            waiting.push((index, res.unplaced.iter().map(|(t, _)| *t).collect()));
+        let mut why = res.unplaced.first().map(|(_, u)| u.to_string());
+        let mut placed = res.placed.len();
+        // Hosts the job needs switched: carried out before the next job can take them.
+        for s in &res.profile_switches {
+            switches.push(switch(&roots, s)?);
+            alloc
+                .apply_profile_switch(s.host, &s.to)
+                .map_err(|e| format!("switching {}: {e}", s.host))?;
         }
-        pending_switches.extend(res.profile_switches);
+        if !res.profile_switches.is_empty() {
+            let again = alloc
+                .apply(&a.request(ent, res.unplaced.iter().map(|(t, _)| *t)))
+                .map_err(|e| format!("job {}: {e}", a.job.name))?;
+            placed += again.placed.len();
+            why = again.unplaced.first().map(|(_, u)| u.to_string());
+        }
         names.insert(a.id, a.job.name.clone());
         placed_jobs.push(Placed {
             name: a.job.name.clone(),
             entitlement: a.job.entitlement.clone(),
             tasks: a.job.replicas,
-            placed: res.placed.len(),
+            placed,
             first_try: res.placed.len(),
             unplaced_why: why,
             cpu_milli: a.demand.resources.cpu_milli,
@@ -132,25 +143,6 @@ pub(crate) fn run(small: usize, out: &Path, progress: &mut Progress) -> Result<O
             verify: String::new(),
         });
         admitted.push((a, ent));
-    }
-    progress.end();
-
-    progress.begin("switching host profiles (twine-profiles, directory host roots)");
-    let roots = out.join("host-roots");
-    let mut switches = Vec::new();
-    for s in &pending_switches {
-        switches.push(switch(&roots, s)?);
-        alloc
-            .apply_profile_switch(s.host, &s.to)
-            .map_err(|e| format!("switching {}: {e}", s.host))?;
-    }
-    for (index, tasks) in waiting {
-        let (a, ent) = &admitted[index];
-        let res = alloc
-            .apply(&a.request(*ent, tasks))
-            .map_err(|e| format!("job {}: {e}", a.job.name))?;
-        placed_jobs[index].placed += res.placed.len();
-        placed_jobs[index].unplaced_why = res.unplaced.first().map(|(_, u)| u.to_string());
     }
     progress.end();
 
