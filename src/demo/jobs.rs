@@ -212,9 +212,7 @@ pub(crate) fn cache_shards(tasks: u32) -> Vec<Shard> {
     (0..tasks)
         .map(|i| Shard {
             id: ShardId(u64::from(i)),
-            replicas: (0..3)
-                .map(|k| task_id(CACHE, (i + k) % tasks))
-                .collect(),
+            replicas: (0..3).map(|k| task_id(CACHE, (i + k) % tasks)).collect(),
             leader: task_id(CACHE, i),
         })
         .collect()

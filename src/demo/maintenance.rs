@@ -9,9 +9,7 @@ use twine::sched::drain::{Drain, DrainEvent, DrainSettings, Phase, ProfileSide};
 use twine::sched::rollout::{
     Action, HostStep, PlanConfig, RolloutConfig, Runner, UpdateKind, plan,
 };
-use twine::sched::taskcontrol::{
-    OpId, ReplicatedService, TaskControlRequest, TaskControlResponse,
-};
+use twine::sched::taskcontrol::{OpId, ReplicatedService, TaskControlRequest, TaskControlResponse};
 use twine::sched::{Allocator, FaultLevel, HostId, HostState, JobId, TaskId};
 
 const MIN: u64 = 60_000;
@@ -130,7 +128,9 @@ pub(crate) fn drain_rack(
                     .map_err(|e| e.to_string())?;
                 record(&events, alloc, names, &mut out, &mut moving)?;
             }
-            let events = d.tick(alloc, &mut NoSwitch, now).map_err(|e| e.to_string())?;
+            let events = d
+                .tick(alloc, &mut NoSwitch, now)
+                .map_err(|e| e.to_string())?;
             record(&events, alloc, names, &mut out, &mut moving)?;
         }
         for shard in shards {

@@ -91,7 +91,8 @@ pub(crate) fn demo(args: &DemoArgs) -> Result<(), Problems> {
     let outcome = steps::run(args.small_hosts, &args.out, &mut progress)
         .map_err(|e| problem(format!("{}: {e}", args.out.display())))?;
     progress.begin("writing the report");
-    report::write(&args.out, &outcome).map_err(|e| problem(format!("{}: {e}", args.out.display())))?;
+    report::write(&args.out, &outcome)
+        .map_err(|e| problem(format!("{}: {e}", args.out.display())))?;
     progress.end();
     eprintln!(
         "demo finished in {:.1} s",

@@ -89,7 +89,9 @@ pub(crate) fn build(small: usize) -> Result<Region, String> {
             } else {
                 "default"
             };
-            HostSpec::new(small_cap).machine_type(SMALL).profile(profile)
+            HostSpec::new(small_cap)
+                .machine_type(SMALL)
+                .profile(profile)
         } else if i < small + big {
             HostSpec::new(big_cap).machine_type(BIG).profile("default")
         } else {

@@ -14,9 +14,15 @@ type Error = Box<dyn std::error::Error>;
 /// The plots, with what each shows.
 const PLOTS: [(&str, &str); 4] = [
     ("entitlements.svg", "hosts per entitlement, by machine type"),
-    ("utilisation.svg", "CPU and memory allocated on each entitlement's hosts"),
+    (
+        "utilisation.svg",
+        "CPU and memory allocated on each entitlement's hosts",
+    ),
     ("rollout.svg", "hosts updated over time in the rollout"),
-    ("memory.svg", "memory.high and memory.current over time under the resizer"),
+    (
+        "memory.svg",
+        "memory.high and memory.current over time under the resizer",
+    ),
 ];
 
 /// Writes everything into `out`.
@@ -26,7 +32,10 @@ pub(crate) fn write(out: &Path, o: &Outcome) -> Result<(), Error> {
     utilisation_plot(&out.join(PLOTS[1].0), o).map_err(|e| at(PLOTS[1].0, e))?;
     rollout_plot(&out.join(PLOTS[2].0), o).map_err(|e| at(PLOTS[2].0, e))?;
     memory_plot(&out.join(PLOTS[3].0), o).map_err(|e| at(PLOTS[3].0, e))?;
-    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary(o))?)?;
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary(o))?,
+    )?;
     std::fs::write(out.join("report.md"), markdown(o))?;
     Ok(())
 }
@@ -93,11 +102,7 @@ pub(crate) fn summary_lines(o: &Outcome, out: &Path) -> Vec<String> {
     for j in &o.jobs {
         l.push(format!(
             "job {:<6} {:>5}/{} tasks placed in {}; units {}",
-            j.name,
-            j.placed,
-            j.tasks,
-            j.entitlement,
-            j.verify
+            j.name, j.placed, j.tasks, j.entitlement, j.verify
         ));
     }
     l.push(format!(
@@ -149,7 +154,10 @@ fn markdown(o: &Outcome) -> String {
         "{} hosts, {} datacenters, {} power domains, {} racks of 40.\n",
         o.hosts, o.region["datacenters"], o.region["power_domains"], o.region["racks"]
     );
-    let _ = writeln!(m, "| machine type | hosts | cores | memory GiB | GPUs |\n| --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        m,
+        "| machine type | hosts | cores | memory GiB | GPUs |\n| --- | --- | --- | --- | --- |"
+    );
     if let Some(types) = o.region["machine_types"].as_array() {
         for t in types {
             let _ = writeln!(
@@ -164,7 +172,10 @@ fn markdown(o: &Outcome) -> String {
         }
     }
     let _ = writeln!(m, "\n## 2. Admit and place\n");
-    let _ = writeln!(m, "| job | entitlement | per task | tasks | placed | first try |\n| --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        m,
+        "| job | entitlement | per task | tasks | placed | first try |\n| --- | --- | --- | --- | --- | --- |"
+    );
     for j in &o.jobs {
         let _ = writeln!(
             m,
@@ -173,7 +184,11 @@ fn markdown(o: &Outcome) -> String {
             j.entitlement,
             j.cpu_milli / 1000,
             j.memory_mib / 1024,
-            if j.gpus > 0 { format!(", {} GPUs", j.gpus) } else { String::new() },
+            if j.gpus > 0 {
+                format!(", {} GPUs", j.gpus)
+            } else {
+                String::new()
+            },
             j.tasks,
             j.placed,
             j.first_try
@@ -181,10 +196,17 @@ fn markdown(o: &Outcome) -> String {
     }
     for j in &o.jobs {
         if let Some(why) = &j.unplaced_why {
-            let _ = writeln!(m, "\n{}: what was not placed at first, and why: `{why}`", j.name);
+            let _ = writeln!(
+                m,
+                "\n{}: what was not placed at first, and why: `{why}`",
+                j.name
+            );
         }
     }
-    let _ = writeln!(m, "\n| entitlement | hosts | by machine type | CPU used | memory used |\n| --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        m,
+        "\n| entitlement | hosts | by machine type | CPU used | memory used |\n| --- | --- | --- | --- | --- |"
+    );
     for e in &o.entitlements {
         let types: Vec<String> = e.by_type.iter().map(|(t, n)| format!("{n} {t}")).collect();
         let _ = writeln!(
@@ -197,7 +219,10 @@ fn markdown(o: &Outcome) -> String {
             e.memory_used * 100.0
         );
     }
-    let _ = writeln!(m, "\n![hosts per entitlement](entitlements.svg)\n\n![utilisation](utilisation.svg)\n");
+    let _ = writeln!(
+        m,
+        "\n![hosts per entitlement](entitlements.svg)\n\n![utilisation](utilisation.svg)\n"
+    );
     let _ = writeln!(m, "## 3. Host profiles\n");
     let _ = writeln!(
         m,
@@ -220,11 +245,18 @@ fn markdown(o: &Outcome) -> String {
         o.switches.len()
     );
     let _ = writeln!(m, "## 4. Units\n");
-    let _ = writeln!(m, "| job | units | systemd-analyze verify |\n| --- | --- | --- |");
+    let _ = writeln!(
+        m,
+        "| job | units | systemd-analyze verify |\n| --- | --- | --- |"
+    );
     for j in &o.jobs {
         let _ = writeln!(m, "| {} | {} | {} |", j.name, j.units.join(" "), j.verify);
     }
-    let _ = writeln!(m, "\nThe web spec:\n\n```toml\n{}```\n\nand its main unit:\n\n```ini\n{}```\n", o.spec_example, o.unit_example);
+    let _ = writeln!(
+        m,
+        "\nThe web spec:\n\n```toml\n{}```\n\nand its main unit:\n\n```ini\n{}```\n",
+        o.spec_example, o.unit_example
+    );
     let d = &o.drain;
     let _ = writeln!(m, "## 5. Maintenance: a rack drained through TaskControl\n");
     let moved: Vec<String> = d.moved.iter().map(|(j, n)| format!("{n} {j}")).collect();
@@ -282,11 +314,22 @@ fn markdown(o: &Outcome) -> String {
     m
 }
 
-const TYPE_COLOURS: [RGBColor; 3] = [RGBColor(66, 133, 244), RGBColor(219, 68, 55), RGBColor(15, 157, 88)];
+const TYPE_COLOURS: [RGBColor; 3] = [
+    RGBColor(66, 133, 244),
+    RGBColor(219, 68, 55),
+    RGBColor(15, 157, 88),
+];
 
 fn entitlements_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
     let types = ["small", "big", "gpu"];
-    let top = o.entitlements.iter().map(|e| e.hosts).max().unwrap_or(1).max(1) as f64 * 1.15;
+    let top = o
+        .entitlements
+        .iter()
+        .map(|e| e.hosts)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.15;
     let n = o.entitlements.len() as f64;
     let area = SVGBackend::new(path, (800, 480)).into_drawing_area();
     area.fill(&WHITE)?;
@@ -318,7 +361,10 @@ fn entitlements_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let below: usize = types[..k].iter().map(|t| e.by_type.get(*t).copied().unwrap_or(0)).sum();
+                let below: usize = types[..k]
+                    .iter()
+                    .map(|t| e.by_type.get(*t).copied().unwrap_or(0))
+                    .sum();
                 let here = e.by_type.get(*t).copied().unwrap_or(0);
                 let x = i as f64;
                 Rectangle::new(
@@ -332,7 +378,11 @@ fn entitlements_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
             .label(*t)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled()));
     }
-    chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()?;
     area.present()?;
     Ok(())
 }
@@ -342,7 +392,10 @@ fn utilisation_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
     let area = SVGBackend::new(path, (800, 480)).into_drawing_area();
     area.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&area)
-        .caption("twine demo: allocated share of each entitlement's hosts", ("sans-serif", 20))
+        .caption(
+            "twine demo: allocated share of each entitlement's hosts",
+            ("sans-serif", 20),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
@@ -362,7 +415,10 @@ fn utilisation_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
         })
         .y_desc("% allocated")
         .draw()?;
-    for (k, (label, colour)) in [("CPU", TYPE_COLOURS[0]), ("memory", TYPE_COLOURS[1])].into_iter().enumerate() {
+    for (k, (label, colour)) in [("CPU", TYPE_COLOURS[0]), ("memory", TYPE_COLOURS[1])]
+        .into_iter()
+        .enumerate()
+    {
         let bars: Vec<_> = o
             .entitlements
             .iter()
@@ -378,7 +434,11 @@ fn utilisation_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], colour.filled()));
     }
-    chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()?;
     area.present()?;
     Ok(())
 }
@@ -389,12 +449,19 @@ fn rollout_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
     let area = SVGBackend::new(path, (800, 480)).into_drawing_area();
     area.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&area)
-        .caption("twine demo: a live host update in waves across the region", ("sans-serif", 20))
+        .caption(
+            "twine demo: a live host update in waves across the region",
+            ("sans-serif", 20),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..end, 0.0..(r.hosts.max(1) as f64 * 1.05))?;
-    chart.configure_mesh().x_desc("simulated hours").y_desc("hosts updated").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("simulated hours")
+        .y_desc("hosts updated")
+        .draw()?;
     chart.draw_series(LineSeries::new(
         r.progress.iter().map(|(t, n)| (*t, *n as f64)),
         &BLUE,
@@ -414,15 +481,23 @@ fn memory_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
     let area = SVGBackend::new(path, (800, 480)).into_drawing_area();
     area.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&area)
-        .caption("twine demo: Senpai sizing one task's memory", ("sans-serif", 20))
+        .caption(
+            "twine demo: Senpai sizing one task's memory",
+            ("sans-serif", 20),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..end, 0.0..top)?;
-    chart.configure_mesh().x_desc("seconds").y_desc("MiB").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("MiB")
+        .draw()?;
     chart
         .draw_series(LineSeries::new(
-            rows.iter().filter_map(|r| Some((r.t_s as f64, mib(r.high?)))),
+            rows.iter()
+                .filter_map(|r| Some((r.t_s as f64, mib(r.high?)))),
             &RED,
         ))?
         .label("memory.high")
@@ -434,7 +509,11 @@ fn memory_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
         ))?
         .label("memory.current")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()?;
     area.present()?;
     Ok(())
 }

@@ -108,7 +108,9 @@ pub(crate) fn run(small: usize, out: &Path, progress: &mut Progress) -> Result<O
             .find(|(name, _)| *name == a.job.entitlement)
             .map(|(_, id)| *id)
             .ok_or_else(|| format!("job {}: no entitlement {:?}", a.job.name, a.job.entitlement))?;
-        let tasks: Vec<TaskId> = (0..a.job.replicas).map(|t| jobs::task_id(index, t)).collect();
+        let tasks: Vec<TaskId> = (0..a.job.replicas)
+            .map(|t| jobs::task_id(index, t))
+            .collect();
         let res = alloc
             .apply(&a.request(ent, tasks.iter().copied()))
             .map_err(|e| format!("job {}: {e}", a.job.name))?;
@@ -194,7 +196,8 @@ pub(crate) fn run(small: usize, out: &Path, progress: &mut Progress) -> Result<O
     progress.end();
 
     progress.begin("sizing one task's memory with the resizer (Senpai)");
-    let memory = simulate(&Workload::default(), &SenpaiConfig::default()).map_err(|e| e.to_string())?;
+    let memory =
+        simulate(&Workload::default(), &SenpaiConfig::default()).map_err(|e| e.to_string())?;
     progress.end();
 
     Ok(Outcome {
@@ -222,7 +225,10 @@ fn switch(roots: &Path, s: &ProfileSwitch) -> Result<Switched, String> {
         ("proc/sys/net/core/somaxconn", "4096\n"),
         ("proc/sys/net/ipv4/tcp_fin_timeout", "60\n"),
         ("proc/sys/net/ipv4/tcp_tw_reuse", "2\n"),
-        ("sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "0\n"),
+        (
+            "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+            "0\n",
+        ),
         ("etc/kernel/cmdline", "root=/dev/sda1 ro\n"),
     ] {
         let path = dir.join(file);
