@@ -198,7 +198,7 @@ impl Admitted {
     ) -> Request {
         let mut req = Request::new(ent, self.id)
             .require(self.require.clone())
-            .prefer(self.prefer.clone());
+            .prefer(self.prefer);
         for t in tasks {
             req = req.allocate(t, self.demand);
         }

@@ -344,14 +344,7 @@ fn entitlements_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(names.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor();
-            if (x - i - 0.5).abs() < 0.01 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| bar_label(&names, *x))
         .y_desc("hosts")
         .draw()?;
     for (k, t) in types.iter().enumerate() {
@@ -405,14 +398,7 @@ fn utilisation_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(names.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor();
-            if (x - i - 0.5).abs() < 0.01 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| bar_label(&names, *x))
         .y_desc("% allocated")
         .draw()?;
     for (k, (label, colour)) in [("CPU", TYPE_COLOURS[0]), ("memory", TYPE_COLOURS[1])]
@@ -516,4 +502,14 @@ fn memory_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
         .draw()?;
     area.present()?;
     Ok(())
+}
+
+/// The name under bar `i`, centred at `i + 0.5`; no label elsewhere.
+fn bar_label(names: &[String], x: f64) -> String {
+    names
+        .iter()
+        .enumerate()
+        .find(|(i, _)| (x - (*i as f64 + 0.5)).abs() < 0.01)
+        .map(|(_, n)| n.clone())
+        .unwrap_or_default()
 }
