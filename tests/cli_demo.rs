@@ -191,3 +191,38 @@ fn bad_out_fails_before_any_work() {
     let e = error(&["demo", "--out", &under_file]);
     assert!(e.starts_with(&format!("{under_file}: ")), "{e}");
 }
+
+#[test]
+fn without_out_a_previous_report_is_replaced_and_anything_else_refused() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |cwd: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_twine"))
+            .args(["demo", "--small-hosts", "1000"])
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    // Twice in a row: the README's first command must keep working.
+    for _ in 0..2 {
+        let out = run(cwd.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(cwd.path().join("twine-demo/report.md").is_file());
+    }
+    // A ./twine-demo the demo did not write is not touched.
+    let other = tempfile::tempdir().unwrap();
+    fs::create_dir(other.path().join("twine-demo")).unwrap();
+    fs::write(other.path().join("twine-demo/notes.txt"), "mine").unwrap();
+    let out = run(other.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("twine-demo: exists and is not empty")
+    );
+    assert_eq!(
+        fs::read_to_string(other.path().join("twine-demo/notes.txt")).unwrap(),
+        "mine"
+    );
+}

@@ -29,9 +29,10 @@ web and hugepages.
 The report in --out: report.md, summary.json, entitlements.svg, utilisation.svg, rollout.svg, \
 memory.svg, and the host roots the profile switches were applied to (host-roots/).")]
 pub(crate) struct DemoArgs {
-    /// Where the report goes: a new or empty directory.
-    #[arg(long, value_name = "DIR", default_value = "twine-demo")]
-    out: PathBuf,
+    /// Where the report goes: a new or empty directory [default: ./twine-demo, which a
+    /// later run without --out replaces if it holds a previous demo's report].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Small hosts in the region (for quick tests; big and GPU hosts scale with it).
     #[arg(long, hide = true, default_value_t = 20_000)]
     small_hosts: usize,
@@ -80,26 +81,57 @@ impl Progress {
 
 /// `twine demo`.
 pub(crate) fn demo(args: &DemoArgs) -> Result<(), Problems> {
-    prepare_out(&args.out)?;
     if args.small_hosts < 1_000 {
         return Err(problem(format!(
             "--small-hosts: at least 1000 (got {})",
             args.small_hosts
         )));
     }
+    let out = match &args.out {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = PathBuf::from(DEFAULT_OUT);
+            replace_previous_report(&dir)?;
+            dir
+        }
+    };
+    prepare_out(&out)?;
+    std::fs::write(
+        out.join(MARKER),
+        b"a twine demo report; `twine demo` without --out may replace this directory\n",
+    )
+    .map_err(|e| problem(format!("{}: cannot be written: {e}", out.display())))?;
     let mut progress = Progress::new();
-    let outcome = steps::run(args.small_hosts, &args.out, &mut progress)
-        .map_err(|e| problem(format!("{}: {e}", args.out.display())))?;
+    let outcome = steps::run(args.small_hosts, &out, &mut progress)
+        .map_err(|e| problem(format!("{}: {e}", out.display())))?;
     progress.begin("writing the report");
-    report::write(&args.out, &outcome)
-        .map_err(|e| problem(format!("{}: {e}", args.out.display())))?;
+    report::write(&out, &outcome).map_err(|e| problem(format!("{}: {e}", out.display())))?;
     progress.end();
     eprintln!(
         "demo finished in {:.1} s",
         progress.start.elapsed().as_secs_f64()
     );
-    for line in report::summary_lines(&outcome, &args.out) {
+    for line in report::summary_lines(&outcome, &out) {
         say!("{line}");
+    }
+    Ok(())
+}
+
+/// The report's directory when `--out` is not given.
+const DEFAULT_OUT: &str = "twine-demo";
+/// Marks a directory the demo wrote, so a later run without `--out` may replace it.
+const MARKER: &str = ".twine-demo";
+
+/// Without `--out`, the default directory is replaced if a previous demo wrote it (it
+/// holds the marker); anything else there is left alone and refused by [`prepare_out`].
+fn replace_previous_report(dir: &Path) -> Result<(), Problems> {
+    if dir.join(MARKER).is_file() {
+        std::fs::remove_dir_all(dir).map_err(|e| {
+            problem(format!(
+                "{}: cannot replace the previous report: {e}",
+                dir.display()
+            ))
+        })?;
     }
     Ok(())
 }
