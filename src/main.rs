@@ -27,13 +27,11 @@ macro_rules! say {
 }
 mod agent;
 mod agent_daemon;
+mod demo;
 mod oomd;
 mod profile;
 
 use twine::spec::{JobSpec, UnitFile, UnitSet, translate, verify};
-
-/// The example job `twine demo` renders, embedded so the demo needs no files.
-const DEMO_SPEC: &str = include_str!("../examples/specs/web.toml");
 
 #[derive(Parser)]
 #[command(
@@ -48,8 +46,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Render the embedded example job and check it with systemd (no root needed).
-    Demo,
+    /// The whole suite on an embedded default region: admit, place, switch host
+    /// profiles, render units, drain a rack, roll out an update, size memory; a report in
+    /// --out (no root, no network).
+    Demo(demo::DemoArgs),
     /// Render job specs into systemd units.
     Render {
         /// Spec files (.toml, .json, .yaml).
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
         Err(e) => return invalid_value(e),
     };
     let result = match cli.command {
-        Command::Demo => demo(),
+        Command::Demo(args) => demo::demo(&args),
         Command::Render {
             specs,
             out,
@@ -276,20 +276,5 @@ fn check(specs: &[PathBuf]) -> Result<(), Problems> {
     let files = files(specs, &sets)?;
     verify::verify(&files).map_err(|e| vec![e.to_string()])?;
     say!("{} spec(s), {} unit(s): ok", specs.len(), files.len());
-    Ok(())
-}
-
-fn demo() -> Result<(), Problems> {
-    let path = Path::new("examples/specs/web.toml (embedded)");
-    let set = load_one(path, Some(DEMO_SPEC))?;
-    for file in set.files() {
-        say!("### {}\n{}", file.name, file.contents);
-    }
-    let order: Vec<String> = set.start_order().iter().map(ToString::to_string).collect();
-    say!("# start order: {}", order.join(" -> "));
-    match verify::verify(&set.files()) {
-        Ok(()) => say!("# systemd-analyze verify: ok"),
-        Err(e) => return Err(vec![e.to_string()]),
-    }
     Ok(())
 }
