@@ -38,8 +38,12 @@ memory_max = "2G"
 /// thousandths of a CPU, `memory_max` in MiB.
 fn demand(job: &twine::spec::job::Job) -> Result<Demand, String> {
     let r = &job.task.resources;
-    let cpu = r.cpu_quota_percent.ok_or("task.resources.cpu_quota: needed to place")?;
-    let memory = r.memory_max.ok_or("task.resources.memory_max: needed to place")?;
+    let cpu = r
+        .cpu_quota_percent
+        .ok_or("task.resources.cpu_quota: needed to place")?;
+    let memory = r
+        .memory_max
+        .ok_or("task.resources.memory_max: needed to place")?;
     Ok(Demand {
         resources: Resources::new(u64::from(cpu) * 10, memory.div_ceil(1 << 20)),
         gpu: GpuDemand::None,
@@ -61,14 +65,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. The spec, validated into a job (every problem at once, with its field path).
     let job = JobSpec::from_toml(SPEC)?.validate()?;
     let task = demand(&job)?;
-    println!("job {:?}: {} replicas of {:?}", job.name, job.replicas, task.resources);
+    println!(
+        "job {:?}: {} replicas of {:?}",
+        job.name, job.replicas, task.resources
+    );
 
     // 2. A fleet of 8 hosts on 4 racks, and the job's entitlement.
     let mut alloc = Allocator::new(AllocatorConfig::default().with_seed(1));
     for rack in 0..4 {
         for _ in 0..2 {
-            let host = HostSpec::new(Resources::new(16_000, 65_536))
-                .domain(["r1", "dc1", "p1", &format!("rack{rack}")]);
+            let host = HostSpec::new(Resources::new(16_000, 65_536)).domain([
+                "r1",
+                "dc1",
+                "p1",
+                &format!("rack{rack}"),
+            ]);
             alloc.add_host(&host)?;
         }
     }
@@ -76,8 +87,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let entitlement = alloc.add_entitlement(&job.entitlement, quota)?;
 
     // 3. Placement: one replica per rack.
-    let mut request = Request::new(entitlement, JobId(1))
-        .prefer(Preferences::default().spread(FaultLevel::Rack).max_per_host(1));
+    let mut request = Request::new(entitlement, JobId(1)).prefer(
+        Preferences::default()
+            .spread(FaultLevel::Rack)
+            .max_per_host(1),
+    );
     for i in 0..job.replicas {
         request = request.allocate(TaskId(u64::from(i)), task);
     }
@@ -107,12 +121,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         now += 1_000;
         for req in drain.requests() {
             let ack = req.request.iter().map(|op| op.id).collect();
-            let response = TaskControlResponse { sequence: req.sequence, ack };
+            let response = TaskControlResponse {
+                sequence: req.sequence,
+                ack,
+            };
             drain.respond(&mut alloc, req.job, response, now)?;
         }
         drain.tick(&mut alloc, &mut Announce, now)?;
     }
     let (moved_to, _) = alloc.task(TaskId(0))?;
-    println!("  task 0 now on host {}; host {} is {:?}", moved_to.0, host.0, alloc.host(host)?.profile());
+    println!(
+        "  task 0 now on host {}; host {} is {:?}",
+        moved_to.0,
+        host.0,
+        alloc.host(host)?.profile()
+    );
     Ok(())
 }

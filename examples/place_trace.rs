@@ -18,9 +18,9 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use twine::sched::pack::lower_bound;
 use twine::sched::pack::{Hosts, PackPolicy, pack};
 use twine::sched::trace::{read_nodes, read_pods};
-use twine::sched::pack::lower_bound;
 use twine::sched::{Policy, Resources};
 
 const NODES: &str = "openb_node_list_all_node.csv";
@@ -44,7 +44,10 @@ fn synthetic() -> (String, String) {
             1 => (1, 500),
             _ => (0, 0),
         };
-        let _ = writeln!(pods, "pod-{i},{cpu},{memory},{gpus},{gpu_milli},,LS,Running,{i},,{i}");
+        let _ = writeln!(
+            pods,
+            "pod-{i},{cpu},{memory},{gpus},{gpu_milli},,LS,Running,{i},,{i}"
+        );
     }
     (nodes, pods)
 }
@@ -53,10 +56,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args_os()
         .nth(1)
         .or_else(|| std::env::var_os("TWINE_TRACE_DIR"))
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/traces"), PathBuf::from);
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/traces"),
+            PathBuf::from,
+        );
     let (nodes, pods) = if dir.join(NODES).is_file() && dir.join(PODS).is_file() {
         println!("trace: {}", dir.display());
-        let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()));
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .map_err(|e| format!("{}: {e}", dir.join(name).display()))
+        };
         (read(NODES)?, read(PODS)?)
     } else {
         println!("trace: none in {}; packing a synthetic set", dir.display());

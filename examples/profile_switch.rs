@@ -48,7 +48,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings: Vec<_> = profile.desired().into_keys().collect();
     let facts = root.facts(&settings, /* jobs running */ true)?;
     let p = plan(&facts, &profile);
-    println!("plan: {} changes, drain {}, reboot {}", p.changes.len(), p.drain, p.reboot);
+    println!(
+        "plan: {} changes, drain {}, reboot {}",
+        p.changes.len(),
+        p.drain,
+        p.reboot
+    );
     for c in &p.changes {
         let from = c.from.as_deref().unwrap_or("(absent)");
         let to = c.to.as_deref().unwrap_or("(removed)");
@@ -58,12 +63,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Skip settings this host does not have instead of failing; the command line is written
     // for the next boot (GRUB's defaults here), and verify reports it pending until then.
     let report = apply::apply(&root, &p, ApplyPolicy::new(MissingKeys::Skip, false))?;
-    println!("applied; skipped {:?}, reboot required: {}", report.skipped, report.reboot_required);
+    println!(
+        "applied; skipped {:?}, reboot required: {}",
+        report.skipped, report.reboot_required
+    );
     let verify = apply::verify(&root)?;
-    println!("verify: {} drifted, {} waiting for a boot", verify.drifted.len(), verify.pending.len());
+    println!(
+        "verify: {} drifted, {} waiting for a boot",
+        verify.drifted.len(),
+        verify.pending.len()
+    );
 
     apply::rollback(&root)?;
     let facts = root.facts(&settings, true)?;
-    println!("rolled back: planning again gives {} changes", plan(&facts, &profile).changes.len());
+    println!(
+        "rolled back: planning again gives {} changes",
+        plan(&facts, &profile).changes.len()
+    );
     Ok(())
 }

@@ -20,8 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/specs/web.toml"),
         PathBuf::from,
     );
-    let spec = twine::spec::JobSpec::from_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let job = spec.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    let spec =
+        twine::spec::JobSpec::from_path(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let job = spec
+        .validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let units = twine::spec::translate(&job)?;
 
     // Unit files: written all or none by `twine_spec::install::write_unit_files`.
@@ -30,7 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Transient units: the main unit first; each property with its D-Bus signature.
     for unit in units.transient() {
-        let props: Vec<_> = unit.properties.iter().map(|p| format!("{}({})", p.name, p.signature)).collect();
+        let props: Vec<_> = unit
+            .properties
+            .iter()
+            .map(|p| format!("{}({})", p.name, p.signature))
+            .collect();
         println!("### transient {}: {}", unit.name, props.join(" "));
     }
     println!("start {} to start the job", units.target());

@@ -36,11 +36,19 @@ fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let rootfs = std::env::args_os()
         .nth(1)
         .or_else(|| std::env::var_os("TWINE_ROOTFS"))
-        .map_or_else(|| PathBuf::from("/var/tmp/twine-cache/rootfs-bookworm"), PathBuf::from);
+        .map_or_else(
+            || PathBuf::from("/var/tmp/twine-cache/rootfs-bookworm"),
+            PathBuf::from,
+        );
     let missing = if !nix::unistd::Uid::effective().is_root() {
         Some("needs root (namespaces, mounts, cgroups)".to_owned())
-    } else if !rootfs.join("usr/lib/systemd/systemd").exists() && !rootfs.join("lib/systemd/systemd").exists() {
-        Some(format!("no rootfs with systemd at {} (cargo xtask rootfs makes one)", rootfs.display()))
+    } else if !rootfs.join("usr/lib/systemd/systemd").exists()
+        && !rootfs.join("lib/systemd/systemd").exists()
+    {
+        Some(format!(
+            "no rootfs with systemd at {} (cargo xtask rootfs makes one)",
+            rootfs.display()
+        ))
     } else {
         None
     };

@@ -28,7 +28,10 @@ fn run_example(name: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
 #[test]
 fn control_loop_places_renders_and_drains() {
     let out = run_example("control_loop", &[], &[]);
-    assert!(out.contains("units, in start order: cache.service, cache.target"), "{out}");
+    assert!(
+        out.contains("units, in start order: cache.service, cache.target"),
+        "{out}"
+    );
     assert!(out.contains("switched to \"hugepages\""), "{out}");
 }
 
@@ -55,8 +58,14 @@ fn senpai_loop_sizes_and_restores() {
 #[test]
 fn profile_switch_applies_and_rolls_back() {
     let out = run_example("profile_switch", &[], &[]);
-    assert!(out.contains("vm.swappiness: \"60\" -> \"10\" (live)"), "{out}");
-    assert!(out.contains("rolled back: planning again gives 3 changes"), "{out}");
+    assert!(
+        out.contains("vm.swappiness: \"60\" -> \"10\" (live)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rolled back: planning again gives 3 changes"),
+        "{out}"
+    );
 }
 
 #[test]
