@@ -16,7 +16,7 @@
 use std::convert::Infallible;
 
 use twine::sched::drain::{Drain, DrainSettings, Phase, ProfileSide};
-use twine::sched::taskcontrol::TaskControlResponse;
+use twine::sched::taskcontrol::{ReplicatedService, Shard, ShardId};
 use twine::sched::{
     Allocator, AllocatorConfig, Demand, FaultLevel, GpuDemand, HostId, HostSpec, JobId,
     Preferences, Quota, Request, Resources, TaskId,
@@ -66,8 +66,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let job = JobSpec::from_toml(SPEC)?.validate()?;
     let task = demand(&job)?;
     println!(
-        "job {:?}: {} replicas of {:?}",
-        job.name, job.replicas, task.resources
+        "job {:?}: {} replicas of {} mCPU, {} MiB",
+        job.name, job.replicas, task.resources.cpu_milli, task.resources.memory_mib
     );
 
     // 2. A fleet of 8 hosts on 4 racks, and the job's entitlement.
@@ -110,8 +110,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("units, in start order: {}", order.join(", "));
 
     // 5. Maintenance: drain task 0's host and switch it to a new profile. The drain asks
-    //    the job's controller through TaskControl; this one approves every operation (a
-    //    real one, like `taskcontrol::ReplicatedService`, holds back what loses a replica).
+    //    the job's controller through TaskControl. The cache is one shard with a replica on
+    //    each task, led by task 2: its controller acks a move only while no other replica
+    //    is down, and moves the leader last.
+    let replicas = (0..job.replicas).map(|i| TaskId(u64::from(i))).collect();
+    let shard = Shard {
+        id: ShardId(0),
+        replicas,
+        leader: TaskId(2),
+    };
+    let mut controller = ReplicatedService::new(vec![shard])?;
     let (host, _) = alloc.task(TaskId(0))?;
     let settings = DrainSettings::new(60_000, "rack maintenance").profile("hugepages");
     let mut drain = Drain::start(&mut alloc, host, settings, 0)?;
@@ -120,11 +128,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while drain.phase() != Phase::Done {
         now += 1_000;
         for req in drain.requests() {
-            let ack = req.request.iter().map(|op| op.id).collect();
-            let response = TaskControlResponse {
-                sequence: req.sequence,
-                ack,
-            };
+            let response = controller.process(&req);
+            println!(
+                "  TaskControl: {} operation(s) asked, {} acked",
+                req.request.len(),
+                response.ack.len()
+            );
             drain.respond(&mut alloc, req.job, response, now)?;
         }
         drain.tick(&mut alloc, &mut Announce, now)?;
