@@ -23,8 +23,10 @@ use twine::agent::agent::{Agent, AgentSettings};
 use twine::agent::state::StateDir;
 use twine::spec::JobSpec;
 
+/// The job; its name gets this process's id, so runs side by side (as under `cargo test`)
+/// do not meet on one container name.
 const SPEC: &str = r#"
-name = "hello"
+name = "hello-PID"
 entitlement = "examples"
 [task]
 command = ["/bin/sh", "-c", "echo hello from a twine container; cat /etc/os-release | head -1"]
@@ -64,7 +66,11 @@ fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Runtime::new()?;
     let state = runtime.block_on(async {
         let agent = Agent::open(StateDir::new(state_dir.path()), AgentSettings::new(&rootfs))?;
-        let mut handle = agent.run(JobSpec::from_toml(SPEC)?).await?;
+        let mut handle = agent
+            .run(JobSpec::from_toml(
+                &SPEC.replace("PID", &std::process::id().to_string()),
+            )?)
+            .await?;
         // A job that does not end in a minute is stopped by its kill policy.
         let stop = handle.stopper();
         tokio::spawn(async move {

@@ -11,6 +11,7 @@ fn run_example(name: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
     let out = Command::new(cargo)
         .args(["run", "--quiet", "--example", name, "--"])
         .args(args)
+        .env_remove("TWINE_TRACE_DIR")
         .envs(envs.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -47,6 +48,17 @@ fn place_trace_packs_the_synthetic_set_without_the_trace() {
     let empty = tempfile::tempdir().unwrap();
     let out = run_example("place_trace", &[empty.path().to_str().unwrap()], &[]);
     assert!(out.contains("300 of 300 pods"), "{out}");
+}
+
+/// With no argument it reads `../shared/data/traces/` (the openb trace kept beside the
+/// repository) where that exists, else it packs the synthetic set.
+#[test]
+fn place_trace_packs_the_trace_where_it_is() {
+    let out = run_example("place_trace", &[], &[]);
+    assert!(
+        out.contains("packing a synthetic set") || out.contains("1523 nodes, 8152 pods"),
+        "{out}"
+    );
 }
 
 #[test]
