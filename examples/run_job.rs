@@ -26,7 +26,7 @@ use twine::spec::JobSpec;
 /// The job; its name gets this process's id, so runs side by side (as under `cargo test`)
 /// do not meet on one container name.
 const SPEC: &str = r#"
-name = "hello-PID"
+name = "hello_PID"
 entitlement = "examples"
 [task]
 command = ["/bin/sh", "-c", "echo hello from a twine container; cat /etc/os-release | head -1"]
