@@ -1,7 +1,7 @@
 //! Host tier: the real agent runs what an in-process scheduler assigned, through
-//! twine-agent, in containers booted from the cached rootfs. Needs root and the rootfs
-//! (`cargo xtask rootfs`); skipped with a reason otherwise, unless
-//! `TWINE_REQUIRE_REALSYS=1`, which makes it fail instead.
+//! twine-agent, in containers booted from the cached rootfs, with the state in a real
+//! etcd. Needs root, the rootfs (`cargo xtask rootfs`) and etcd; skipped with a reason
+//! otherwise, unless `TWINE_REQUIRE_REALSYS=1`, which makes it fail instead.
 //!
 //! Each agent runs in a tokio runtime of its own, on a thread of its own: a runtime
 //! stands for the agent's process, and dropping it is the process exiting (the
@@ -11,6 +11,8 @@
 //! the agent's records, `/proc` and the cgroup tree; cleanup through the mount table
 //! and the cgroup tree.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::etcd::{EtcdCluster, require_etcd};
 use tokio::sync::watch;
 use twine_agent::agent::{JobRecord as AgentRecord, job_key};
 use twine_control::admin::{self, FleetConfig};
@@ -25,7 +28,7 @@ use twine_control::agents::real::{self, RealAgentError};
 use twine_control::keys;
 use twine_control::model::{self, Assignment, Capacity, StatusRecord, TaskState};
 use twine_control::sched::{self, SchedulerConfig, SchedulerHandle};
-use twine_control::store::{MemoryStore, Op, Store, Txn};
+use twine_control::store::{EtcdStore, Op, Store, Txn};
 
 /// Where `cargo xtask rootfs` caches the rootfs, unless `TWINE_ROOTFS` says otherwise
 /// (as in twine-agent's `tests/realsys`).
@@ -203,15 +206,19 @@ struct AgentProc {
     thread: thread::JoinHandle<Result<(), RealAgentError>>,
 }
 
-fn start_agent(store: &MemoryStore, host: &str, state: &Path) -> AgentProc {
+fn start_agent(endpoints: &str, host: &str, state: &Path) -> AgentProc {
     let (stop, rx) = watch::channel(false);
-    let (store, host, state) = (store.clone(), host.to_owned(), state.to_path_buf());
+    let (endpoints, host, state) = (endpoints.to_owned(), host.to_owned(), state.to_path_buf());
     let thread = thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("agent runtime");
+        // Like a process of its own: its own connection to etcd.
+        let store = rt
+            .block_on(EtcdStore::connect(&[endpoints], Duration::from_secs(5)))
+            .expect("agent connects to etcd");
         let result = rt.block_on(real::run(store, &host, &rootfs(), &state, rx));
         // The process exits: its supervisors go, the containers stay.
         rt.shutdown_timeout(Duration::from_secs(10));
@@ -242,7 +249,7 @@ async fn wait_for<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(
     }
 }
 
-async fn statuses(store: &MemoryStore) -> BTreeMap<String, StatusRecord> {
+async fn statuses(store: &EtcdStore) -> BTreeMap<String, StatusRecord> {
     store
         .get(keys::STATUS, true, None)
         .await
@@ -295,7 +302,7 @@ fn cgroups_left(tasks: &[String]) -> Vec<String> {
 
 #[test]
 fn real_agents_run_stop_and_survive_their_own_restart() {
-    if !available() {
+    if !available() || require_etcd().is_none() {
         return;
     }
     let _ = tracing_subscriber::fmt()
@@ -313,7 +320,10 @@ fn real_agents_run_stop_and_survive_their_own_restart() {
         .enable_all()
         .build()
         .expect("runtime");
-    let store = MemoryStore::new();
+    // Real etcd, as in the other control-plane tests (the harness kills it at the end).
+    let mut cluster = rt.block_on(EtcdCluster::start(1)).expect("etcd starts");
+    let endpoint = cluster.endpoint(0);
+    let store = rt.block_on(cluster.store()).expect("connect to etcd");
     let tag = std::process::id();
     let jobs = [(format!("ra{tag}"), 2u32), (format!("rb{tag}"), 1u32)];
 
@@ -407,9 +417,9 @@ fn real_agents_run_stop_and_survive_their_own_restart() {
     // The agents run what was assigned.
     let agents: Vec<AgentProc> = busy
         .iter()
-        .map(|h| start_agent(&store, h, &state_of(h)))
+        .map(|h| start_agent(&endpoint, h, &state_of(h)))
         .collect();
-    let want_running = |store: MemoryStore, n: usize| async move {
+    let want_running = |store: EtcdStore, n: usize| async move {
         let s = statuses(&store).await;
         s.len() == n && s.values().all(|r| r.state == TaskState::Running)
     };
@@ -426,6 +436,19 @@ fn real_agents_run_stop_and_survive_their_own_restart() {
     }
 
     phase("running");
+    // The whole control plane down (its store killed): the tasks keep running, and the
+    // agents carry on once the store is back.
+    cluster.kill(0).expect("kill etcd");
+    std::thread::sleep(Duration::from_secs(3));
+    for (host, _, task) in &placed {
+        assert_eq!(
+            assert_running(&state_of(host), task),
+            pids[task],
+            "{task}: restarted while etcd was down"
+        );
+    }
+    rt.block_on(cluster.restart(0)).expect("restart etcd");
+    phase("etcd back");
     // An assignment deleted in the store: that task stops, its report goes.
     let (gone_host, gone_key, gone_task) = placed
         .iter()
@@ -475,7 +498,7 @@ fn real_agents_run_stop_and_survive_their_own_restart() {
     phase("agents exited");
     let agents: Vec<AgentProc> = busy
         .iter()
-        .map(|h| start_agent(&store, h, &state_of(h)))
+        .map(|h| start_agent(&endpoint, h, &state_of(h)))
         .collect();
     rt.block_on(async {
         // Let the agents converge, then check that nothing moved.
