@@ -79,7 +79,17 @@ pub(crate) fn build(small: usize) -> Result<Region, String> {
         let rack = i / RACK;
         let power = rack / RACKS_PER_POWER;
         let dc = power / POWER_PER_DC;
-        let spec = if i < small {
+        // Machine types are interleaved evenly, so a rack holds mostly small hosts and a
+        // big or GPU host now and then, as racks filled over years of purchases do.
+        let every = |n: usize, i: usize| (i + 1) * n / total > i * n / total;
+        let kind = if every(gpu, i) {
+            GPU
+        } else if every(big + gpu, i) {
+            BIG
+        } else {
+            SMALL
+        };
+        let spec = if kind == SMALL {
             // One small host in 10 carries the hugepages profile; a few racks' worth
             // already run the web profile.
             let profile = if i % 10 == 9 {
@@ -92,7 +102,7 @@ pub(crate) fn build(small: usize) -> Result<Region, String> {
             HostSpec::new(small_cap)
                 .machine_type(SMALL)
                 .profile(profile)
-        } else if i < small + big {
+        } else if kind == BIG {
             HostSpec::new(big_cap).machine_type(BIG).profile("default")
         } else {
             HostSpec::new(gpu_cap)
