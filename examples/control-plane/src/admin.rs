@@ -9,7 +9,8 @@ use twine_spec::{Format, JobSpec};
 
 use crate::keys::{self, BadName, FREE};
 use crate::model::{
-    self, BadRecord, Capacity, EntitlementRecord, FleetRecord, HostInfo, JobRecord,
+    self, BadRecord, Capacity, DrainRecord, DrainState, EntitlementRecord, FleetRecord, HostInfo,
+    JobRecord,
 };
 use crate::store::{CmpOp, Compare, MAX_TXN_OPS, Op, Store, StoreError, Txn};
 
@@ -104,6 +105,17 @@ pub enum AdminError {
         used: u64,
         /// The quota.
         quota: u32,
+    },
+    /// `drain` named a host the fleet does not have.
+    #[error("host {0:?} is unknown")]
+    UnknownHost(String),
+    /// `drain` named a host that has a drain record already.
+    #[error("host {host:?} is already {state}")]
+    AlreadyDraining {
+        /// The host.
+        host: String,
+        /// `draining` or `drained`.
+        state: String,
     },
     /// A job of that name was submitted before.
     #[error("{}: job {job:?} exists already in entitlement {entitlement:?}", path.display())]
@@ -239,6 +251,45 @@ pub async fn entitlement_add<S: Store>(
         return Err(AdminError::EntitlementExists(name.to_owned()));
     }
     Ok(())
+}
+
+/// Starts draining a host: writes `/twine/v1/hosts/<host>/drain` (state `draining`)
+/// if the host exists and has no drain record yet. The leader of the entitlement that
+/// owns the host does the rest through TaskControl (see the README).
+pub async fn drain<S: Store>(store: &S, host: &str) -> Result<(), AdminError> {
+    keys::check_name("host", host)?;
+    let info = keys::host_info(host);
+    let key = keys::host_drain(host);
+    let txn = Txn::new()
+        .when([
+            Compare::create_revision(&info, CmpOp::Greater, 0),
+            Compare::create_revision(&key, CmpOp::Equal, 0),
+        ])
+        .and_then([Op::put(
+            &key,
+            model::encode(&DrainRecord {
+                state: DrainState::Draining,
+            }),
+        )])
+        .or_else([Op::get(&info), Op::get(&key)]);
+    let res = store.txn(txn).await?;
+    if res.succeeded {
+        return Ok(());
+    }
+    if res.responses.first().is_none_or(|r| r.is_empty()) {
+        return Err(AdminError::UnknownHost(host.to_owned()));
+    }
+    let state = match res.responses.get(1).and_then(|r| r.first()) {
+        Some(kv) => match model::decode::<DrainRecord>(&kv.key, &kv.value)?.state {
+            DrainState::Draining => "draining",
+            DrainState::Drained => "drained",
+        },
+        None => "draining",
+    };
+    Err(AdminError::AlreadyDraining {
+        host: host.to_owned(),
+        state: state.to_owned(),
+    })
 }
 
 /// A job read from a spec file, ready to submit.

@@ -5,13 +5,15 @@
 //! /twine/v1/fleet                          fleet record (shape, host count)        admin, once
 //! /twine/v1/hosts/<host>/info              host inventory (capacity, fault domain) admin, once
 //! /twine/v1/hosts/<host>/owner             "free" or an entitlement name           CAS target
+//! /twine/v1/hosts/<host>/drain             drain record (draining, drained)        drain; leader
 //! /twine/v1/ents/<ent>/spec                entitlement record (quota)              admin
 //! /twine/v1/ents/<ent>/leader              scheduler name, on its session lease    FENCE KEY
 //! /twine/v1/ents/<ent>/jobs/<job>          job record (the spec and its demand)    submit
 //! /twine/v1/ents/<ent>/tasks/<job>/<i>     task record (host, demand, writer)      scheduler
 //! /twine/v1/assign/<host>/<job>/<i>        what the host's agent runs              scheduler
 //! /twine/v1/status/<host>/<job>/<i>        what the agent reports                  agent
-//! /twine/v1/taskcontrol/<ent>/<job>/<op>   TaskControl operations of a job         scheduler
+//! /twine/v1/taskcontrol/<ent>/<job>/<op>   TaskControl operation offered to a job  scheduler
+//! /twine/v1/taskcontrol/<ent>/<job>/<op>/ack  the job's controller approves it     controller
 //! /twine/v1/scheds/<name>                  live scheduler, on its session lease    scheduler
 //! ```
 //!
@@ -47,6 +49,10 @@ pub fn host_info(host: &str) -> String {
 /// A host's owner: [`FREE`] or an entitlement.
 pub fn host_owner(host: &str) -> String {
     format!("{HOSTS}{host}/owner")
+}
+/// A host's drain record, while it is draining or once it is drained.
+pub fn host_drain(host: &str) -> String {
+    format!("{HOSTS}{host}/drain")
 }
 /// An entitlement's record.
 pub fn ent_spec(ent: &str) -> String {
@@ -91,6 +97,15 @@ pub fn sched(name: &str) -> String {
 /// The TaskControl operations of a job.
 pub fn taskcontrol(ent: &str, job: &str) -> String {
     format!("{TASKCONTROL}{ent}/{job}/")
+}
+
+/// One TaskControl operation of a job.
+pub fn taskcontrol_op(ent: &str, job: &str, op: &str) -> String {
+    format!("{TASKCONTROL}{ent}/{job}/{op}")
+}
+/// The ack of one TaskControl operation (written by the job's controller).
+pub fn taskcontrol_ack(ent: &str, job: &str, op: &str) -> String {
+    format!("{TASKCONTROL}{ent}/{job}/{op}/ack")
 }
 
 /// The parts of a key under a prefix: `split("/a/", "/a/x/y") == Some(["x", "y"])`.

@@ -15,3 +15,4 @@ pub mod keys;
 pub mod model;
 pub mod sched;
 pub mod store;
+pub mod taskcontrol;

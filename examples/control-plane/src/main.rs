@@ -84,6 +84,32 @@ enum Command {
         #[arg(required = true)]
         specs: Vec<PathBuf>,
     },
+    /// Drains a host through TaskControl: its entitlement's leader offers each of its
+    /// tasks' jobs a move, and moves each task once its job's controller acks.
+    Drain {
+        /// etcd URLs, comma-separated, or `memory`.
+        #[arg(long)]
+        endpoints: String,
+        /// The host.
+        #[arg(long)]
+        host: String,
+    },
+    /// Runs a job's TaskControl controller until SIGINT or SIGTERM: acks the operations
+    /// offered to the job, at most N acked and not yet done at a time.
+    Taskcontrol {
+        /// etcd URLs, comma-separated, or `memory`.
+        #[arg(long)]
+        endpoints: String,
+        /// The job.
+        #[arg(long)]
+        job: String,
+        /// Its entitlement.
+        #[arg(long)]
+        entitlement: String,
+        /// Operations acked and not yet done, at most (0 vetoes every operation).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        max_unavailable: usize,
+    },
     /// Prints the state at one revision.
     Dump {
         /// etcd URLs, comma-separated, or `memory`.
@@ -142,7 +168,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let long_running = matches!(
         cli.command,
-        Command::Scheduler { .. } | Command::Agents { .. }
+        Command::Scheduler { .. } | Command::Agents { .. } | Command::Taskcontrol { .. }
     );
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -312,6 +338,27 @@ async fn run(command: Command) -> Result<()> {
                     job.entitlement
                 );
             }
+        }
+        Command::Drain { endpoints, host } => {
+            let store = connect(&endpoints).await?;
+            admin::drain(&store, &host).await?;
+            println!("host {host}: draining");
+        }
+        Command::Taskcontrol {
+            endpoints,
+            job,
+            entitlement,
+            max_unavailable,
+        } => {
+            let store = connect(&endpoints).await?;
+            let stop = on_signal()?;
+            let cfg = twine_control::taskcontrol::ControllerConfig {
+                name: format!("taskcontrol-{job}"),
+                entitlement,
+                job,
+                max_unavailable,
+            };
+            twine_control::taskcontrol::run(store, cfg, stop).await?;
         }
         Command::Dump { endpoints, json } => {
             let store = connect(&endpoints).await?;

@@ -130,6 +130,56 @@ pub struct StatusRecord {
     pub detail: String,
 }
 
+/// Where a host's drain stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainState {
+    /// Its tasks are being offered to their jobs' controllers and moved as they ack.
+    Draining,
+    /// It holds no task any more.
+    Drained,
+}
+
+/// `/twine/v1/hosts/<host>/drain`: written by `drain`, marked drained by the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRecord {
+    /// The state.
+    pub state: DrainState,
+}
+
+/// The state of a TaskControl operation while its key exists (the scheduler deletes the
+/// key once the operation is done; an ack is a separate key, see [`AckRecord`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpState {
+    /// Offered to the job's controller, which may ack it or never (a veto).
+    Offered,
+}
+
+/// `/twine/v1/taskcontrol/<ent>/<job>/<op>`: an operation the scheduler offers a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpRecord {
+    /// The replica index.
+    pub index: u32,
+    /// What the operation does: `move`.
+    pub kind: String,
+    /// The host the task leaves.
+    pub from: String,
+    /// Its state.
+    pub state: OpState,
+}
+
+/// `/twine/v1/taskcontrol/<ent>/<job>/<op>/ack`: the job's controller approves the
+/// operation. Written only while the operation key exists; deleted with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRecord {
+    /// Who acked (the controller's name).
+    pub by: String,
+}
+
 /// A record that does not parse.
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {source} (value {value:?})")]

@@ -546,3 +546,243 @@ async fn bad_input_is_refused_and_changes_nothing() {
     .unwrap_err();
     assert!(matches!(e, SchedError::NoFleet), "{e}");
 }
+
+// Draining a host through TaskControl.
+
+/// Tasks per host of an entitlement: host -> [(job, index)].
+async fn tasks_by_host(store: &MemoryStore) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (k, (v, _, _)) in raw(store).await {
+        let p: Vec<&str> = k.trim_start_matches("/twine/v1/").split('/').collect();
+        if let ["ents", _, "tasks", j, i] = p.as_slice() {
+            out.entry(v["host"].as_str().unwrap().to_string())
+                .or_default()
+                .push((j.to_string(), i.to_string()));
+        }
+    }
+    out
+}
+
+/// A fleet with two entitlements, jobs `v` and `w` of `web` (small tasks, few hosts,
+/// so they share hosts) and `b` of `batch`, all placed; returns the store, the
+/// scheduler and a host holding tasks of both `v` and `w`.
+async fn drain_setup() -> (MemoryStore, Running, String) {
+    let store = fleet(20, &[("web", 4), ("batch", 4)]).await;
+    let s = start(&store, "s1", 2);
+    admin::submit_records(
+        &store,
+        vec![
+            job("v", "web", 10, 1000, 1024),
+            job("w", "web", 10, 1000, 1024),
+            job("b", "batch", 4, 1000, 1024),
+        ],
+    )
+    .await
+    .unwrap();
+    until("24 placed", Duration::from_secs(10), async || {
+        tasks_by_host(&store)
+            .await
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == 24
+    })
+    .await;
+    let by_host = tasks_by_host(&store).await;
+    let h = by_host
+        .iter()
+        .filter(|(_, ts)| ts.iter().any(|(j, _)| j == "v") && ts.iter().any(|(j, _)| j == "w"))
+        .max_by_key(|(_, ts)| ts.len())
+        .map(|(h, _)| h.clone())
+        .expect("a host with tasks of both v and w");
+    (store, s, h)
+}
+
+fn controller(store: &MemoryStore, job: &str, max_unavailable: usize) -> watch::Sender<bool> {
+    let (tx, rx) = watch::channel(false);
+    let cfg = twine_control::taskcontrol::ControllerConfig {
+        entitlement: "web".into(),
+        job: job.into(),
+        max_unavailable,
+        name: format!("ctl-{job}"),
+    };
+    tokio::spawn(twine_control::taskcontrol::run(store.clone(), cfg, rx));
+    tx
+}
+
+async fn drain_state(store: &MemoryStore, host: &str) -> Option<String> {
+    raw(store)
+        .await
+        .get(&keys::host_drain(host))
+        .and_then(|(v, _, _)| v["state"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_every_acked_task_and_completes() {
+    let (store, s, h) = drain_setup().await;
+    let before = tasks_by_host(&store).await[&h].clone();
+    let _v = controller(&store, "v", 100);
+    let _w = controller(&store, "w", 100);
+    admin::drain(&store, &h).await.unwrap();
+    until("the host drained", Duration::from_secs(20), async || {
+        drain_state(&store, &h).await.as_deref() == Some("drained")
+    })
+    .await;
+    assert_eq!(check(&store, false).await, 24);
+    let kv = raw(&store).await;
+    assert!(!tasks_by_host(&store).await.contains_key(&h));
+    assert!(!kv.keys().any(|k| k.starts_with(&keys::host_assign(&h))));
+    assert!(
+        !kv.keys().any(|k| k.starts_with(keys::TASKCONTROL)),
+        "{kv:?}"
+    );
+    for (j, i) in &before {
+        let rec = &kv[&format!("/twine/v1/ents/web/tasks/{j}/{i}")].0;
+        let to = rec["host"].as_str().unwrap();
+        assert_ne!(to, h);
+        assert!(kv.contains_key(&format!("/twine/v1/assign/{to}/{j}/{i}")));
+    }
+    // The drained host went back to the pool and nobody takes it.
+    assert_eq!(kv[&keys::host_owner(&h)].0, Value::String("free".into()));
+    admin::submit_records(&store, vec![job("b2", "batch", 30, 1000, 1024)])
+        .await
+        .unwrap();
+    until("b2 placed", Duration::from_secs(10), async || {
+        tasks_by_host(&store)
+            .await
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == 54
+    })
+    .await;
+    assert!(!tasks_by_host(&store).await.contains_key(&h));
+    assert_eq!(check(&store, false).await, 54);
+    s.handle.stop();
+    s.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_unavailable_one_acks_one_operation_at_a_time() {
+    let (store, s, h) = drain_setup().await;
+    let w_on_h = tasks_by_host(&store).await[&h]
+        .iter()
+        .filter(|(j, _)| j == "w")
+        .count();
+    // The store's own history of the job's operation keys, from the test.
+    let start_rev = store.get(keys::ROOT, false, None).await.unwrap().revision;
+    let mut watch = store
+        .watch(&keys::taskcontrol("web", "w"), start_rev + 1)
+        .await
+        .unwrap();
+    let history = tokio::spawn(async move {
+        let mut acked = std::collections::BTreeSet::new();
+        let (mut most, mut acks) = (0, 0);
+        while let Some(Ok(m)) = watch.next().await {
+            let twine_control::store::WatchMessage::Events(evs) = m else {
+                continue;
+            };
+            for ev in evs {
+                let key = ev.key().to_string();
+                let put = matches!(ev, twine_control::store::Event::Put(_));
+                match key.strip_suffix("/ack") {
+                    Some(op) if put => {
+                        acked.insert(op.to_string());
+                        acks += 1;
+                    }
+                    Some(op) => {
+                        acked.remove(op);
+                    }
+                    None if !put => {
+                        acked.remove(&key);
+                    }
+                    None => {}
+                }
+                most = most.max(acked.len());
+            }
+            if acks == w_on_h && acked.is_empty() {
+                break;
+            }
+        }
+        (most, acks)
+    });
+    let _v = controller(&store, "v", 100);
+    let _w = controller(&store, "w", 1);
+    admin::drain(&store, &h).await.unwrap();
+    until("the host drained", Duration::from_secs(20), async || {
+        drain_state(&store, &h).await.as_deref() == Some("drained")
+    })
+    .await;
+    let (most, acks) = tokio::time::timeout(Duration::from_secs(5), history)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(acks, w_on_h);
+    assert_eq!(most, 1, "more than one operation of w acked and not done");
+    assert_eq!(check(&store, false).await, 24);
+    s.handle.stop();
+    s.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vetoing_job_keeps_its_tasks_and_the_drain_waits() {
+    let (store, s, h) = drain_setup().await;
+    let v_on_h: Vec<_> = tasks_by_host(&store).await[&h]
+        .iter()
+        .filter(|(j, _)| j == "v")
+        .cloned()
+        .collect();
+    let _w = controller(&store, "w", 100); // v has no controller: it vetoes
+    admin::drain(&store, &h).await.unwrap();
+    until(
+        "w's tasks left the host",
+        Duration::from_secs(20),
+        async || {
+            tasks_by_host(&store)
+                .await
+                .get(&h)
+                .is_some_and(|ts| ts.iter().all(|(j, _)| j == "v"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let on_h: Vec<_> = tasks_by_host(&store).await[&h].clone();
+    assert_eq!(on_h, v_on_h);
+    assert_eq!(drain_state(&store, &h).await.as_deref(), Some("draining"));
+    let kv = raw(&store).await;
+    let ops: Vec<_> = kv
+        .iter()
+        .filter(|(k, _)| k.starts_with(keys::TASKCONTROL))
+        .collect();
+    assert_eq!(ops.len(), v_on_h.len(), "{ops:?}");
+    for (k, (v, _, _)) in ops {
+        assert!(k.starts_with(&keys::taskcontrol("web", "v")), "{k}");
+        assert_eq!(v["state"], "offered");
+        assert_eq!(v["kind"], "move");
+        assert_eq!(v["from"], Value::String(h.clone()));
+    }
+    assert_eq!(check(&store, false).await, 24);
+    s.handle.stop();
+    s.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn drain_refuses_an_unknown_host_and_a_second_drain() {
+    let store = fleet(4, &[("web", 2)]).await;
+    assert!(matches!(
+        admin::drain(&store, "nope").await,
+        Err(AdminError::UnknownHost(h)) if h == "nope"
+    ));
+    assert!(matches!(
+        admin::drain(&store, "a/b").await,
+        Err(AdminError::BadName(_))
+    ));
+    let h = admin::host_name(1);
+    admin::drain(&store, &h).await.unwrap();
+    let err = admin::drain(&store, &h).await.unwrap_err();
+    assert!(
+        matches!(&err, AdminError::AlreadyDraining { host, .. } if *host == h),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&h), "{err}");
+}

@@ -259,6 +259,7 @@ impl<S: Store> Scheduler<S> {
             let ents = self.store.get(keys::ENTS, true, Some(r)).await?;
             let hosts = self.store.get(keys::HOSTS, true, Some(r)).await?;
             let fleet = self.store.get(keys::FLEET, false, Some(r)).await?;
+            let ops = self.store.get(keys::TASKCONTROL, true, Some(r)).await?;
             self.view = View::from_snapshot(
                 r,
                 scheds
@@ -266,13 +267,15 @@ impl<S: Store> Scheduler<S> {
                     .iter()
                     .chain(&ents.kvs)
                     .chain(&hosts.kvs)
-                    .chain(&fleet.kvs),
+                    .chain(&fleet.kvs)
+                    .chain(&ops.kvs),
             )?;
             // Shards built before this snapshot are rebuilt from the store too.
             self.shards.clear();
             let mut w_s = self.store.watch(keys::SCHEDS, r + 1).await?;
             let mut w_e = self.store.watch(keys::ENTS, r + 1).await?;
             let mut w_h = self.store.watch(keys::HOSTS, r + 1).await?;
+            let mut w_t = self.store.watch(keys::TASKCONTROL, r + 1).await?;
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 self.reconcile().await?;
@@ -280,6 +283,7 @@ impl<S: Store> Scheduler<S> {
                     m = w_s.next() => m,
                     m = w_e.next() => m,
                     m = w_h.next() => m,
+                    m = w_t.next() => m,
                     _ = tick.tick() => continue,
                     _ = stop.changed() => return Ok(()),
                     _ = lost.changed() => return Err(SchedError::SessionLost(self.name.clone())),
@@ -441,6 +445,38 @@ impl<S: Store> Scheduler<S> {
                     tracing::warn!(entitlement = %e, "deposed: a fenced write was refused");
                     self.shards.remove(&e);
                     self.stats.released.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Rebuild => {
+                    self.shards.remove(&e);
+                }
+            }
+        }
+        // Drain: offer, move what was acked, mark drained.
+        let names: Vec<String> = self.shards.keys().cloned().collect();
+        for e in names {
+            let Some(sh) = self.shards.get_mut(&e) else {
+                continue;
+            };
+            match sh.drain(&self.store, &self.view).await? {
+                Outcome::Leading(p) => {
+                    for (other, sh) in self.shards.iter_mut() {
+                        if *other != e {
+                            for host in &p.joined {
+                                sh.taken(host)?;
+                            }
+                        }
+                    }
+                }
+                Outcome::Deposed => {
+                    tracing::warn!(entitlement = %e, "deposed: a fenced write was refused");
+                    self.shards.remove(&e);
+                    self.stats.released.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcome::Rebuild => {
+                    // A move's destination was taken meanwhile: the allocator is ahead
+                    // of the store. The next round rebuilds the shard (same token).
+                    tracing::info!(entitlement = %e, "a move conflicted; rebuilding the shard");
+                    self.shards.remove(&e);
                 }
             }
         }

@@ -18,7 +18,9 @@ use twine_sched::{
 use super::SchedError;
 use super::view::{Change, View};
 use crate::keys::{self, FREE};
-use crate::model::{self, Assignment, Capacity, JobRecord, TaskRecord};
+use crate::model::{
+    self, Assignment, Capacity, DrainRecord, DrainState, JobRecord, OpRecord, OpState, TaskRecord,
+};
 use crate::store::{CmpOp, Compare, Op, Revision, Store, Txn};
 
 /// At most this many tasks go into one transaction: two keys each, plus a host joining
@@ -55,6 +57,9 @@ pub(crate) enum Outcome {
     Leading(Placed),
     /// The fence failed: another scheduler leads now. Nothing was written.
     Deposed,
+    /// A move was refused because its destination was taken meanwhile: the allocator
+    /// is ahead of the store, so the shard is dropped and rebuilt from the store.
+    Rebuild,
 }
 
 /// One led entitlement.
@@ -74,6 +79,10 @@ pub(crate) struct Shard {
     jobs: BTreeMap<String, JobState>,
     next_task: u64,
     next_job: u64,
+    /// Hosts with a drain record: its mod revision and state. All are cordoned here.
+    drains: BTreeMap<String, (Revision, DrainState)>,
+    /// This entitlement's TaskControl operations, by (job, op id), and whether acked.
+    ops: BTreeMap<(String, String), (OpRecord, bool)>,
     /// Something changed that may let pending tasks be placed.
     pub(crate) dirty: bool,
 }
@@ -99,7 +108,17 @@ impl Shard {
             .get(&format!("{}{name}/", keys::ENTS), true, None)
             .await?;
         let hosts = store.get(keys::HOSTS, true, Some(ents.revision)).await?;
-        let view = View::from_snapshot(ents.revision, ents.kvs.iter().chain(&hosts.kvs))?;
+        let ops = store
+            .get(
+                &format!("{}{name}/", keys::TASKCONTROL),
+                true,
+                Some(ents.revision),
+            )
+            .await?;
+        let view = View::from_snapshot(
+            ents.revision,
+            ents.kvs.iter().chain(&hosts.kvs).chain(&ops.kvs),
+        )?;
         let spec = view
             .ents
             .get(name)
@@ -147,6 +166,8 @@ impl Shard {
             jobs: BTreeMap::new(),
             next_task: 0,
             next_job: 0,
+            drains: BTreeMap::new(),
+            ops: BTreeMap::new(),
             dirty: true,
         };
         let ev = view.ents.get(name).cloned().unwrap_or_default();
@@ -203,6 +224,16 @@ impl Shard {
                     shard.foreign.insert(id);
                 }
             }
+        }
+        // Draining and drained hosts are cordoned; outstanding operations continue.
+        for (host, entry) in &view.hosts {
+            if let Some((rec, rev)) = &entry.drain {
+                shard.drain_seen(host, *rev, rec.state)?;
+            }
+        }
+        for (k, rec) in &ev.ops {
+            let acked = ev.acks.contains(k);
+            shard.ops.insert(k.clone(), (rec.clone(), acked));
         }
         for chunk in release.chunks(100) {
             let txn = Txn::new()
@@ -289,7 +320,8 @@ impl Shard {
                 };
                 match owner.as_deref() {
                     Some(FREE) => {
-                        if self.foreign.remove(&id) {
+                        // A draining host stays cordoned wherever it goes.
+                        if self.foreign.remove(&id) && !self.drains.contains_key(host) {
                             self.alloc.host_up(id)?;
                             self.dirty = true;
                         }
@@ -298,9 +330,267 @@ impl Shard {
                     _ => self.taken(host)?,
                 }
             }
+            Change::HostDrain(host) => {
+                match view.hosts.get(host).and_then(|h| h.drain.as_ref()) {
+                    Some((rec, rev)) => self.drain_seen(host, *rev, rec.state)?,
+                    None => {
+                        // The record was removed by hand: the host takes tasks again.
+                        if self.drains.remove(host).is_some()
+                            && let Some(&id) = self.ids.get(host)
+                            && !self.foreign.contains(&id)
+                        {
+                            self.alloc.host_up(id)?;
+                            self.dirty = true;
+                        }
+                    }
+                }
+            }
+            Change::TaskControl(ent, job, op) if *ent == self.name => {
+                let key = (job.clone(), op.clone());
+                let ev = view.ents.get(ent);
+                match ev.and_then(|e| e.ops.get(&key)) {
+                    Some(rec) => {
+                        let acked = ev.is_some_and(|e| e.acks.contains(&key));
+                        self.ops.insert(key, (rec.clone(), acked));
+                    }
+                    None => {
+                        self.ops.remove(&key);
+                    }
+                }
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// A host's drain record, seen in a snapshot or the watch: the host is cordoned.
+    fn drain_seen(
+        &mut self,
+        host: &str,
+        rev: Revision,
+        state: DrainState,
+    ) -> Result<(), SchedError> {
+        let Some(&id) = self.ids.get(host) else {
+            return Ok(());
+        };
+        if !self.drains.contains_key(host) && !self.foreign.contains(&id) {
+            self.alloc.cordon(id)?;
+        }
+        self.drains.insert(host.to_owned(), (rev, state));
+        Ok(())
+    }
+
+    /// One round of draining, after placement: offers a `move` operation for each of
+    /// this entitlement's tasks on a draining host, moves the tasks whose operations
+    /// the job's controller acked (each in one fenced transaction with its task record,
+    /// assignments, host owners and the operation's keys), and marks a draining host
+    /// `drained` once nothing of this entitlement is left on it.
+    pub(crate) async fn drain<S: Store>(
+        &mut self,
+        store: &S,
+        view: &View,
+    ) -> Result<Outcome, SchedError> {
+        let mut done = Placed::default();
+        if self.drains.is_empty() && self.ops.is_empty() {
+            return Ok(Outcome::Leading(done));
+        }
+        // 1. Offer.
+        let mut offer = Vec::new();
+        for (job, js) in &self.jobs {
+            for (&i, &t) in &js.placed {
+                let host = self.host_name(self.alloc.task(t)?.0)?;
+                if !matches!(self.drains.get(host), Some((_, DrainState::Draining))) {
+                    continue;
+                }
+                let op = format!("{host}-{job}-{i}");
+                let k = (job.clone(), op);
+                if self.ops.contains_key(&k) {
+                    continue;
+                }
+                let rec = OpRecord {
+                    index: i,
+                    kind: "move".into(),
+                    from: host.to_owned(),
+                    state: OpState::Offered,
+                };
+                offer.push((k, rec));
+            }
+        }
+        for chunk in offer.chunks(100) {
+            let txn =
+                Txn::new()
+                    .when([self.fence()])
+                    .and_then(chunk.iter().map(|((job, op), rec)| {
+                        Op::put(
+                            keys::taskcontrol_op(&self.name, job, op),
+                            model::encode(rec),
+                        )
+                    }));
+            if !store.txn(txn).await?.succeeded {
+                return Ok(Outcome::Deposed);
+            }
+            for (k, rec) in chunk {
+                self.ops.insert(k.clone(), (rec.clone(), false));
+            }
+        }
+        // 2. Move what was acked.
+        let acked: Vec<(String, String)> = self
+            .ops
+            .iter()
+            .filter(|(_, (_, a))| *a)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (job, op) in acked {
+            let Some((rec, _)) = self.ops.get(&(job.clone(), op.clone())).cloned() else {
+                continue;
+            };
+            let op_keys = [
+                Op::delete(keys::taskcontrol_op(&self.name, &job, &op)),
+                Op::delete(keys::taskcontrol_ack(&self.name, &job, &op)),
+            ];
+            let found = self
+                .jobs
+                .get(&job)
+                .and_then(|js| js.placed.get(&rec.index).map(|&t| (js.id, t)));
+            let current = match found {
+                Some((jid, t)) => {
+                    let h = self.alloc.task(t)?.0;
+                    (self.host_name(h)? == rec.from).then_some((jid, t))
+                }
+                None => None,
+            };
+            let Some((jid, t)) = current else {
+                // The task is not on that host any more: the operation is void.
+                let txn = Txn::new().when([self.fence()]).and_then(op_keys);
+                if !store.txn(txn).await?.succeeded {
+                    return Ok(Outcome::Deposed);
+                }
+                self.ops.remove(&(job, op));
+                continue;
+            };
+            // The destination, chosen like a placement: a probe task of the same job
+            // and demand is placed and freed, then the task moves there.
+            let d = self.alloc.task_view(t)?.demand;
+            let probe = self.new_task()?;
+            let out = self.alloc.apply(&self.request(jid).allocate(probe, d))?;
+            let Some(to) = out.placed.first().map(|p| p.host) else {
+                continue; // nowhere to go now; tried again next round
+            };
+            self.alloc.apply(&self.request(jid).free(probe))?;
+            let moved = match self.alloc.move_task(t, to) {
+                Ok(m) => m,
+                Err(AllocError::MoveRefused { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let to_name = self.host_name(to)?.to_owned();
+            let mut when = vec![self.fence()];
+            let mut ops = Vec::new();
+            let mut otherwise = vec![Op::get(keys::ent_leader(&self.name))];
+            if let Some(j) = moved.host_joined {
+                let host = self.host_name(j)?.to_owned();
+                when.push(Compare::value(keys::host_owner(&host), CmpOp::Equal, FREE));
+                when.push(Compare::create_revision(
+                    keys::host_drain(&host),
+                    CmpOp::Equal,
+                    0,
+                ));
+                ops.push(Op::put(keys::host_owner(&host), self.name.clone()));
+                otherwise.push(Op::get(keys::host_owner(&host)));
+                done.joined.push(host);
+            }
+            if let Some(r) = moved.host_released {
+                ops.push(Op::put(keys::host_owner(self.host_name(r)?), FREE));
+            }
+            let task = TaskRecord {
+                host: to_name.clone(),
+                demand: p_demand(self, t)?,
+                writer: self.scheduler.clone(),
+                epoch: self.epoch,
+            };
+            let assign = Assignment {
+                entitlement: self.name.clone(),
+                job: job.clone(),
+                index: rec.index,
+                demand: task.demand,
+            };
+            ops.push(Op::put(
+                keys::task(&self.name, &job, rec.index),
+                model::encode(&task),
+            ));
+            ops.push(Op::delete(keys::assign(&rec.from, &job, rec.index)));
+            ops.push(Op::put(
+                keys::assign(&to_name, &job, rec.index),
+                model::encode(&assign),
+            ));
+            ops.extend(op_keys);
+            let txn = Txn::new().when(when).and_then(ops).or_else(otherwise);
+            let res = store.txn(txn).await?;
+            if !res.succeeded {
+                let leader = res.responses.first().and_then(|r| r.first());
+                if leader.is_none_or(|kv| kv.create_revision != self.epoch) {
+                    return Ok(Outcome::Deposed);
+                }
+                return Ok(Outcome::Rebuild);
+            }
+            tracing::info!(entitlement = %self.name, task = %format!("{job}/{}", rec.index), from = %rec.from, to = %to_name, "moved (acked)");
+            self.ops.remove(&(job, op));
+            done.tasks += 1;
+            done.txns += 1;
+            self.dirty = true;
+        }
+        // 3. Mark drained what this entitlement has left.
+        let draining: Vec<(String, Revision)> = self
+            .drains
+            .iter()
+            .filter(|(_, (_, st))| *st == DrainState::Draining)
+            .map(|(h, (rev, _))| (h.clone(), *rev))
+            .collect();
+        for (host, rev) in draining {
+            let id = self.host_id(&host)?;
+            if !self.alloc.host(id)?.tasks().is_empty()
+                || self.ops.values().any(|(r, _)| r.from == host)
+            {
+                continue;
+            }
+            let owner = view.hosts.get(&host).and_then(|h| h.owner.clone());
+            let mut ops = vec![Op::put(
+                keys::host_drain(&host),
+                model::encode(&DrainRecord {
+                    state: DrainState::Drained,
+                }),
+            )];
+            match owner.as_deref() {
+                Some(FREE) => {}
+                Some(o) if o == self.name => ops.push(Op::put(keys::host_owner(&host), FREE)),
+                _ => continue,
+            }
+            let txn = Txn::new()
+                .when([
+                    self.fence(),
+                    Compare::mod_revision(keys::host_drain(&host), CmpOp::Equal, rev),
+                    Compare::value(
+                        keys::host_owner(&host),
+                        CmpOp::Equal,
+                        owner.unwrap_or_default(),
+                    ),
+                ])
+                .and_then(ops)
+                .or_else([Op::get(keys::ent_leader(&self.name))]);
+            let res = store.txn(txn).await?;
+            if res.succeeded {
+                tracing::info!(entitlement = %self.name, %host, "drained");
+                self.drains
+                    .insert(host, (res.revision, DrainState::Drained));
+            } else if res
+                .responses
+                .first()
+                .and_then(|r| r.first())
+                .is_none_or(|kv| kv.create_revision != self.epoch)
+            {
+                return Ok(Outcome::Deposed);
+            }
+        }
+        Ok(Outcome::Leading(done))
     }
 
     /// A host another entitlement took: cordoned here (a no-op if known already).
@@ -397,6 +687,11 @@ impl Shard {
             batch
                 .when
                 .push(Compare::value(keys::host_owner(&host), CmpOp::Equal, FREE));
+            batch.when.push(Compare::create_revision(
+                keys::host_drain(&host),
+                CmpOp::Equal,
+                0,
+            ));
             batch
                 .ops
                 .push(Op::put(keys::host_owner(&host), self.name.clone()));
@@ -456,6 +751,11 @@ impl Shard {
                 .iter()
                 .map(|(_, host)| Op::get(keys::host_owner(host))),
         );
+        otherwise.extend(
+            b.joined
+                .iter()
+                .map(|(_, host)| Op::get(keys::host_drain(host))),
+        );
         let txn = Txn::new()
             .when([self.fence()])
             .when(b.when)
@@ -493,7 +793,11 @@ impl Shard {
                 .get(k + 1)
                 .and_then(|r| r.first())
                 .map(|kv| kv.value.as_str());
-            if owner != Some(FREE) && self.foreign.insert(*h) {
+            let draining = res
+                .responses
+                .get(k + 1 + b.joined.len())
+                .is_some_and(|r| !r.is_empty());
+            if (owner != Some(FREE) || draining) && self.foreign.insert(*h) {
                 self.alloc.cordon(*h)?;
             }
         }

@@ -2,11 +2,12 @@
 //! its watches deliver. Built from the keys alone, so a standby's view and a leader's
 //! agree once both have seen the same revision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::keys;
 use crate::model::{
-    self, BadRecord, EntitlementRecord, FleetRecord, HostInfo, JobRecord, TaskRecord,
+    self, BadRecord, DrainRecord, EntitlementRecord, FleetRecord, HostInfo, JobRecord, OpRecord,
+    TaskRecord,
 };
 use crate::store::{Event, KeyValue, Revision};
 
@@ -21,6 +22,10 @@ pub(crate) struct EntView {
     pub(crate) jobs: BTreeMap<String, JobRecord>,
     /// Its placed tasks, by (job, index).
     pub(crate) tasks: BTreeMap<(String, u32), TaskRecord>,
+    /// Its TaskControl operations, by (job, op id).
+    pub(crate) ops: BTreeMap<(String, String), OpRecord>,
+    /// The acks its jobs' controllers wrote, by (job, op id).
+    pub(crate) acks: BTreeSet<(String, String)>,
 }
 
 /// One host as the store has it.
@@ -30,6 +35,9 @@ pub(crate) struct HostEntry {
     pub(crate) info: Option<HostInfo>,
     /// Its owner: `free` or an entitlement.
     pub(crate) owner: Option<String>,
+    /// Its drain record and that key's mod revision (what the leader compares when it
+    /// marks the drain done).
+    pub(crate) drain: Option<(DrainRecord, Revision)>,
 }
 
 /// What changed with one event, for deciding what to redo.
@@ -45,6 +53,10 @@ pub(crate) enum Change {
     Task(String, String, u32),
     /// A host's owner (the new owner, `None` if deleted).
     HostOwner(String, Option<String>),
+    /// A host's drain record.
+    HostDrain(String),
+    /// A TaskControl operation or its ack: entitlement, job, op id.
+    TaskControl(String, String, String),
     /// Anything else (host inventory, the fleet record, keys this view ignores).
     Other,
 }
@@ -123,6 +135,29 @@ impl View {
                         Some(value.to_owned());
                     Change::HostOwner((*host).to_owned(), Some(value.to_owned()))
                 }
+                [host, "drain"] => {
+                    self.hosts.entry((*host).to_owned()).or_default().drain =
+                        Some((model::decode(key, value)?, kv.mod_revision));
+                    Change::HostDrain((*host).to_owned())
+                }
+                _ => Change::Other,
+            });
+        }
+        if let Some(parts) = keys::split(keys::TASKCONTROL, key) {
+            return Ok(match parts.as_slice() {
+                [ent, job, op] => {
+                    let rec: OpRecord = model::decode(key, value)?;
+                    self.ent(ent)
+                        .ops
+                        .insert(((*job).to_owned(), (*op).to_owned()), rec);
+                    Change::TaskControl((*ent).to_owned(), (*job).to_owned(), (*op).to_owned())
+                }
+                [ent, job, op, "ack"] => {
+                    self.ent(ent)
+                        .acks
+                        .insert(((*job).to_owned(), (*op).to_owned()));
+                    Change::TaskControl((*ent).to_owned(), (*job).to_owned(), (*op).to_owned())
+                }
                 _ => Change::Other,
             });
         }
@@ -165,6 +200,27 @@ impl View {
                 h.owner = None;
             }
             return Change::HostOwner((*host).to_owned(), None);
+        }
+        if let Some([host, "drain"]) = keys::split(keys::HOSTS, key).as_deref() {
+            if let Some(h) = self.hosts.get_mut(*host) {
+                h.drain = None;
+            }
+            return Change::HostDrain((*host).to_owned());
+        }
+        match keys::split(keys::TASKCONTROL, key).as_deref() {
+            Some([ent, job, op]) => {
+                self.ent(ent)
+                    .ops
+                    .remove(&((*job).to_owned(), (*op).to_owned()));
+                return Change::TaskControl((*ent).to_owned(), (*job).to_owned(), (*op).to_owned());
+            }
+            Some([ent, job, op, "ack"]) => {
+                self.ent(ent)
+                    .acks
+                    .remove(&((*job).to_owned(), (*op).to_owned()));
+                return Change::TaskControl((*ent).to_owned(), (*job).to_owned(), (*op).to_owned());
+            }
+            _ => {}
         }
         match keys::split(keys::ENTS, key).as_deref() {
             Some([ent, "spec"]) => {
