@@ -669,6 +669,7 @@ async fn max_unavailable_one_acks_one_operation_at_a_time() {
         .iter()
         .filter(|(j, _)| j == "w")
         .count();
+    assert!(w_on_h >= 2, "the drained host holds {w_on_h} tasks of w");
     // The store's own history of the job's operation keys, from the test.
     let start_rev = store.get(keys::ROOT, false, None).await.unwrap().revision;
     let mut watch = store
@@ -785,4 +786,61 @@ async fn drain_refuses_an_unknown_host_and_a_second_drain() {
         "{err}"
     );
     assert!(err.to_string().contains(&h), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_continues_a_drain_from_the_store() {
+    let (store, s1, h) = drain_setup().await;
+    // v vetoes at first: its operations stay offered under the first leader.
+    let _w = controller(&store, "w", 100);
+    admin::drain(&store, &h).await.unwrap();
+    until(
+        "w's tasks left the host",
+        Duration::from_secs(20),
+        async || {
+            tasks_by_host(&store)
+                .await
+                .get(&h)
+                .is_some_and(|ts| ts.iter().all(|(j, _)| j == "v"))
+        },
+    )
+    .await;
+    until(
+        "v's operations offered",
+        Duration::from_secs(10),
+        async || {
+            let v_on_h = tasks_by_host(&store).await[&h].len();
+            let ops = raw(&store)
+                .await
+                .keys()
+                .filter(|k| k.starts_with(&keys::taskcontrol("web", "v")))
+                .count();
+            ops == v_on_h
+        },
+    )
+    .await;
+    // The leader goes; another scheduler rebuilds from the store and carries on once
+    // v's controller approves.
+    s1.handle.stop();
+    s1.task.await.unwrap().unwrap();
+    let s2 = start(&store, "s2", 2);
+    until("s2 leads web", Duration::from_secs(10), async || {
+        leaders(&store).await.get("web").map(String::as_str) == Some("s2")
+    })
+    .await;
+    let _v = controller(&store, "v", 2);
+    until("the host drained", Duration::from_secs(20), async || {
+        drain_state(&store, &h).await.as_deref() == Some("drained")
+    })
+    .await;
+    assert!(!tasks_by_host(&store).await.contains_key(&h));
+    assert!(
+        !raw(&store)
+            .await
+            .keys()
+            .any(|k| k.starts_with(keys::TASKCONTROL))
+    );
+    assert_eq!(check(&store, false).await, 24);
+    s2.handle.stop();
+    s2.task.await.unwrap().unwrap();
 }

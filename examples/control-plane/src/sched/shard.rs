@@ -396,7 +396,11 @@ impl Shard {
         }
         // 1. Offer.
         let mut offer = Vec::new();
-        for (job, js) in &self.jobs {
+        let any_draining = self
+            .drains
+            .values()
+            .any(|(_, st)| *st == DrainState::Draining);
+        for (job, js) in self.jobs.iter().filter(|_| any_draining) {
             for (&i, &t) in &js.placed {
                 let host = self.host_name(self.alloc.task(t)?.0)?;
                 if !matches!(self.drains.get(host), Some((_, DrainState::Draining))) {
