@@ -16,6 +16,9 @@
 //!   that revision (`shard.rs`) and follows the watch from there. Every
 //!   write about the entitlement is a transaction that compares the token; a host joins
 //!   the entitlement only by a transaction that also compares its owner with `free`.
+//! - **Draining** (`Shard::drain`): a host with a drain key is cordoned in every
+//!   shard; the leader owning it offers each of its tasks' jobs a TaskControl `move`
+//!   and moves a task, in one fenced transaction, once the job's controller acks it.
 //! - **Handing over** keeps tasks running: assignments are not touched, and the next
 //!   leader rebuilds the same placements from the store.
 
