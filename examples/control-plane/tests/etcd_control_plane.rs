@@ -12,6 +12,8 @@
 //! - `three_members_lose_the_raft_leader`: a 3-member cluster loses its raft leader.
 //! - `compacted_watch_rebuilds_from_a_snapshot`: watches of stopped processes are
 //!   compacted away; on waking up they rebuild from a snapshot.
+//! - `drain_through_taskcontrol`: a host drained through TaskControl with a controller
+//!   process acking one move at a time.
 //! - `bad_input`: the CLI refuses bad input with exit code 1, a message naming the
 //!   thing, and no change to the store.
 //!
@@ -625,6 +627,86 @@ async fn etcd_restart() {
     history(&env.store, 0).await;
     assert_eq!(agents.exited(), None);
     assert_eq!(sched.exited(), None, "{}", sched.log());
+}
+
+/// A host drained through TaskControl, as processes on etcd: `drain` marks the host,
+/// the leader offers a move per task, a `taskcontrol` controller process acks one at a
+/// time, and the host ends drained and empty with every task placed and running
+/// elsewhere, each rewritten task record under its writer's fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_through_taskcontrol() {
+    let Some(env) = env(1, 20, &[("d0", 10)]).await else {
+        return;
+    };
+    let ep = env.endpoints.clone();
+    let dir = env.dir.path().to_owned();
+    let _sched = Proc::scheduler(&dir, &ep, "s0", 5);
+    let _agents = Proc::agents(&dir, &ep);
+    submit(&ep, &[spec(&dir, "dw", "d0", 8, 4.0, "8G")]);
+    let before = complete(&env.store, Duration::from_secs(20)).await;
+    // The busiest host.
+    let mut per_host: BTreeMap<&str, usize> = BTreeMap::new();
+    for h in before.tasks.values() {
+        *per_host.entry(h).or_default() += 1;
+    }
+    let (host, n) = per_host
+        .iter()
+        .max_by_key(|(h, n)| (**n, std::cmp::Reverse(**h)))
+        .map(|(h, n)| ((*h).to_owned(), *n))
+        .unwrap();
+    assert!(n >= 2, "{per_host:?}");
+    let _controller = Proc::spawn(
+        &dir,
+        "controller",
+        &[
+            "taskcontrol",
+            "--endpoints",
+            &ep,
+            "--job",
+            "dw",
+            "--entitlement",
+            "d0",
+            "--max-unavailable",
+            "1",
+        ],
+    );
+    cli_ok(&["drain", "--endpoints", &ep, "--host", &host]);
+    let key = format!("/twine/v1/hosts/{host}/drain");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = env.store.get(&key, false, None).await.unwrap();
+        let state = r
+            .kvs
+            .first()
+            .and_then(|kv| serde_json::from_str::<serde_json::Value>(&kv.value).ok())
+            .and_then(|v| v["state"].as_str().map(str::to_owned));
+        if state.as_deref() == Some("drained") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{host} not drained: {state:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = complete(&env.store, Duration::from_secs(20)).await;
+    assert_eq!(after.tasks.len(), 8);
+    assert!(
+        after.tasks.values().all(|h| *h != host),
+        "tasks left on {host}"
+    );
+    let moved = before
+        .tasks
+        .iter()
+        .filter(|(t, h)| after.tasks.get(*t) != Some(*h))
+        .count();
+    assert_eq!(moved, n, "exactly the drained host's tasks moved");
+    // No operation left behind, and every task record written under its writer's fence.
+    let ops = env
+        .store
+        .get("/twine/v1/taskcontrol/", true, None)
+        .await
+        .unwrap();
+    assert!(ops.kvs.is_empty(), "{:?}", ops.kvs);
+    history(&env.store, 0).await;
+    cli_fails(&["drain", "--endpoints", &ep, "--host", &host], "already");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
