@@ -13,7 +13,7 @@ use twine_oomd::daemon::{
     DEFAULT_STATE_FILE, Daemon, KillRecord, Options, Output, Record, Selection,
 };
 use twine_oomd::senpai::{Action, Mode, SenpaiConfig};
-use twine_oomd::sim::{SimReport, Workload, simulate};
+use twine_oomd::sim::{SimReport, SimRow, Workload, simulate};
 use twine_oomd::{Cgroup, CgroupError, CgroupRoot, Limit, LimitFile, PressureLine, Resource};
 
 use crate::{Problems, problem};
@@ -459,30 +459,27 @@ fn simulate_cmd(args: &SimulateArgs) -> Result<(), Problems> {
     Ok(())
 }
 
-/// memory.high and memory.current (MiB) above, stall (ms per second) below, over time.
-fn plot(report: &SimReport, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+/// memory.high and memory.current (MiB) over a simulation's rows, on one drawing area:
+/// the upper half of `twine oomd simulate --plot`, and the demo's memory plot.
+pub(crate) fn draw_memory(
+    area: &plotters::drawing::DrawingArea<
+        plotters::prelude::SVGBackend<'_>,
+        plotters::coord::Shift,
+    >,
+    caption: &str,
+    caption_size: u32,
+    rows: &[SimRow],
+) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
-    let rows = &report.rows;
     let end = rows.last().map_or(1, |r| r.t_s.max(1)) as f64;
     let top_mib = rows
         .iter()
         .map(|r| mib(r.current).max(r.high.map_or(0.0, mib)))
         .fold(1.0, f64::max)
         * 1.1;
-    let top_stall = rows
-        .iter()
-        .map(|r| r.stall_us as f64 / 1000.0)
-        .fold(1.0, f64::max)
-        * 1.1;
-    let area = SVGBackend::new(path, (900, 600)).into_drawing_area();
-    area.fill(&WHITE)?;
-    let (upper, lower) = area.split_vertically(380);
-    let mut memory = ChartBuilder::on(&upper)
-        .caption(
-            "twine oomd simulate: Senpai on a 200 MiB hot / 1 GiB cold workload",
-            ("sans-serif", 18),
-        )
+    let mut memory = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", caption_size))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
@@ -512,6 +509,28 @@ fn plot(report: &SimReport, path: &Path) -> Result<(), Box<dyn std::error::Error
         .background_style(WHITE)
         .border_style(BLACK)
         .draw()?;
+    Ok(())
+}
+
+/// memory.high and memory.current (MiB) above, stall (ms per second) below, over time.
+fn plot(report: &SimReport, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let rows = &report.rows;
+    let end = rows.last().map_or(1, |r| r.t_s.max(1)) as f64;
+    let top_stall = rows
+        .iter()
+        .map(|r| r.stall_us as f64 / 1000.0)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let area = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    area.fill(&WHITE)?;
+    let (upper, lower) = area.split_vertically(380);
+    draw_memory(
+        &upper,
+        "twine oomd simulate: Senpai on a 200 MiB hot / 1 GiB cold workload",
+        18,
+        rows,
+    )?;
     let mut stall = ChartBuilder::on(&lower)
         .margin(10)
         .x_label_area_size(30)

@@ -457,49 +457,14 @@ fn rollout_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
 }
 
 fn memory_plot(path: &Path, o: &Outcome) -> Result<(), Error> {
-    let rows = &o.memory.rows;
-    let end = rows.last().map_or(1, |r| r.t_s.max(1)) as f64;
-    let top = rows
-        .iter()
-        .map(|r| mib(r.current).max(r.high.map_or(0.0, mib)))
-        .fold(1.0, f64::max)
-        * 1.1;
     let area = SVGBackend::new(path, (800, 480)).into_drawing_area();
     area.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&area)
-        .caption(
-            "twine demo: Senpai sizing one task's memory",
-            ("sans-serif", 20),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..end, 0.0..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .y_desc("MiB")
-        .draw()?;
-    chart
-        .draw_series(LineSeries::new(
-            rows.iter()
-                .filter_map(|r| Some((r.t_s as f64, mib(r.high?)))),
-            &RED,
-        ))?
-        .label("memory.high")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .draw_series(LineSeries::new(
-            rows.iter().map(|r| (r.t_s as f64, mib(r.current))),
-            &BLUE,
-        ))?
-        .label("memory.current")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()?;
+    crate::oomd::draw_memory(
+        &area,
+        "twine demo: Senpai sizing one task's memory",
+        20,
+        &o.memory.rows,
+    )?;
     area.present()?;
     Ok(())
 }
