@@ -39,6 +39,31 @@ fn status_key(assign_key: &str) -> Option<String> {
     Some(format!("{}{rest}", keys::STATUS))
 }
 
+/// The assignment key a status key answers.
+fn assign_key(status_key: &str) -> Option<String> {
+    let rest = status_key.strip_prefix(keys::STATUS)?;
+    Some(format!("{}{rest}", keys::ASSIGN))
+}
+
+/// The events of one message of an assignment watch started at `start` (`None` for a
+/// progress message), or why the watch ended: compacted away, broken or closed. The
+/// agent then re-reads its assignments and converges again.
+fn assignment_events(
+    msg: Option<Result<WatchMessage, StoreError>>,
+    start: Revision,
+) -> Result<Option<Vec<Event>>, StoreError> {
+    match msg {
+        Some(Ok(WatchMessage::Events(events))) => Ok(Some(events)),
+        Some(Ok(WatchMessage::Progress(_))) => Ok(None),
+        Some(Ok(WatchMessage::Canceled { compact_revision })) => Err(StoreError::Compacted {
+            requested: start,
+            compacted: compact_revision,
+        }),
+        Some(Err(e)) => Err(e),
+        None => Err(StoreError::Backend("assignment watch ended".into())),
+    }
+}
+
 /// Runs the simulated agents of every host until `stop` turns true. Store failures
 /// are retried (with the tasks left running); only `stop` ends it.
 pub async fn run_simulated<S: Store>(
@@ -107,10 +132,7 @@ async fn sync_and_follow<S: Store>(
         stats.stopped.fetch_add(1, Ordering::Relaxed);
     }
     for sk in have.keys() {
-        let ak = sk
-            .strip_prefix(keys::STATUS)
-            .map(|rest| format!("{}{rest}", keys::ASSIGN));
-        if ak.is_some_and(|ak| !want.contains_key(&ak)) {
+        if assign_key(sk).is_some_and(|ak| !want.contains_key(&ak)) {
             ops.push(Op::delete(sk.clone()));
         }
     }
@@ -129,44 +151,34 @@ async fn sync_and_follow<S: Store>(
                 continue;
             }
         };
-        match msg {
-            Some(Ok(WatchMessage::Events(events))) => {
-                for ev in &events {
-                    match ev {
-                        Event::Put(kv) => {
-                            if running.insert(kv.key.clone(), ()).is_none() {
-                                stats.started.fetch_add(1, Ordering::Relaxed);
-                                if let Some(sk) = status_key(&kv.key) {
-                                    ops.push(Op::put(sk, running_now.clone()));
-                                }
-                            }
-                        }
-                        Event::Delete { key, .. } => {
-                            if running.remove(key).is_some() {
-                                stats.stopped.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if let Some(sk) = status_key(key) {
-                                ops.push(Op::delete(sk));
-                            }
+        let Some(events) = assignment_events(msg, r + 1)? else {
+            continue;
+        };
+        for ev in &events {
+            match ev {
+                Event::Put(kv) => {
+                    if running.insert(kv.key.clone(), ()).is_none() {
+                        stats.started.fetch_add(1, Ordering::Relaxed);
+                        if let Some(sk) = status_key(&kv.key) {
+                            ops.push(Op::put(sk, running_now.clone()));
                         }
                     }
                 }
-                if ops.len() >= MAX_TXN_OPS {
-                    deadline = None;
-                    flush(store, &mut ops).await?;
-                } else if !ops.is_empty() && deadline.is_none() {
-                    deadline = Some(tokio::time::Instant::now() + BATCH);
+                Event::Delete { key, .. } => {
+                    if running.remove(key).is_some() {
+                        stats.stopped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(sk) = status_key(key) {
+                        ops.push(Op::delete(sk));
+                    }
                 }
             }
-            Some(Ok(WatchMessage::Progress(_))) => {}
-            Some(Ok(WatchMessage::Canceled { compact_revision })) => {
-                return Err(StoreError::Compacted {
-                    requested: r + 1,
-                    compacted: compact_revision,
-                });
-            }
-            Some(Err(e)) => return Err(e),
-            None => return Err(StoreError::Backend("assignment watch ended".into())),
+        }
+        if ops.len() >= MAX_TXN_OPS {
+            deadline = None;
+            flush(store, &mut ops).await?;
+        } else if !ops.is_empty() && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + BATCH);
         }
     }
 }

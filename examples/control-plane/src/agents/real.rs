@@ -35,10 +35,10 @@ use twine_agent::lifecycle::TaskState as AgentState;
 use twine_agent::state::StateDir;
 use twine_spec::{Format, JobSpec, ParseError};
 
-use super::{flush, status_key};
+use super::{assign_key, assignment_events, flush, status_key};
 use crate::keys::{self, BadName};
 use crate::model::{self, Assignment, BadRecord, JobRecord, StatusRecord, TaskState};
-use crate::store::{Event, Op, Store, StoreError, WatchMessage};
+use crate::store::{Event, Op, Store, StoreError};
 
 /// The `agent` field of this agent's reports.
 pub const AGENT: &str = "twine-agent";
@@ -232,16 +232,7 @@ pub async fn run<S: Store>(
     state_dir: &Path,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), RealAgentError> {
-    keys::check_name("host", host)?;
-    let agent = open(host, rootfs, state_dir)?;
-    let reattached = agent
-        .reattach_all()
-        .await
-        .map_err(|source| RealAgentError::Reattach {
-            host: host.to_owned(),
-            state_dir: state_dir.to_path_buf(),
-            source: Box::new(source),
-        })?;
+    let (agent, reattached) = open_and_reattach(host, rootfs, state_dir).await?;
     if !reattached.is_empty() {
         tracing::info!(host, "reattached to {} running task(s)", reattached.len());
     }
@@ -280,15 +271,13 @@ pub async fn run<S: Store>(
     Ok(())
 }
 
-/// Stops every task in `state_dir` by its kill policy, waits until each container
-/// is gone, then deletes `host`'s status keys. For tests and decommissioning; it
-/// takes the state directory's lock, so no agent may run on it meanwhile.
-pub async fn stop_all<S: Store>(
-    store: &S,
+/// Opens the agent of `host` on `state_dir` (under its lock) and reattaches to the
+/// tasks a previous agent left running there.
+async fn open_and_reattach(
     host: &str,
     rootfs: &Path,
     state_dir: &Path,
-) -> Result<(), RealAgentError> {
+) -> Result<(Agent, Vec<JobHandle>), RealAgentError> {
     keys::check_name("host", host)?;
     let agent = open(host, rootfs, state_dir)?;
     let handles = agent
@@ -299,6 +288,19 @@ pub async fn stop_all<S: Store>(
             state_dir: state_dir.to_path_buf(),
             source: Box::new(source),
         })?;
+    Ok((agent, handles))
+}
+
+/// Stops every task in `state_dir` by its kill policy, waits until each container
+/// is gone, then deletes `host`'s status keys. For tests and decommissioning; it
+/// takes the state directory's lock, so no agent may run on it meanwhile.
+pub async fn stop_all<S: Store>(
+    store: &S,
+    host: &str,
+    rootfs: &Path,
+    state_dir: &Path,
+) -> Result<(), RealAgentError> {
+    let (_agent, handles) = open_and_reattach(host, rootfs, state_dir).await?;
     for h in &handles {
         h.stop();
     }
@@ -378,11 +380,7 @@ impl<S: Store> Host<S> {
         // Reports without an assignment go.
         let mut ops = Vec::new();
         for kv in &reported.kvs {
-            let assign = kv
-                .key
-                .strip_prefix(keys::STATUS)
-                .map(|rest| format!("{}{rest}", keys::ASSIGN));
-            if assign.is_some_and(|a| !want.contains_key(&a)) {
+            if assign_key(&kv.key).is_some_and(|a| !want.contains_key(&a)) {
                 ops.push(Op::delete(kv.key.clone()));
             }
         }
@@ -394,36 +392,26 @@ impl<S: Store> Host<S> {
                 m = w.next() => m,
                 _ = stop.changed() => return Ok(()),
             };
-            match msg {
-                Some(Ok(WatchMessage::Events(events))) => {
-                    for ev in events {
-                        match ev {
-                            Event::Put(kv) => {
-                                // A new assignment; a changed one keeps its task.
-                                if !self.tasks.contains_key(&kv.key) {
-                                    self.start(&kv.key, &kv.value).await?;
-                                }
-                            }
-                            Event::Delete { key, .. } => {
-                                self.stop_tasks(std::slice::from_ref(&key)).await;
-                                if let Some(sk) = status_key(&key) {
-                                    ops.push(Op::delete(sk));
-                                }
-                            }
+            let Some(events) = assignment_events(msg, r + 1)? else {
+                continue;
+            };
+            for ev in events {
+                match ev {
+                    Event::Put(kv) => {
+                        // A new assignment; a changed one keeps its task.
+                        if !self.tasks.contains_key(&kv.key) {
+                            self.start(&kv.key, &kv.value).await?;
                         }
                     }
-                    flush(&self.store, &mut ops).await?;
+                    Event::Delete { key, .. } => {
+                        self.stop_tasks(std::slice::from_ref(&key)).await;
+                        if let Some(sk) = status_key(&key) {
+                            ops.push(Op::delete(sk));
+                        }
+                    }
                 }
-                Some(Ok(WatchMessage::Progress(_))) => {}
-                Some(Ok(WatchMessage::Canceled { compact_revision })) => {
-                    return Err(StoreError::Compacted {
-                        requested: r + 1,
-                        compacted: compact_revision,
-                    });
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Err(StoreError::Backend("assignment watch ended".into())),
             }
+            flush(&self.store, &mut ops).await?;
         }
     }
 

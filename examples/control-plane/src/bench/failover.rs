@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
-use super::{BenchError, err, wipe};
-use crate::admin::{self, FleetConfig, Submission};
+use super::{BenchError, err, lay_out, wipe};
+use crate::admin::{self, Submission};
 use crate::keys;
 use crate::model::{Capacity, JobRecord};
 use crate::store::{AnyStore, Event, Store, WatchMessage};
@@ -104,27 +104,7 @@ pub async fn run(args: &FailoverArgs) -> Result<FailoverReport, BenchError> {
         .await
         .map_err(err)?;
     wipe(&store, &args.endpoints, args.fresh).await?;
-    let shape = Capacity {
-        cpu_milli: 18_000,
-        memory_mib: 65_536,
-    };
-    admin::fleet_init(
-        &store,
-        &FleetConfig {
-            hosts: args.hosts,
-            shape,
-            gpus: 0,
-            racks_per_pd: 10,
-        },
-    )
-    .await
-    .map_err(err)?;
-    let ents: Vec<String> = (0..args.schedulers).map(|i| format!("ent{i}")).collect();
-    for e in &ents {
-        admin::entitlement_add(&store, e, args.hosts / args.schedulers)
-            .await
-            .map_err(err)?;
-    }
+    let (ents, _) = lay_out(&store, args.hosts, args.schedulers).await?;
     let mut fleet = Fleet {
         exe: std::env::current_exe().map_err(err)?,
         endpoints: args.endpoints.clone(),

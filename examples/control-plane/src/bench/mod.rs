@@ -103,6 +103,36 @@ pub struct BenchReport {
 #[error("bench: {0}")]
 pub struct BenchError(pub(crate) String);
 
+/// Lays out a fleet of `hosts` benchmark hosts (18 CPUs, 64 GiB) and `entitlements`
+/// entitlements `ent0`.. with an equal share of it each; returns their names and the
+/// seconds `fleet init` took.
+async fn lay_out<S: Store>(
+    store: &S,
+    hosts: u32,
+    entitlements: u32,
+) -> Result<(Vec<String>, f64), BenchError> {
+    let shape = Capacity {
+        cpu_milli: 18_000,
+        memory_mib: 65_536,
+    };
+    let fleet = FleetConfig {
+        hosts,
+        shape,
+        gpus: 0,
+        racks_per_pd: 10,
+    };
+    let t = Instant::now();
+    admin::fleet_init(store, &fleet).await.map_err(err)?;
+    let seconds = t.elapsed().as_secs_f64();
+    let ents: Vec<String> = (0..entitlements).map(|i| format!("ent{i}")).collect();
+    for e in &ents {
+        admin::entitlement_add(store, e, hosts / entitlements)
+            .await
+            .map_err(err)?;
+    }
+    Ok((ents, seconds))
+}
+
 /// With `fresh`, deletes everything under the layout's root; without, refuses a store
 /// that holds twine keys.
 async fn wipe<S: Store>(store: &S, endpoints: &str, fresh: bool) -> Result<(), BenchError> {
@@ -180,29 +210,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<AnyStore, BenchError>>,
 {
-    let shape = Capacity {
-        cpu_milli: 18_000,
-        memory_mib: 65_536,
-    };
-    let t_init = Instant::now();
-    admin::fleet_init(
-        store,
-        &FleetConfig {
-            hosts: args.hosts,
-            shape,
-            gpus: 0,
-            racks_per_pd: 10,
-        },
-    )
-    .await
-    .map_err(err)?;
-    let fleet_init_seconds = t_init.elapsed().as_secs_f64();
-    let ents: Vec<String> = (0..args.entitlements).map(|i| format!("ent{i}")).collect();
-    for e in &ents {
-        admin::entitlement_add(store, e, args.hosts / args.entitlements)
-            .await
-            .map_err(err)?;
-    }
+    let (ents, fleet_init_seconds) = lay_out(store, args.hosts, args.entitlements).await?;
     let (stop_agents, agent_stats) = tokio::sync::watch::channel(false);
     let agents = if args.agents {
         let stats = std::sync::Arc::new(crate::agents::AgentStats::default());

@@ -74,7 +74,7 @@ pub enum SchedError {
     BadRecord(#[from] BadRecord),
     /// The allocator refused something the store holds, or its books disagree.
     #[error("allocator: {0}")]
-    Alloc(twine_sched::AllocError),
+    Alloc(#[from] twine_sched::AllocError),
     /// The store holds something impossible (placements over capacity, tasks of a job
     /// that does not exist, a host given to two entitlements).
     #[error("inconsistent store: {0}")]
@@ -423,64 +423,56 @@ impl<S: Store> Scheduler<S> {
                 Err(err) => return Err(err),
             }
         }
-        // Place.
+        // Place, then drain: offer, move what was acked, mark drained.
         let names: Vec<String> = self.shards.keys().cloned().collect();
-        for e in names {
-            let Some(sh) = self.shards.get_mut(&e) else {
+        for e in &names {
+            let Some(sh) = self.shards.get_mut(e) else {
                 continue;
             };
-            match sh.place(&self.store).await? {
-                Outcome::Leading(p) => {
-                    self.stats.placed.fetch_add(p.tasks, Ordering::Relaxed);
-                    self.stats.txns.fetch_add(p.txns, Ordering::Relaxed);
-                    self.stats
-                        .conflicts
-                        .fetch_add(p.conflicts, Ordering::Relaxed);
-                    for (other, sh) in self.shards.iter_mut() {
-                        if *other != e {
-                            for host in &p.joined {
-                                sh.taken(host)?;
-                            }
+            let outcome = sh.place(&self.store).await?;
+            if let Outcome::Leading(p) = &outcome {
+                self.stats.placed.fetch_add(p.tasks, Ordering::Relaxed);
+                self.stats.txns.fetch_add(p.txns, Ordering::Relaxed);
+                self.stats
+                    .conflicts
+                    .fetch_add(p.conflicts, Ordering::Relaxed);
+            }
+            self.settle(e, outcome)?;
+        }
+        let names: Vec<String> = self.shards.keys().cloned().collect();
+        for e in &names {
+            let Some(sh) = self.shards.get_mut(e) else {
+                continue;
+            };
+            let outcome = sh.drain(&self.store, &self.view).await?;
+            self.settle(e, outcome)?;
+        }
+        Ok(())
+    }
+
+    /// Acts on what a shard's round of placing or draining did: hosts it took are
+    /// cordoned in the scheduler's other shards at once; a deposed shard is dropped; a
+    /// shard whose allocator got ahead of the store (a host taken meanwhile under a
+    /// move) is dropped and rebuilt next round with the same token.
+    fn settle(&mut self, e: &str, outcome: Outcome) -> Result<(), SchedError> {
+        match outcome {
+            Outcome::Leading(p) => {
+                for (other, sh) in self.shards.iter_mut() {
+                    if other != e {
+                        for host in &p.joined {
+                            sh.taken(host)?;
                         }
                     }
-                }
-                Outcome::Deposed => {
-                    tracing::warn!(entitlement = %e, "deposed: a fenced write was refused");
-                    self.shards.remove(&e);
-                    self.stats.released.fetch_add(1, Ordering::Relaxed);
-                }
-                Outcome::Rebuild => {
-                    self.shards.remove(&e);
                 }
             }
-        }
-        // Drain: offer, move what was acked, mark drained.
-        let names: Vec<String> = self.shards.keys().cloned().collect();
-        for e in names {
-            let Some(sh) = self.shards.get_mut(&e) else {
-                continue;
-            };
-            match sh.drain(&self.store, &self.view).await? {
-                Outcome::Leading(p) => {
-                    for (other, sh) in self.shards.iter_mut() {
-                        if *other != e {
-                            for host in &p.joined {
-                                sh.taken(host)?;
-                            }
-                        }
-                    }
-                }
-                Outcome::Deposed => {
-                    tracing::warn!(entitlement = %e, "deposed: a fenced write was refused");
-                    self.shards.remove(&e);
-                    self.stats.released.fetch_add(1, Ordering::Relaxed);
-                }
-                Outcome::Rebuild => {
-                    // A move's destination was taken meanwhile: the allocator is ahead
-                    // of the store. The next round rebuilds the shard (same token).
-                    tracing::info!(entitlement = %e, "a move conflicted; rebuilding the shard");
-                    self.shards.remove(&e);
-                }
+            Outcome::Deposed => {
+                tracing::warn!(entitlement = %e, "deposed: a fenced write was refused");
+                self.shards.remove(e);
+                self.stats.released.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Rebuild => {
+                tracing::info!(entitlement = %e, "a move conflicted; rebuilding the shard");
+                self.shards.remove(e);
             }
         }
         Ok(())

@@ -604,9 +604,3 @@ struct Batch {
     /// Tasks in it.
     tasks: usize,
 }
-
-impl From<AllocError> for SchedError {
-    fn from(e: AllocError) -> SchedError {
-        SchedError::Alloc(e)
-    }
-}
